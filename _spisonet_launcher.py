@@ -1,0 +1,27 @@
+"""Console-script launcher for ``spisonet`` and ``spisonet.py``.
+
+The public tool's users call ``spisonet.py``; pip installs that script as a file named
+``spisonet.py`` in the same ``bin/`` folder as ``spisonet``. Python puts a script's own
+folder first on ``sys.path``, so ``import spisonet`` would find that script instead of
+the package. The launcher drops such folders from ``sys.path`` before importing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    """Run the spisonet command line."""
+    sys.path[:] = [
+        p
+        for p in sys.path
+        if not (
+            os.path.isfile(os.path.join(p or ".", "spisonet.py"))
+            and not os.path.isdir(os.path.join(p or ".", "spisonet"))
+        )
+    ]
+    from spisonet.cli import main as cli_main
+
+    cli_main()

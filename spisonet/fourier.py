@@ -1,0 +1,75 @@
+"""Fourier conventions shared by every module.
+
+Fourier arrays are ``fftshift``-ed, so the zero frequency of an n-voxel axis sits at
+index ``n // 2``; integer frequencies run from ``-(n // 2)`` to ``(n - 1) // 2``. The
+shell of a voxel is ``round(|k|)`` (``|k|`` never lies exactly half-way between two
+integers, so rounding has no ties). Resolution of shell ``s``: ``n * voxel_size / s`` Å.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "frequency_radius",
+    "lowpass",
+    "resolution_to_shell",
+    "shell_index",
+    "shell_to_resolution",
+    "soft_sphere",
+]
+
+
+def frequency_axis(n: int) -> np.ndarray:
+    """Integer frequencies of an fftshift-ed axis of length n: -(n//2) … (n-1)//2."""
+    return np.arange(n) - n // 2
+
+
+def frequency_radius(n: int, dtype: type = np.float64) -> np.ndarray:
+    """|k| for every voxel of an fftshift-ed (n, n, n) grid, in voxels of frequency."""
+    k = frequency_axis(n).astype(dtype)
+    return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+
+
+def shell_index(n: int) -> np.ndarray:
+    """Shell number ``round(|k|)`` of every voxel of an fftshift-ed (n, n, n) grid (int32)."""
+    return np.rint(frequency_radius(n)).astype(np.int32)
+
+
+def shell_to_resolution(shell: np.ndarray | float, n: int, voxel_size: float) -> np.ndarray:
+    """Resolution in Å of shell(s) ``shell`` of an n-voxel box (inf for shell 0)."""
+    s = np.asarray(shell, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return n * voxel_size / s
+
+
+def resolution_to_shell(resolution: float, n: int, voxel_size: float) -> float:
+    """Frequency radius (voxels) of a resolution in Å in an n-voxel box."""
+    return n * voxel_size / resolution
+
+
+def soft_sphere(n: int, radius: float, falloff: float = 3.0) -> np.ndarray:
+    """Fourier-space sphere, fftshift-ed: 1 inside ``radius``, linear fall-off to 0.
+
+    Values are ``clip((radius + falloff - |k|) / falloff, 0, 1)``: 1 for
+    ``|k| <= radius``, 0 beyond ``radius + falloff`` (float32, (n, n, n)).
+    """
+    r = frequency_radius(n)
+    if falloff <= 0:
+        return (r <= radius).astype(np.float32)
+    return np.clip((radius + falloff - r) / falloff, 0.0, 1.0).astype(np.float32)
+
+
+def lowpass(
+    volume: np.ndarray, resolution: float, voxel_size: float, falloff: float = 3.0
+) -> np.ndarray:
+    """Low-pass a real (n, n, n) map to ``resolution`` Å with a soft spherical edge.
+
+    The filter is :func:`soft_sphere` of radius ``n * voxel_size / resolution`` with a
+    ``falloff``-shell linear edge. Returns float32.
+    """
+    n = volume.shape[0]
+    filt = np.fft.ifftshift(soft_sphere(n, resolution_to_shell(resolution, n, voxel_size), falloff))
+    f = np.fft.rfftn(volume)
+    filt_r = filt[:, :, : n // 2 + 1]
+    return np.fft.irfftn(f * filt_r, s=volume.shape, axes=(0, 1, 2)).astype(np.float32)
