@@ -1,0 +1,105 @@
+"""The self-supervised losses of the anisotropy correction (ALGORITHM.md §3).
+
+For a network ``f``, the sampling operator ``P_W`` and per-sample cube rotations ``R``
+(all L1 means over every voxel of the batch)::
+
+    consistency     L_c  = |P_W(f(x1)) - x1|
+    equivariance    y = R(f(x1));  L_e = |f(P_W(y)) - y|
+    Noise2Noise     L_c2 = |P_W(f(x1)) - x2|
+                    L_e2 = |f(P_W(y)) - R(f(x2))|      (f(x2): a third forward pass)
+    total           alpha·L_e + L_c + beta·(alpha·L_e2 + L_c2)
+
+Gradients: like the public spIsoNet tool (its training step builds ``y`` from the
+network output without ``detach`` and also back-propagates through ``f(x2)``), the
+gradient flows through every occurrence of ``f``: through ``y`` as the network's input
+``P_W(y)``, through ``y`` as the target, and through ``R(f(x2))``. This is the default
+here. ``detach_targets=True`` instead treats ``y`` and ``R(f(x2))`` as fixed targets
+(a stop-gradient, as in some equivariant-imaging variants); the gradient through the
+input ``P_W(y)`` is kept either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InvalidValueError, MapMismatchError, MapShapeError
+from .operators import apply_sampling, rotate_batch
+
+__all__ = ["correction_loss"]
+
+
+def correction_loss(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    w_shifted: torch.Tensor,
+    rotation_indices: Sequence[int] | np.ndarray | torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+    detach_targets: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total training loss of one (micro-)batch and its parts.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network ``f`` (e.g. :class:`~spisonet.nn.UNet3D`), (B, 1, D, D, D) → same.
+    x1, x2 : (B, 1, D, D, D) tensors
+        Paired cubes of the two half maps at the same positions (already randomly
+        swapped per sample). ``x2=None`` (a single map) or ``beta=0`` drops the
+        Noise2Noise terms and the third forward pass.
+    w_shifted : (D, D, D) tensor
+        ``ifftshift(W)`` from :func:`~spisonet.nn.sampling_tensor`.
+    rotation_indices : B integers in 0 … 23
+        The rotation ``R`` of each sample (see :func:`~spisonet.nn.cube_rotations`).
+    alpha, beta : float
+        Weights of the equivariance and Noise2Noise terms (≥ 0).
+    detach_targets : bool
+        Stop the gradient through the targets ``y`` and ``R(f(x2))`` (default False, as
+        the public tool). See the module docstring.
+
+    Returns
+    -------
+    total : scalar tensor with gradient (float32; float64 for float64 input).
+    parts : dict of detached scalar tensors: ``consistency``, ``equivariance`` and, with
+        Noise2Noise terms, ``consistency2`` and ``equivariance2``; ``total`` too. They are
+        tensors, not floats, so that logging does not force a device synchronisation.
+    """
+    if x1.ndim != 5 or x1.shape[1] != 1:
+        raise MapShapeError(f"x1 must be a (B, 1, D, D, D) batch; found {tuple(x1.shape)}")
+    if x2 is not None and x2.shape != x1.shape:
+        raise MapMismatchError(
+            f"x1 and x2 must have the same shape; found {tuple(x1.shape)} and {tuple(x2.shape)}"
+        )
+    if not (alpha >= 0 and beta >= 0):
+        raise InvalidValueError(f"alpha and beta must be ≥ 0; got alpha={alpha}, beta={beta}")
+    use_n2n = x2 is not None and beta > 0
+
+    f1 = model(x1)
+    p1 = apply_sampling(f1, w_shifted)  # float32 (float64 for float64 input)
+    real = p1.dtype  # losses are computed in this precision, also under autocast
+    loss_c = (p1 - x1.to(real)).abs().mean()
+    y = rotate_batch(f1.to(real), rotation_indices)
+    y_target = y.detach() if detach_targets else y
+    f_py = model(apply_sampling(y, w_shifted)).to(real)
+    loss_e = (f_py - y_target).abs().mean()
+    total = alpha * loss_e + loss_c
+    parts = {"consistency": loss_c.detach(), "equivariance": loss_e.detach()}
+    if use_n2n:
+        assert x2 is not None
+        loss_c2 = (p1 - x2.to(real)).abs().mean()
+        if detach_targets:
+            with torch.no_grad():  # a fixed target: no graph, less memory
+                f2r = rotate_batch(model(x2).to(real), rotation_indices)
+        else:
+            f2r = rotate_batch(model(x2).to(real), rotation_indices)
+        loss_e2 = (f_py - f2r).abs().mean()
+        total = total + beta * (alpha * loss_e2 + loss_c2)
+        parts["consistency2"] = loss_c2.detach()
+        parts["equivariance2"] = loss_e2.detach()
+    parts["total"] = total.detach()
+    return total, parts

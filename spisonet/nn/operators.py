@@ -1,0 +1,270 @@
+"""The Fourier sampling operator P_W and the 24 proper rotations of the cube.
+
+P_W models how the data were sampled in Fourier space: ``W`` is the 3D FSC of the half
+maps resized to the training cube (1 where the data are well sampled, towards 0 where
+views are missing) and ``P_W(v) = Re(ifftn(ifftshift(W) · fftn(v)))``.
+
+Implementation note: for a real ``v`` and a real ``W``,
+``Re(ifftn(W · fftn(v))) = ifftn(W_s · fftn(v))`` with the centrosymmetric part
+``W_s(k) = (W(k) + W(-k)) / 2`` (the imaginary part cancels exactly). ``W_s`` makes the
+product Hermitian, so the half-spectrum transforms ``rfftn``/``irfftn`` give the same
+result at half the cost. This holds for every real ``W``, not only symmetric ones.
+
+Rotations act on the last three axes ``(z, y, x)`` of a tensor about the geometric centre
+of the voxel grid, ``(D - 1) / 2`` on each axis, so they are exact index permutations
+(``torch.flip``/``permute``), with no interpolation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from ..errors import InvalidValueError, MapShapeError, NonFiniteMapError
+
+__all__ = [
+    "apply_sampling",
+    "cube_rotations",
+    "inverse_rotation",
+    "prepare_sampling_weight",
+    "rotate",
+    "rotate_batch",
+    "rotation_index",
+    "sampling_tensor",
+]
+
+
+# --------------------------------------------------------------------------- W
+
+
+def prepare_sampling_weight(fsc3d: np.ndarray, cube_size: int) -> np.ndarray:
+    """Turn a 3D FSC into the sampling weight ``W`` of a training cube.
+
+    The 3D FSC (fftshift-ed, zero frequency at ``n // 2``) is resized to
+    ``(cube_size,) * 3`` with linear interpolation and Gaussian anti-aliasing exactly as
+    ``skimage.transform.resize(fsc3d, (cube_size,) * 3, anti_aliasing=True)`` does,
+    negative values are set to 0 and, when the range of the result exceeds 1e-3, it is
+    min-max scaled to [0, 1].
+
+    Parameters
+    ----------
+    fsc3d : (n, n, n) array
+        The 3D FSC, fftshift-ed. Any real dtype.
+    cube_size : int
+        Edge of the training cube in voxels.
+
+    Returns
+    -------
+    (cube_size, cube_size, cube_size) float32 array, fftshift-ed like the input.
+
+    Raises
+    ------
+    MapShapeError
+        ``fsc3d`` is not a cubic 3D array.
+    NonFiniteMapError
+        ``fsc3d`` contains NaN or infinity.
+    InvalidValueError
+        ``cube_size`` is not a positive integer.
+    """
+    arr = np.asarray(fsc3d)
+    if arr.ndim != 3 or len(set(arr.shape)) != 1:
+        raise MapShapeError(f"the 3D FSC must be a cubic 3D array; found shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise MapShapeError(f"the 3D FSC must hold real numbers; found dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise NonFiniteMapError("the 3D FSC contains NaN or infinite values")
+    if isinstance(cube_size, bool) or not isinstance(cube_size, int | np.integer) or cube_size < 1:
+        raise InvalidValueError(f"cube_size must be a positive integer; got {cube_size!r}")
+    from skimage.transform import resize  # slow import, needed only here
+
+    shape = (int(cube_size),) * 3
+    w = resize(arr.astype(np.float64), shape, order=1, mode="reflect", anti_aliasing=True)
+    w[w < 0] = 0.0
+    span = float(w.max() - w.min())
+    if span > 1e-3:
+        w = (w - w.min()) / span
+    return w.astype(np.float32)
+
+
+def sampling_tensor(
+    w: np.ndarray | torch.Tensor,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Move a centred (fftshift-ed) weight ``W`` to ``device``, ready for :func:`apply_sampling`.
+
+    Returns ``ifftshift(W)`` (zero frequency at index 0), computed once so that the
+    training loop does not shift ``W`` at every step.
+
+    Parameters
+    ----------
+    w : (D, D, D) array or tensor
+        The fftshift-ed weight, e.g. from :func:`prepare_sampling_weight`.
+    device, dtype
+        Where and how to store it (default: ``w``'s device, or CPU for arrays; float32).
+
+    Returns
+    -------
+    (D, D, D) tensor, ``ifftshift(W)``.
+    """
+    t = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w)
+    if t.ndim != 3 or len(set(t.shape)) != 1:
+        raise MapShapeError(f"W must be a cubic 3D array; found shape {tuple(t.shape)}")
+    if t.is_complex():
+        raise MapShapeError("W must be real; found a complex array")
+    t = t.to(device=device if device is not None else t.device, dtype=dtype)
+    return torch.fft.ifftshift(t, dim=(-3, -2, -1))
+
+
+def _symmetric_half(w_shifted: torch.Tensor) -> torch.Tensor:
+    """Half spectrum (D, D, D//2+1) of the centrosymmetric part of an unshifted W."""
+    dims = (-3, -2, -1)
+    w_neg = torch.roll(torch.flip(w_shifted, dims=dims), shifts=(1, 1, 1), dims=dims)
+    d = w_shifted.shape[-1]
+    return 0.5 * (w_shifted[..., : d // 2 + 1] + w_neg[..., : d // 2 + 1])
+
+
+def apply_sampling(v: torch.Tensor, w_shifted: torch.Tensor) -> torch.Tensor:
+    """The sampling operator ``P_W(v) = Re(ifftn(ifftshift(W) · fftn(v)))``, batched.
+
+    The FFTs run over the last three axes on ``v``'s device, for the whole batch at once.
+    Computed in float32 (float64 when ``v`` is float64; bfloat16/float16 inputs, e.g.
+    under autocast, are promoted to float32).
+
+    Parameters
+    ----------
+    v : (..., D, D, D) real tensor
+        Typically (B, 1, D, D, D).
+    w_shifted : (D, D, D) real tensor
+        ``ifftshift(W)``, zero frequency at index 0, as returned by :func:`sampling_tensor`.
+
+    Returns
+    -------
+    Tensor of ``v``'s shape, float32 (float64 for float64 input).
+    """
+    if v.ndim < 3 or v.shape[-3:] != w_shifted.shape:
+        raise MapShapeError(
+            f"P_W needs a tensor ending in W's shape {tuple(w_shifted.shape)}; "
+            f"found {tuple(v.shape)}"
+        )
+    real = torch.float64 if v.dtype == torch.float64 else torch.float32
+    dims = (-3, -2, -1)
+    w_half = _symmetric_half(w_shifted.to(device=v.device, dtype=real))
+    spec = torch.fft.rfftn(v.to(real), dim=dims)
+    return torch.fft.irfftn(spec * w_half, s=v.shape[-3:], dim=dims)
+
+
+# --------------------------------------------------------------------------- rotations
+
+
+@lru_cache(maxsize=1)
+def _rotation_specs() -> tuple[tuple[np.ndarray, tuple[int, ...], tuple[int, ...]], ...]:
+    """(matrix, axis permutation, flipped axes) of the 24 rotations; identity first."""
+    specs = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            m = np.zeros((3, 3), dtype=np.int64)
+            for i in range(3):
+                m[i, perm[i]] = signs[i]
+            if round(np.linalg.det(m)) == 1:
+                flips = tuple(i for i in range(3) if signs[i] < 0)
+                specs.append((m, tuple(perm), flips))
+    return tuple(specs)
+
+
+def cube_rotations() -> np.ndarray:
+    """The 24 proper rotations of the cube as integer matrices.
+
+    Returns
+    -------
+    (24, 3, 3) int64 array. Index 0 is the identity. Matrix ``R`` acts on centred voxel
+    coordinates ``c = (z, y, x) - (D - 1) / 2``: :func:`rotate` moves the value at ``c``
+    to ``R @ c``.
+    """
+    return np.stack([m for m, _, _ in _rotation_specs()])
+
+
+def rotation_index(matrix: np.ndarray) -> int:
+    """Index in :func:`cube_rotations` of a (3, 3) rotation matrix (exact match)."""
+    m = np.rint(np.asarray(matrix)).astype(np.int64)
+    for i, (r, _, _) in enumerate(_rotation_specs()):
+        if np.array_equal(r, m):
+            return i
+    raise InvalidValueError(f"not one of the 24 cube rotations: {np.asarray(matrix).tolist()}")
+
+
+def inverse_rotation(index: int) -> int:
+    """Index of the inverse of rotation ``index`` (its transpose)."""
+    _check_index(index)
+    return rotation_index(_rotation_specs()[int(index)][0].T)
+
+
+def _check_index(index: int) -> None:
+    if isinstance(index, bool) or not isinstance(index, int | np.integer) or not 0 <= index < 24:
+        raise InvalidValueError(f"rotation index must be an integer in 0..23; got {index!r}")
+
+
+def rotate(x: torch.Tensor, index: int) -> torch.Tensor:
+    """Rotate the last three axes of ``x`` by cube rotation ``index`` (exact, no interpolation).
+
+    Parameters
+    ----------
+    x : (..., D, D, D) tensor
+        Typically (B, 1, D, D, D); all samples get the same rotation.
+    index : int
+        0 … 23, an index into :func:`cube_rotations`.
+
+    Returns
+    -------
+    Tensor of ``x``'s shape with ``out[R c] = x[c]`` (centred coordinates). Differentiable.
+    """
+    _check_index(index)
+    if x.ndim < 3 or len(set(x.shape[-3:])) != 1:
+        raise MapShapeError(f"rotate needs a tensor ending in a cube; found {tuple(x.shape)}")
+    _, perm, flips = _rotation_specs()[int(index)]
+    lead = x.ndim - 3
+    out = x.permute(*range(lead), *(lead + p for p in perm))
+    if flips:
+        out = torch.flip(out, dims=[lead + f for f in flips])
+    return out.contiguous()
+
+
+def rotate_batch(
+    x: torch.Tensor, indices: Sequence[int] | np.ndarray | torch.Tensor
+) -> torch.Tensor:
+    """Rotate each sample of a batch by its own cube rotation.
+
+    Parameters
+    ----------
+    x : (B, ..., D, D, D) tensor
+    indices : B integers in 0 … 23
+        Rotation of each sample.
+
+    Returns
+    -------
+    Tensor of ``x``'s shape; sample ``i`` is ``rotate(x[i], indices[i])``. Differentiable.
+    """
+    idx = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+    if len(idx) != x.shape[0]:
+        raise InvalidValueError(
+            f"need one rotation index per sample: {x.shape[0]} samples, {len(idx)} indices"
+        )
+    for i in idx:
+        _check_index(i)
+    groups: dict[int, list[int]] = {}
+    for pos, r in enumerate(idx):
+        groups.setdefault(r, []).append(pos)
+    if len(groups) == 1:
+        return rotate(x, idx[0])
+    parts, order = [], []
+    for r, positions in groups.items():
+        sel = torch.as_tensor(positions, device=x.device)
+        parts.append(rotate(x.index_select(0, sel), r))
+        order.extend(positions)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.as_tensor(order)] = torch.arange(len(order))
+    return torch.cat(parts).index_select(0, inverse.to(x.device))

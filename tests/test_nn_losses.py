@@ -1,0 +1,192 @@
+"""Tests of spisonet.nn.losses against hand computations in numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spisonet.errors import InvalidValueError, MapMismatchError, MapShapeError
+from spisonet.nn.losses import correction_loss
+from spisonet.nn.operators import cube_rotations, sampling_tensor
+from spisonet.nn.unet import UNet3D
+
+D = 6
+
+
+class Affine(nn.Module):
+    """f(x) = a·x + b with scalar parameters; counts its calls."""
+
+    def __init__(self, a: float, b: float) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a, dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor(b, dtype=torch.float64))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.a * x + self.b
+
+
+def p_w(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    ax = (-3, -2, -1)
+    return np.real(np.fft.ifftn(np.fft.ifftshift(w) * np.fft.fftn(v, axes=ax), axes=ax))
+
+
+def rot(v: np.ndarray, indices: list[int]) -> np.ndarray:
+    """Rotate each sample: out[R c] = v[c], c relative to (D - 1) / 2, by index arithmetic."""
+    out = np.empty_like(v)
+    grid = np.stack(np.meshgrid(*[np.arange(D)] * 3, indexing="ij")).reshape(3, -1)
+    h = (D - 1) / 2
+    for k, i in enumerate(indices):
+        dest = np.rint(cube_rotations()[i] @ (grid - h) + h).astype(int)
+        out[k, 0][tuple(dest)] = v[k, 0][tuple(grid)]
+    return out
+
+
+def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None):
+    """The four terms and the total of ALGORITHM.md §3 for f(x) = a·x + b.
+
+    ``a_target``/``b_target``: the parameters used inside the targets y and R(f(x2))
+    (equal to a, b unless the targets are held fixed).
+    """
+    at = a if a_target is None else a_target
+    bt = b if b_target is None else b_target
+
+    def f(x, a_, b_):
+        return a_ * x + b_
+
+    lc = np.mean(np.abs(p_w(f(x1, a, b), w) - x1))
+    y_in = rot(f(x1, a, b), idx)
+    y_tg = rot(f(x1, at, bt), idx)
+    fpy = f(p_w(y_in, w), a, b)
+    le = np.mean(np.abs(fpy - y_tg))
+    parts = {"consistency": lc, "equivariance": le}
+    total = alpha * le + lc
+    if x2 is not None and beta > 0:
+        lc2 = np.mean(np.abs(p_w(f(x1, a, b), w) - x2))
+        le2 = np.mean(np.abs(fpy - rot(f(x2, at, bt), idx)))
+        total += beta * (alpha * le2 + lc2)
+        parts |= {"consistency2": lc2, "equivariance2": le2}
+    parts["total"] = total
+    return total, parts
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((3, 1, D, D, D))
+    x2 = x1 + 0.5 * rng.standard_normal((3, 1, D, D, D))
+    w = rng.random((D, D, D))
+    return x1, x2, w, [5, 0, 19]
+
+
+@pytest.mark.parametrize("with_x2", [True, False])
+def test_loss_values_match_hand_computation(batch, with_x2: bool) -> None:
+    x1, x2, w, idx = batch
+    x2 = x2 if with_x2 else None
+    model = Affine(0.8, 0.1)
+    total, parts = correction_loss(
+        model,
+        torch.from_numpy(x1),
+        None if x2 is None else torch.from_numpy(x2),
+        sampling_tensor(w, dtype=torch.float64),
+        idx,
+        alpha=0.7,
+        beta=0.3,
+    )
+    exp_total, exp_parts = hand_loss(0.8, 0.1, x1, x2, w, idx, 0.7, 0.3)
+    assert set(parts) == set(exp_parts)
+    for k, v in exp_parts.items():
+        assert float(parts[k]) == pytest.approx(v, rel=1e-10), k
+        assert not parts[k].requires_grad
+    assert float(total.detach()) == pytest.approx(exp_total, rel=1e-10)
+    assert model.calls == (3 if with_x2 else 2)
+
+
+def test_beta_zero_drops_noise2noise_and_third_pass(batch) -> None:
+    x1, x2, w, idx = batch
+    model = Affine(1.2, -0.3)
+    total, parts = correction_loss(
+        model, torch.from_numpy(x1), torch.from_numpy(x2), sampling_tensor(w), idx, beta=0.0
+    )
+    assert set(parts) == {"consistency", "equivariance", "total"}
+    assert model.calls == 2
+    assert float(total.detach()) == pytest.approx(hand_loss(1.2, -0.3, x1, None, w, idx, 1.0, 0)[0])
+
+
+def numeric_grad(fun, a: float, b: float, h: float = 1e-6) -> tuple[float, float]:
+    return (
+        (fun(a + h, b) - fun(a - h, b)) / (2 * h),
+        (fun(a, b + h) - fun(a, b - h)) / (2 * h),
+    )
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_gradient_matches_finite_differences(batch, detach: bool) -> None:
+    x1, x2, w, idx = batch
+    a0, b0 = 0.9, 0.2
+    model = Affine(a0, b0)
+    total, _ = correction_loss(
+        model,
+        torch.from_numpy(x1),
+        torch.from_numpy(x2),
+        sampling_tensor(w, dtype=torch.float64),
+        idx,
+        alpha=1.0,
+        beta=0.5,
+        detach_targets=detach,
+    )
+    total.backward()
+
+    def fun(a: float, b: float) -> float:
+        if detach:  # the targets y and R(f(x2)) stay at the current parameters
+            return hand_loss(a, b, x1, x2, w, idx, 1.0, 0.5, a_target=a0, b_target=b0)[0]
+        return hand_loss(a, b, x1, x2, w, idx, 1.0, 0.5)[0]
+
+    ga, gb = numeric_grad(fun, a0, b0)
+    assert float(model.a.grad) == pytest.approx(ga, rel=1e-5, abs=1e-8)
+    assert float(model.b.grad) == pytest.approx(gb, rel=1e-5, abs=1e-8)
+
+
+def test_detached_and_attached_gradients_differ(batch) -> None:
+    x1, x2, w, idx = batch
+    grads = []
+    for detach in (False, True):
+        model = Affine(0.9, 0.2)
+        correction_loss(
+            model,
+            torch.from_numpy(x1),
+            torch.from_numpy(x2),
+            sampling_tensor(w, dtype=torch.float64),
+            idx,
+            detach_targets=detach,
+        )[0].backward()
+        grads.append(float(model.a.grad))
+    assert abs(grads[0] - grads[1]) > 1e-3
+
+
+def test_loss_with_unet_is_finite_and_trains_every_parameter() -> None:
+    torch.manual_seed(0)
+    model = UNet3D((4, 8, 16, 32))
+    x1 = torch.randn(2, 1, 16, 16, 16)
+    x2 = x1 + 0.3 * torch.randn_like(x1)
+    w = sampling_tensor(np.random.default_rng(1).random((16, 16, 16)))
+    total, parts = correction_loss(model, x1, x2, w, [3, 11])
+    assert total.shape == () and torch.isfinite(total)
+    assert float(parts["total"]) == pytest.approx(float(total.detach()))
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_loss_errors(batch) -> None:
+    x1, x2, w, idx = batch
+    t1, t2, ws = torch.from_numpy(x1), torch.from_numpy(x2), sampling_tensor(w)
+    model = Affine(1.0, 0.0)
+    with pytest.raises(MapMismatchError, match=r"same shape; found \(3, 1, 6, 6, 6\) and"):
+        correction_loss(model, t1, t2[:2], ws, idx)
+    with pytest.raises(MapShapeError, match=r"x1 must be a \(B, 1, D, D, D\) batch"):
+        correction_loss(model, t1[:, 0], None, ws, idx)
+    with pytest.raises(InvalidValueError, match="alpha and beta must be ≥ 0; got alpha=-1"):
+        correction_loss(model, t1, t2, ws, idx, alpha=-1)
