@@ -108,21 +108,35 @@ def phase_agreement(
     with np.errstate(invalid="ignore", divide="ignore"):
         half = np.where(denom > 0, cross / denom, 0.0)
     del cross, denom
-    # unshifted full grid: column l > n//2 is the Friedel mate of column n − l
     full = np.empty((n, n, n), dtype=np.float64)
-    m_cols = n // 2 + 1
-    full[:, :, :m_cols] = half
-    if n - m_cols > 0:
-        neg = (-np.arange(n)) % n
-        cols = n - np.arange(m_cols, n)
-        full[:, :, m_cols:] = half[neg][:, neg][:, :, cols]
+    _expand_friedel(half, full)
     del half
     # The zero frequency of a z-scored map is round-off (~1e-12) whose sign is random, so
     # its phase "agreement" is a coin flip of ±1. It alone forms truncated shell 0, so a −1
     # there would set the default limit_res to the coarsest shell. We define it as 1, as
     # the output's centre is.
-    full[0, 0, 0] = 1.0
-    return np.fft.fftshift(full)
+    full[n // 2, n // 2, n // 2] = 1.0
+    return full
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _expand_friedel(half, full):  # pragma: no cover - compiled
+    """fftshift-ed full grid from an rfftn-layout half grid of a centrosymmetric function."""
+    n = full.shape[0]
+    h = n // 2
+    m = half.shape[2]
+    for iz in prange(n):
+        fz = (iz - h) % n
+        gz = (-(iz - h)) % n
+        for iy in range(n):
+            fy = (iy - h) % n
+            gy = (-(iy - h)) % n
+            for ix in range(n):
+                kx = ix - h
+                if 0 <= kx < m:
+                    full[iz, iy, ix] = half[fz, fy, kx]
+                else:
+                    full[iz, iy, ix] = half[gz, gy, (-kx) % n]
 
 
 def default_limit_res(agreement: np.ndarray, voxel_size: float, threshold: float = 0.143) -> float:
@@ -208,6 +222,7 @@ def _shell_tables(limit_r: int, angle_deg: float):
         Bs.append(_isqrt_floor(cmax - c).astype(np.int32))
         ab_off[s] = pos_ab
         pos_ab += cmax + 1
+
     def cat(xs: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(xs).astype(np.int32) if xs else np.zeros(1, np.int32)
 
@@ -218,65 +233,166 @@ def _shell_tables(limit_r: int, angle_deg: float):
 # kernel
 
 
+#: Columns of the per-row table: prefix offset, first w and last w of the run w ≥ 0, then the
+#: same for its mirror run w < 0 (a run with last < first is empty).
+_ROW_FIELDS = 6
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _build_rows(f, limit_r, ab_off, atab, btab, row_base, starts, rows, values):
+    """Per shell and row axis, the shell's runs along each grid row with their prefix sums.
+
+    For axis ``ai`` the row coordinates are (u, v) and the run runs along w:
+    ai = 0: (u, v, w) = (y, x, z); ai = 1: (z, x, y); ai = 2: (z, y, x). The row of (u, v)
+    of shell s is ``row_base[s] + (u + s)(2s + 1) + (v + s)``; its runs are the w with
+    round(|(u, v, w)|) = s inside the box: w in [lo, hi] and in [−hi, −max(lo, 1)].
+    ``values`` holds, for each run, 0 followed by the running sums of f along it, so a run's
+    slice sum is a difference of two neighbouring-in-memory numbers: one shell's rows are
+    stored together, in (u, v) order, which keeps a voxel's neighbourhood in cache.
+    """
+    n = f.shape[0]
+    off = n // 2
+    kmin = -off
+    kmax = n - 1 - off
+    n_rows = row_base[limit_r]
+    for ai in range(3):
+        for s in prange(1, limit_r):
+            cmax = s * s + s
+            abo = ab_off[s]
+            width = 2 * s + 1
+            pos = starts[ai, s]
+            for u in range(-s, s + 1):
+                for v in range(-s, s + 1):
+                    r = (ai * n_rows + row_base[s] + (u + s) * width + (v + s)) * _ROW_FIELDS
+                    c = u * u + v * v
+                    inside = kmin <= u <= kmax and kmin <= v <= kmax and c <= cmax
+                    lo = atab[abo + c] if c <= cmax else 1
+                    hi = btab[abo + c] if c <= cmax else 0
+                    for side in range(2):
+                        if side == 0:
+                            w0 = max(lo, kmin)
+                            w1 = min(hi, kmax)
+                        else:
+                            w0 = max(-hi, kmin)
+                            w1 = min(-max(lo, 1), kmax)
+                        if not inside or w1 < w0:
+                            w1 = w0 - 1
+                        rows[r + 3 * side] = pos
+                        rows[r + 3 * side + 1] = w0
+                        rows[r + 3 * side + 2] = w1
+                        acc = 0.0
+                        values[pos] = 0.0
+                        for w in range(w0, w1 + 1):
+                            if ai == 0:
+                                acc += f[w + off, u + off, v + off]
+                            elif ai == 1:
+                                acc += f[u + off, w + off, v + off]
+                            else:
+                                acc += f[u + off, v + off, w + off]
+                            pos += 1
+                            values[pos] = acc
+                        pos += 1
+
+
+#: Longest run of voxels processed together (bounds the per-run accumulators).
+_MAX_RUN = 64
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _neighbourhood_means(
-    prefix, pts, shells, out, n, dmaxs, wt_off, wtab, ab_off, atab, btab, n_tasks
+    rows, values, row_base, runs, out, n, dmaxs, wt_off, wtab, ab_off, atab, btab, n_tasks
 ):  # pragma: no cover - compiled; its py_func is tested
-    kmin = -(n // 2)
-    kmax = n - 1 - n // 2
+    """out[p] for every voxel p of every run (ai, u, v, w_first, length, s).
+
+    The voxels of a run lie on one grid row along the axis ``ai`` and in one shell, so they
+    visit exactly the same rows of the shell: each row's run data are loaded once and
+    serve all of them; only the ball's window slides by one voxel from one to the next.
+    """
+    m = runs.shape[0]
+    n_rows = row_base[len(row_base) - 1]
     off = n // 2
-    row_len = n + 1
-    flat = prefix.reshape(-1)
-    m = pts.shape[0]
-    # consecutive voxels share most of their rows: each task takes contiguous blocks (rows
-    # stay in cache), dealt round-robin for load balance
-    block = 256
+    block = 16
     n_blocks = (m + block - 1) // block
     for t in prange(n_tasks):
+        total = np.empty(_MAX_RUN, dtype=np.float64)
+        cnt = np.empty(_MAX_RUN, dtype=np.int64)
         for blk in range(t, n_blocks, n_tasks):
             for i in range(blk * block, min(m, (blk + 1) * block)):
-                out[i] = _one_voxel(
-                    flat,
-                    pts[i, 0],
-                    pts[i, 1],
-                    pts[i, 2],
-                    shells[i],
+                ai = runs[i, 0]
+                pu = runs[i, 1]
+                pv = runs[i, 2]
+                pw0 = runs[i, 3]
+                length = runs[i, 4]
+                s = runs[i, 5]
+                _run_sums(
+                    rows,
+                    values,
+                    row_base,
+                    n_rows,
+                    ai,
+                    pu,
+                    pv,
+                    pw0,
+                    length,
+                    s,
                     n,
-                    kmin,
-                    kmax,
-                    off,
-                    row_len,
                     dmaxs,
                     wt_off,
                     wtab,
                     ab_off,
                     atab,
                     btab,
+                    total,
+                    cnt,
                 )
+                for j in range(length):
+                    w = pw0 + j + off
+                    mean = total[j] / cnt[j]
+                    if ai == 2:
+                        out[pu + off, pv + off, w] = mean
+                    elif ai == 1:
+                        out[pu + off, w, pv + off] = mean
+                    else:
+                        out[w, pu + off, pv + off] = mean
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _one_voxel(
-    flat, kz, ky, kx, s, n, kmin, kmax, off, row_len, dmaxs, wt_off, wtab, ab_off, atab, btab
+@njit(cache=True, nogil=True)
+def _run_sums(
+    rows,
+    values,
+    row_base,
+    n_rows,
+    ai,
+    pu,
+    pv,
+    pw0,
+    length,
+    s,
+    n,
+    dmaxs,
+    wt_off,
+    wtab,
+    ab_off,
+    atab,
+    btab,
+    total,
+    cnt,
 ):  # pragma: no cover - compiled; its py_func is tested
-    az = abs(kz)
-    ay = abs(ky)
-    ax = abs(kx)
-    # rows along the axis where the shell is flattest (smallest |p| component)
-    if ax <= ay and ax <= az:
-        ai, pu, pv, pw = 2, kz, ky, kx
-    elif ay <= az:
-        ai, pu, pv, pw = 1, kz, kx, ky
-    else:
-        ai, pu, pv, pw = 0, ky, kx, kz
+    kmin = -(n // 2)
+    kmax = n - 1 - n // 2
     dm = dmaxs[s]
     wo = wt_off[s]
     st = dm + 1
     abo = ab_off[s]
     cmax = s * s + s
     cmin = s * s - s + 1
-    total = 0.0
-    cnt = 0
+    width = 2 * s + 1
+    shell_rows = ai * n_rows + row_base[s] + s
+    pw1 = pw0 + length - 1
+    wnear_abs = max(abs(pw0), abs(pw1))  # farthest |w| of the run, for the row bound
+    for j in range(length):
+        total[j] = 0.0
+        cnt[j] = 0
     for du in range(-dm, dm + 1):
         u = pu + du
         if u < kmin or u > kmax:
@@ -288,14 +404,14 @@ def _one_voxel(
         wb = wtab[wrow]  # widest half-width of the ball in this plane (dv = 0)
         if wb < 0:
             continue
-        # rows that can reach the shell: vmin <= |v| <= vmax
+        # rows that can reach the shell from some voxel of the run: vmin <= |v| <= vmax
         vmax = btab[abo + uu]
-        wfar = abs(pw) + wb
+        wfar = wnear_abs + wb
         cfar = uu + wfar * wfar
         vmin = 0 if cfar >= cmin else atab[abo + cfar]
         if vmin > vmax:
             continue
-        base_u = (ai * n + u + off) * n
+        plane = shell_rows + (u + s) * width
         for side in range(2):
             if side == 0:
                 lo_v = -vmax if vmin == 0 else vmin
@@ -309,85 +425,140 @@ def _one_voxel(
             hi_v = min(hi_v, pv + wb, kmax)
             for v in range(lo_v, hi_v + 1):
                 wh = wtab[wrow + abs(v - pv)]
-                c = uu + v * v
-                lo = atab[abo + c]
-                hi = btab[abo + c]
-                wl = max(pw - wh, kmin)
-                wr = min(pw + wh, kmax)
-                row = (base_u + v + off) * row_len + off
-                # run w in [lo, hi] and its mirror [-hi, -max(lo, 1)], clipped to the ball;
-                # an empty clip gives b = a - 1, which adds nothing (no branches)
-                a = max(wl, lo)
-                b = max(min(wr, hi), a - 1)
-                total += flat[row + b + 1] - flat[row + a]
-                cnt += b - a + 1
-                a = max(wl, -hi)
-                b = max(min(wr, -max(lo, 1)), a - 1)
-                total += flat[row + b + 1] - flat[row + a]
-                cnt += b - a + 1
-    return total / cnt
+                r = (plane + v) * _ROW_FIELDS
+                for k in range(0, 6, 3):
+                    start = rows[r + k]
+                    w0 = rows[r + k + 1]
+                    w1 = rows[r + k + 2]
+                    if w1 < w0 or w1 < pw0 - wh or w0 > pw1 + wh:
+                        continue  # this run is out of reach of every voxel
+                    base = start - w0
+                    # the ball's window [pw - wh, pw + wh] slides with pw; clip it to the
+                    # run; an empty clip gives b = a − 1, which adds nothing
+                    for j in range(length):
+                        pw = pw0 + j
+                        a = min(max(pw - wh, w0), w1 + 1)
+                        b = max(min(pw + wh, w1), a - 1)
+                        total[j] += values[base + b + 1] - values[base + a]
+                        cnt[j] += b - a + 1
 
 
-def _row_prefix_sums(agreement: np.ndarray) -> np.ndarray:
-    """(3, n, n, n+1) prefix sums along z, y, x with the row axis moved last.
-
-    prefix[0][y, x] runs along z, prefix[1][z, x] along y, prefix[2][z, y] along x.
-    """
-    n = agreement.shape[0]
-    prefix = np.zeros((3, n, n, n + 1), dtype=np.float64)
-    np.cumsum(agreement.transpose(1, 2, 0), axis=2, out=prefix[0, :, :, 1:])
-    np.cumsum(agreement.transpose(0, 2, 1), axis=2, out=prefix[1, :, :, 1:])
-    np.cumsum(agreement, axis=2, out=prefix[2, :, :, 1:])
-    return prefix
+def _row_layout(agreement: np.ndarray, limit_r: int, ab_off, atab, btab):
+    """Build the per-row runs of every shell along each axis: (rows, values, row_base)."""
+    widths = (2 * np.arange(limit_r, dtype=np.int64) + 1) ** 2
+    widths[0] = 0
+    row_base = np.zeros(limit_r + 1, dtype=np.int64)
+    row_base[1:] = np.cumsum(widths)
+    n_rows = int(row_base[-1])
+    # values per (axis, shell): each shell voxel once, plus a leading 0 for each of the two
+    # runs of every row
+    per_shell = _shell_voxel_counts(agreement.shape[0], limit_r) + 2 * widths
+    ends = np.cumsum(np.tile(per_shell, 3))
+    starts = np.concatenate([[0], ends[:-1]]).reshape(3, limit_r)
+    if ends[-1] >= 2**31:
+        raise InvalidValueError(f"box {agreement.shape[0]} is too large for the 3D FSC layout")
+    rows = np.zeros(3 * n_rows * _ROW_FIELDS, dtype=np.int32)
+    values = np.empty(int(ends[-1]), dtype=np.float64)
+    _build_rows(agreement, limit_r, ab_off, atab, btab, row_base, starts, rows, values)
+    return rows, values, row_base
 
 
 @njit(cache=True, nogil=True)
-def _classify_voxels(n, limit_r, dmaxs, direct_pts, direct_shells, mirror_pts):
-    """Fill the voxels to compute and those to mirror; return their counts."""
+def _shell_voxel_counts(n, limit_r):  # pragma: no cover - compiled
+    """Number of voxels of each shell s < limit_r in an n-box."""
+    h = n // 2
+    counts = np.zeros(limit_r, dtype=np.int64)
+    for kz in range(-h, n - h):
+        for ky in range(-h, n - h):
+            for kx in range(-h, n - h):
+                s = int(np.rint(np.sqrt(kz * kz + ky * ky + kx * kx)))
+                if s < limit_r:
+                    counts[s] += 1
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _row_axis(kz, ky, kx):  # pragma: no cover - compiled
+    """Axis of the rows used for voxel k: the one where |k| is smallest (z=0, y=1, x=2)."""
+    az = abs(kz)
+    ay = abs(ky)
+    ax = abs(kx)
+    if ax <= ay and ax <= az:
+        return 2
+    if ay <= az:
+        return 1
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _classify_voxels(n, limit_r, dmaxs, runs, mirror_pts):  # pragma: no cover - compiled
+    """Group the voxels to compute into runs along their row axis; list those to mirror.
+
+    Returns (number of runs, number of mirrored voxels).
+    """
     h = n // 2
     even = n % 2 == 0
-    nd = 0
+    kmin = -h
+    kmax = n - 1 - h
+    nr = 0
     nm = 0
-    for iz in range(n):
-        kz = iz - h
-        for iy in range(n):
-            ky = iy - h
-            for ix in range(n):
-                kx = ix - h
-                s = int(np.rint(np.sqrt(kz * kz + ky * ky + kx * kx)))
-                if s < 1 or s >= limit_r:
+    r2max = (limit_r + 0.5) ** 2
+    for ai in range(3):
+        for u in range(kmin, kmax + 1):
+            for v in range(kmin, kmax + 1):
+                rest = r2max - u * u - v * v
+                if rest < 0:
                     continue
-                positive = kz > 0 or (kz == 0 and (ky > 0 or (ky == 0 and kx > 0)))
-                interior = True
-                if even:
-                    amax = max(abs(kz), abs(ky), abs(kx))
-                    interior = amax + dmaxs[s] < h
-                if positive or not interior:
-                    direct_pts[nd, 0] = kz
-                    direct_pts[nd, 1] = ky
-                    direct_pts[nd, 2] = kx
-                    direct_shells[nd] = s
-                    nd += 1
-                else:
-                    mirror_pts[nm, 0] = kz
-                    mirror_pts[nm, 1] = ky
-                    mirror_pts[nm, 2] = kx
-                    nm += 1
-    return nd, nm
+                wlim = int(np.sqrt(rest)) + 1
+                run_open = False
+                for w in range(max(kmin, -wlim), min(kmax, wlim) + 1):
+                    if ai == 2:
+                        kz, ky, kx = u, v, w
+                    elif ai == 1:
+                        kz, ky, kx = u, w, v
+                    else:
+                        kz, ky, kx = w, u, v
+                    s = int(np.rint(np.sqrt(kz * kz + ky * ky + kx * kx)))
+                    take = 1 <= s < limit_r and _row_axis(kz, ky, kx) == ai
+                    if take:
+                        positive = kz > 0 or (kz == 0 and (ky > 0 or (ky == 0 and kx > 0)))
+                        interior = True
+                        if even:
+                            interior = max(abs(kz), abs(ky), abs(kx)) + dmaxs[s] < h
+                        if not positive and interior:
+                            mirror_pts[nm, 0] = kz
+                            mirror_pts[nm, 1] = ky
+                            mirror_pts[nm, 2] = kx
+                            nm += 1
+                            take = False
+                    if not take:
+                        run_open = False
+                        continue
+                    if run_open and runs[nr - 1, 5] == s and runs[nr - 1, 4] < _MAX_RUN:
+                        runs[nr - 1, 4] += 1
+                    else:
+                        runs[nr, 0] = ai
+                        runs[nr, 1] = u
+                        runs[nr, 2] = v
+                        runs[nr, 3] = w
+                        runs[nr, 4] = 1
+                        runs[nr, 5] = s
+                        nr += 1
+                        run_open = True
+    return nr, nm
 
 
 def _work_list(n: int, limit_r: int, dmaxs: np.ndarray):
-    """Voxels to compute directly (coordinates, shells) and voxels filled by mirroring.
+    """Runs of voxels to compute directly, and voxels filled by mirroring.
 
     f(−k) = f(k), so out(−p) = out(p) whenever the neighbourhoods of p and −p are mirror
-    images, i.e. always in an odd box and away from the −n/2 planes in an even one.
+    images: always in an odd box, and away from the −n/2 planes in an even one.
     """
     n_max = int(min(n**3, 4.2 * limit_r**3 + 64))
-    direct = np.empty((n_max, 3), dtype=np.int32)
-    shells = np.empty(n_max, dtype=np.int32)
-    mirror = np.empty((n_max, 3), dtype=np.int32)
-    nd, nm = _classify_voxels(n, limit_r, dmaxs.astype(np.int64), direct, shells, mirror)
-    return direct[:nd].copy(), shells[:nd].copy(), mirror[:nm].copy()
+    runs = np.empty((n_max, 6), dtype=np.int64)
+    mirror = np.empty((n_max, 3), dtype=np.int64)
+    nr, nm = _classify_voxels(n, limit_r, dmaxs.astype(np.int64), runs, mirror)
+    return runs[:nr].copy(), mirror[:nm].copy()
 
 
 def _neighbourhood_average(
@@ -404,36 +575,22 @@ def _neighbourhood_average(
     if limit_r <= 1:
         return out
     dmaxs, wt_off, wtab, ab_off, atab, btab = _shell_tables(limit_r, angle_deg)
-    pts, shells, mirrored = _work_list(n, limit_r, dmaxs)
-    prefix = _row_prefix_sums(agreement)
+    runs, mirrored = _work_list(n, limit_r, dmaxs)
+    rows, values, row_base = _row_layout(agreement, limit_r, ab_off, atab, btab)
     kernel = _neighbourhood_means if kernel is None else kernel
-    values = np.empty(len(pts), dtype=np.float64)
-    # equal-cost batches (cost per voxel grows like its neighbourhood, ~ s²) for progress
-    cost = np.cumsum(shells.astype(np.float64) ** 2 + 1.0)
-    n_batches = int(min(40, max(1, len(pts) // 20000)))
+    # equal-cost batches for progress (a run's cost grows like its shell's neighbourhood)
+    cost = np.cumsum(runs[:, 5].astype(np.float64) ** 2 * (1.0 + 0.3 * runs[:, 4]))
+    n_batches = int(min(40, max(1, len(runs) // 5000)))
     bounds = np.searchsorted(cost, np.linspace(0, cost[-1], n_batches + 1)[1:-1])
-    edges = [0, *bounds.tolist(), len(pts)]
+    edges = [0, *bounds.tolist(), len(runs)]
+    tables = (dmaxs, wt_off, wtab, ab_off, atab, btab)
     for j in range(len(edges) - 1):
         lo, hi = edges[j], edges[j + 1]
         if hi > lo:
-            kernel(
-                prefix,
-                pts[lo:hi],
-                shells[lo:hi],
-                values[lo:hi],
-                n,
-                dmaxs,
-                wt_off,
-                wtab,
-                ab_off,
-                atab,
-                btab,
-                64,
-            )
+            kernel(rows, values, row_base, runs[lo:hi], out, n, *tables, 64)
         if progress is not None:
             progress((j + 1) / (len(edges) - 1))
     off = n // 2
-    out[pts[:, 0] + off, pts[:, 1] + off, pts[:, 2] + off] = values
     mz, my, mx = mirrored[:, 0], mirrored[:, 1], mirrored[:, 2]
     out[mz + off, my + off, mx + off] = out[off - mz, off - my, off - mx]
     return out
