@@ -15,16 +15,27 @@ Definition (``ALGORITHM.md`` §2, computed in float64):
 6. ``keep_highres``: out = max(out, 1 − S), S(k) = clip((r − round|k|)/6, 0, 1) with
    r = limit_r − 2 (a sphere of radius r whose last 5 shells fall off linearly).
 
-How it is fast. The public tool queries a KD-tree per voxel: O(R⁵θ²) work with a large
-constant. Here the neighbourhood sum is a sum over *rows* of the grid: for a fixed (u, v),
-the voxels of shell s form at most two contiguous runs along the third axis, and so does the
-ball, so each row's contribution is two look-ups in a prefix sum along that axis. For each
-voxel we run the rows along the axis most parallel to the shell surface there (the axis
-where |p| is smallest), so a row holds many neighbours, and we only visit rows that can
-reach the shell. f(−k) = f(k), so the result is centrosymmetric: we compute one half of the
-voxels and mirror them, except near the edges of an even box (whose −n/2 planes have no
-mirror), which are computed directly. The result equals the definition up to float64
-round-off of the prefix sums.
+How it is fast. The public tool queries a KD-tree per voxel from a process pool: O(R⁵θ²)
+work with a large constant (642 s at 256³ on 2 cores). Here:
+
+* **Rows instead of voxels.** On a grid row (fixed u, v, running along w) the voxels of
+  shell s form at most two contiguous runs, and so does the ball around p. We store, per
+  shell and axis, each row's runs with their running sums, so a row's contribution to a
+  neighbourhood mean is one difference of two stored numbers. For each voxel the rows
+  run along the axis where |p| is smallest, i.e. most parallel to the shell surface, so a
+  row holds many neighbours; only rows that can reach the shell are visited.
+* **Runs of voxels share their rows.** Consecutive voxels of a shell along that axis visit
+  exactly the same rows; the ball's window only slides by one voxel. They are processed
+  together: each row's data are loaded once for the whole run (4–5 voxels on average).
+* **Symmetry.** f(−k) = f(k), so the result is centrosymmetric: one half of the voxels is
+  computed and mirrored, except near the −n/2 planes of an even box, which have no mirror
+  and are computed directly.
+* **Layout.** One shell's rows are stored together in (u, v) order, so a neighbourhood's
+  data are close in memory; numba runs the runs in parallel blocks.
+
+The result equals the definition up to float64 round-off of the running sums (the tests
+compare it with a brute-force statement to 1e-5; the observed difference is ~3e-8, the
+float32 rounding of the output).
 """
 
 from __future__ import annotations
