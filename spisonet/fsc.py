@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 
 from .errors import InvalidValueError
 
@@ -60,8 +61,8 @@ def fsc_curve(
     if mask is not None:
         a = a * mask
         b = b * mask
-    f1 = np.fft.rfftn(a)
-    f2 = np.fft.rfftn(b)
+    f1 = scipy.fft.rfftn(a, workers=-1)
+    f2 = scipy.fft.rfftn(b, workers=-1)
     k = np.fft.fftfreq(n, 1.0 / n)
     kx = np.arange(n // 2 + 1)
     r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
