@@ -73,7 +73,10 @@ def _root(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
         ),
     ] = False,
 ) -> None:
@@ -137,6 +140,14 @@ def fsc3d_command(
         int | None,
         typer.Option("--ncpus", "-j", help="CPU threads (default: all)."),
     ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also run the anisotropy diagnostics (conical FSC, 500 cones of 20°) and "
+            "write <name>_report.png and <name>_report.json next to the output.",
+        ),
+    ] = False,
 ) -> None:
     """Compute the spIsoNet-flavour 3D FSC (FSC3D.mrc) of two half maps."""
     if mask_arg is not None and mask is not None and mask_arg != mask:
@@ -185,6 +196,8 @@ def fsc3d_command(
     )
     write_map(output, result.volume, voxel_size=h1.voxel_size)
     console.print(f"Wrote [bold]{output}[/bold]")
+    if report:
+        _anisotropy_outputs(h1, h2, m, output.with_suffix(""), 500, 20.0, console)
 
 
 # --------------------------------------------------------------------------------------
@@ -271,6 +284,16 @@ def demo_command(
         "spisonet_demo"
     ),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    preset: Annotated[
+        str, typer.Option("--preset", help="Correction preset: cpu (default), gpu or tiny.")
+    ] = "cpu",
+    epochs: Annotated[
+        int | None, typer.Option(help="Override the preset's number of epochs.")
+    ] = None,
+    correct: Annotated[
+        bool,
+        typer.Option("--correct/--no-correct", help="Run the correction (else stop at 3D FSC)."),
+    ] = True,
 ) -> None:
     """Run the pipeline on built-in example data (a simulated top-view-dominated dataset)."""
     console = _console()
@@ -295,6 +318,8 @@ def demo_command(
         ncpus=None,
     )
     _demo_directional_summary(out / "FSC3D.mrc", console)
+    if correct:
+        _demo_correction(out, paths, preset, epochs, seed, console)
     console.print(
         f"Demo finished in {time.perf_counter() - t0:.1f} s. "
         f"Outputs are in [bold]{out.resolve()}[/bold]"
@@ -330,6 +355,575 @@ def _demo_directional_summary(fsc3d_path: Path, console) -> None:
     )
 
 
+def _demo_correction(out: Path, paths, preset: str, epochs: int | None, seed: int, console):
+    """Demo step 3: correct the simulated pair, then compare with the ground truth."""
+    from rich.table import Table
+
+    from .correct import before_after_figure, ground_truth_metrics, preset_settings
+    from .io import read_map
+
+    settings = preset_settings(preset, epochs=epochs, seed=seed)
+    console.print(
+        f"Correcting with the [bold]{preset}[/bold] preset ({settings.epochs} epochs of "
+        f"{settings.n_subvolume} cubes of {settings.cube_size}³, network widths "
+        f"{'-'.join(map(str, settings.widths))})..."
+    )
+    outputs = _run_reconstruct(
+        console,
+        half1=paths["half1"],
+        half2=paths["half2"],
+        aniso_file=out / "FSC3D.mrc",
+        mask=paths["mask"],
+        output_dir=out / "isonet_maps",
+        settings=settings,
+    )
+    gt = read_map(paths["gt"])
+    h1, h2 = read_map(paths["half1"]).data, read_map(paths["half2"]).data
+    mask = read_map(paths["mask"]).data
+    raw = 0.5 * (h1 + h2)
+    corrected = outputs.result.average
+    metrics = ground_truth_metrics(
+        gt.data, {"raw": raw, "corrected": corrected}, gt.voxel_size, mask
+    )
+    figure = out / "before_after.png"
+    before_after_figure(gt.data, raw, corrected, metrics, gt.voxel_size, figure)
+    n = gt.box
+    table = Table(title="Against the ground truth (masked)")
+    table.add_column("")
+    table.add_column("raw average", justify="right")
+    table.add_column("corrected", justify="right")
+    table.add_row(
+        f"mean FSC, 20° cone around z, shells 2–{n // 4}",
+        f"{metrics['raw']['cone_mean']:.3f}",
+        f"{metrics['corrected']['cone_mean']:.3f}",
+    )
+    for key, label in (
+        ("res05_worst", "0.5-FSC resolution, worst direction (Å)"),
+        ("res05_best", "0.5-FSC resolution, best direction (Å)"),
+        ("res05_global", "0.5-FSC resolution, global (Å)"),
+    ):
+        table.add_row(label, f"{metrics['raw'][key]:.1f}", f"{metrics['corrected'][key]:.1f}")
+    console.print(table)
+    console.print(f"  wrote {figure} (slices and directional FSC, before / after)")
+
+
+# --------------------------------------------------------------------------------------
+# reconstruct (anisotropy correction)
+
+
+@contextmanager
+def _training_progress(console):
+    """A rich bar for the correction; yields a ``(stage, fraction, detail)`` callback."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description:<13}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, fraction: float, detail) -> None:
+            if stage not in tasks:
+                for t in tasks.values():
+                    bar.update(t, completed=1.0)
+                tasks[stage] = bar.add_task(stage, total=1.0, info="")
+            info = ""
+            if detail is not None:
+                info = (
+                    f"epoch {detail.epoch}/{detail.epochs} step {detail.step}/"
+                    f"{detail.steps_per_epoch} loss {detail.loss:.4f} "
+                    f"{detail.steps_per_second:.2f} steps/s"
+                )
+            bar.update(tasks[stage], completed=min(max(fraction, 0.0), 1.0), info=info)
+
+        yield update
+        for t in tasks.values():
+            bar.update(t, completed=1.0)
+
+
+def _run_reconstruct(console, **kwargs):
+    """Call :func:`spisonet.correct.reconstruct` with a progress bar; print the summary."""
+    from .correct import reconstruct
+
+    with _training_progress(console) as update:
+        outputs = reconstruct(progress=update, **kwargs)
+    res = outputs.result
+    for note in res.notes:
+        console.print(f"  • {note}")
+    for t in res.train:
+        if t.get("steps"):
+            console.print(
+                f"  trained {t['steps']} steps in {t['seconds']:.1f} s "
+                f"({t['steps_per_second']:.2f} steps/s, {t['device']}, {t['dtype']})"
+            )
+    for p in [*outputs.corrected, *outputs.filtered, *outputs.models, *outputs.losses]:
+        console.print(f"  wrote {p}")
+    console.print(f"  wrote {outputs.report} (settings, decisions and timings)")
+    return outputs
+
+
+@app.command("reconstruct")
+def reconstruct_command(
+    half1: Annotated[Path, typer.Argument(help="Half map 1, or the single map (MRC).")],
+    half2: Annotated[
+        Path | None, typer.Argument(help="Half map 2 (MRC), optional: enables Noise2Noise.")
+    ] = None,
+    aniso_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--aniso-file",
+            "--aniso_file",
+            "-a",
+            help="3D FSC (FSC3D.mrc). Default: computed here from the two half maps; "
+            "a single map without it is only denoised (W = 1).",
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option("--mask", "-m", help="Mask (MRC): where training cubes are cut."),
+    ] = None,
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "--output_dir", "-o", help="Output folder.")
+    ] = Path("isonet_maps"),
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            help="gpu (published defaults) | cpu (~15 min on 2 cores) | tiny (tests) | "
+            "auto (gpu when a CUDA GPU is present, else cpu).",
+        ),
+    ] = "auto",
+    limit_res: Annotated[
+        float | None,
+        typer.Option(
+            "--limit-res",
+            "--limit_res",
+            help="Correct only below this resolution (Å); higher frequencies are kept.",
+        ),
+    ] = None,
+    n_subvolume: Annotated[
+        int | None,
+        typer.Option("--n-subvolume", "--n_subvolume", help="Number of training cubes."),
+    ] = None,
+    cube_size: Annotated[
+        int | None, typer.Option("--cube-size", "--cube_size", help="Training cube edge.")
+    ] = None,
+    predict_crop_size: Annotated[
+        int | None,
+        typer.Option(
+            "--predict-crop-size", "--predict_crop_size", help="Tile edge for prediction."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "--batch_size", help="Cubes per step.")
+    ] = None,
+    acc_batches: Annotated[
+        int | None,
+        typer.Option(
+            "--acc-batches", "--acc_batches", help="Micro-batches per step (accumulation)."
+        ),
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option("--learning-rate", "--learning_rate", help="AdamW learning rate."),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Passes over the training cubes (0 with --pretrained-model: predict)."),
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="Weight of the equivariance loss.")] = None,
+    beta: Annotated[float | None, typer.Option(help="Weight of the Noise2Noise terms.")] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="Reference map whose low frequencies replace the halves'."),
+    ] = None,
+    ref_resolution: Annotated[
+        float | None,
+        typer.Option(
+            "--ref-resolution", "--ref_resolution", help="Å below which the reference is used."
+        ),
+    ] = None,
+    pretrained_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--pretrained-model", "--pretrained_model", help="Start from this model file."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --output-dir.")
+    ] = False,
+    independent: Annotated[
+        bool,
+        typer.Option("--independent", help="One network per half map (gold-standard safe)."),
+    ] = False,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:N].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="Use torch.compile (opt-in; slow start).")
+    ] = False,
+) -> None:
+    """Correct preferred-orientation anisotropy: train the network and write corrected maps."""
+    console = _console()
+    import torch
+
+    from .correct import preset_settings
+
+    if preset == "auto":
+        preset = "gpu" if torch.cuda.is_available() else "cpu"
+        console.print(
+            f"Preset [bold]{preset}[/bold] "
+            f"({'a CUDA GPU is present' if preset == 'gpu' else 'no CUDA GPU found'})"
+        )
+    settings = preset_settings(
+        preset,
+        limit_res=limit_res,
+        n_subvolume=n_subvolume,
+        cube_size=cube_size,
+        predict_crop_size=predict_crop_size,
+        batch_size=batch_size,
+        acc_batches=acc_batches,
+        learning_rate=learning_rate,
+        epochs=epochs,
+        alpha=alpha,
+        beta=beta,
+        ref_resolution=ref_resolution,
+        device=device,
+        seed=seed,
+        independent=independent or None,
+        compile=compile_model or None,
+    )
+    if reference is not None and ref_resolution is None:
+        console.print(f"Reference below {settings.ref_resolution:g} Å (default)")
+    _run_reconstruct(
+        console,
+        half1=half1,
+        half2=half2,
+        aniso_file=aniso_file,
+        mask=mask,
+        output_dir=output_dir,
+        settings=settings,
+        reference=reference,
+        pretrained_model=pretrained_model,
+        resume=resume,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# anisotropy diagnostics
+
+
+def _report_paths(prefix: Path) -> tuple[Path, Path]:
+    """``<prefix>_report.png`` and ``<prefix>_report.json``."""
+    return (
+        prefix.with_name(f"{prefix.name}_report.png"),
+        prefix.with_name(f"{prefix.name}_report.json"),
+    )
+
+
+def _anisotropy_table(rep):
+    """A rich table of the figures of an AnisotropyReport."""
+    import math
+
+    from rich.table import Table
+
+    from .anisotropy import direction_to_relion
+
+    table = Table(title="Anisotropy diagnostics", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    g = rep.global_fsc
+    table.add_row(
+        "global resolution at FSC 0.143 / 0.5", f"{g.resolution_0143:.2f} / {g.resolution_05:.2f} Å"
+    )
+    for threshold in ("0.143", "0.5"):
+        st = rep.stats(threshold)
+        table.add_row(f"directional {threshold}: min / max", f"{st['min']:.2f} / {st['max']:.2f} Å")
+        table.add_row(
+            f"directional {threshold}: mean ± std", f"{st['mean']:.2f} ± {st['std']:.2f} Å"
+        )
+    sph = "undefined" if not math.isfinite(rep.sphericity) else f"{rep.sphericity:.3f}"
+    table.add_row(f"sphericity (3DFSC binarised at {rep.sphericity_threshold:g})", sph)
+    table.add_row("area ratio (worst / best cone)", f"{rep.area_ratio:.3f}")
+    for name, idx in (("worst", rep.worst_index), ("best", rep.best_index)):
+        v = rep.directions[idx]
+        tilt, rot = direction_to_relion(v)
+        table.add_row(f"{name} direction (x, y, z)", f"({v[0]:+.2f}, {v[1]:+.2f}, {v[2]:+.2f})")
+        table.add_row(
+            "  tilt / rot, resolution at 0.143",
+            f"{float(tilt):.1f}° / {float(rot):.1f}°, {rep.resolution_0143[idx]:.2f} Å",
+        )
+    return table
+
+
+def _anisotropy_outputs(h1, h2, m, prefix: Path, n_directions: int, cone_angle: float, console):
+    """Run the diagnostics on loaded maps, write the PNG + JSON, print the table."""
+    from .anisotropy import analyse_anisotropy
+    from .report import anisotropy_figure, write_json
+
+    t0 = time.perf_counter()
+    with _progress("anisotropy") as update:
+        rep = analyse_anisotropy(
+            h1.data,
+            h2.data,
+            voxel_size=h1.voxel_size,
+            mask=None if m is None else m.data,
+            n_directions=n_directions,
+            cone_angle_deg=cone_angle,
+            progress=lambda stage, fraction: update(fraction),
+        )
+    png, js = _report_paths(prefix)
+    anisotropy_figure(rep, png)
+    data = rep.to_dict()
+    data["inputs"] = {
+        "half1": h1.name,
+        "half2": h2.name,
+        "mask": None if m is None else m.name,
+    }
+    write_json(js, data)
+    console.print(_anisotropy_table(rep))
+    console.print(
+        f"{rep.n_directions} cones of {cone_angle:g}° in {time.perf_counter() - t0:.1f} s. "
+        f"Wrote [bold]{png}[/bold] and [bold]{js}[/bold]"
+    )
+    return rep
+
+
+@app.command("anisotropy")
+def anisotropy_command(
+    half1: Annotated[Path, typer.Argument(help="Half map 1 (MRC).")],
+    half2: Annotated[Path, typer.Argument(help="Half map 2 (MRC).")],
+    mask: Annotated[Path | None, typer.Option("--mask", "-m", help="Soft mask (MRC).")] = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            "--o",
+            help="Prefix of the outputs: <PREFIX>_report.png and <PREFIX>_report.json.",
+        ),
+    ] = Path("anisotropy"),
+    n_directions: Annotated[
+        int,
+        typer.Option(
+            "--n-directions", "--n_directions", help="Cone directions over the half sphere."
+        ),
+    ] = 500,
+    cone_angle: Annotated[
+        float,
+        typer.Option("--cone-angle", "--cone_angle", help="Cone half-angle in degrees."),
+    ] = 20.0,
+) -> None:
+    """Anisotropy diagnostics only: conical FSC, directional resolution, sphericity, report."""
+    console = _console()
+    h1, h2, m = _load_pair(half1, half2, mask)
+    if m is None:
+        console.print("[yellow]No mask given: using the whole box. A soft mask is recommended.")
+    console.print(f"Box {h1.box}³ at {h1.voxel_size:.3f} Å/voxel (masked: {m is not None})")
+    _anisotropy_outputs(h1, h2, m, output, n_directions, cone_angle, console)
+
+
+# --------------------------------------------------------------------------------------
+# fsd3d
+
+
+@app.command("fsd3d")
+def fsd3d_command(
+    star: Annotated[Path, typer.Argument(help="RELION particles STAR file (3.0 or 3.1+).")],
+    box: Annotated[
+        int, typer.Option("--box", "--map-dim", "--map_dim", help="Box size in voxels.")
+    ],
+    apix: Annotated[float, typer.Option("--apix", "--voxel-size", help="Voxel size in Å.")],
+    sym: Annotated[str, typer.Option("--sym", help="Point group: C1, Cn, Dn, T, O or I.")] = "C1",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", "--o", help="Output sampling-density map.")
+    ] = Path("FSD3D.mrc"),
+    low_res: Annotated[
+        float | None,
+        typer.Option("--low-res", "--low_res", help="Shells coarser than this (Å) are set to 1."),
+    ] = None,
+    high_res: Annotated[
+        float | None,
+        typer.Option(
+            "--high-res",
+            "--high_res",
+            help="Shells finer than this (Å) are set to 0 (default: Nyquist).",
+        ),
+    ] = None,
+) -> None:
+    """Fourier sampling density (FSD3D.mrc) of a particle set, plus a sampling report."""
+    from rich.table import Table
+
+    from .fsd3d import direction_histogram, fourier_shell_density, scf_curve
+    from .io import read_star_angles, write_map
+    from .report import sampling_figure, write_json
+
+    console = _console()
+    angles = read_star_angles(star)
+    t0 = time.perf_counter()
+    with _progress("FSD3D") as update:
+        fsd = fourier_shell_density(
+            angles, box, voxel_size=apix, sym=sym, low_res=low_res, high_res=high_res
+        )
+        update(0.5)
+        raw = fourier_shell_density(angles, box, voxel_size=apix, sym=sym, normalize=False)
+        update(0.9)
+        hist = direction_histogram(angles, sym=sym)
+        scf = scf_curve(raw)
+    write_map(output, fsd, voxel_size=apix)
+    png, js = _report_paths(output.with_suffix(""))
+    sampling_figure(hist, scf, fsd, apix, png, sym=sym)
+    shells = list(range(scf.size))
+    write_json(
+        js,
+        {
+            "star": str(star),
+            "n_particles": hist.n_particles,
+            "sym": sym,
+            "group_order": hist.group_order,
+            "box": int(box),
+            "voxel_size_A": float(apix),
+            "empty_direction_fraction": hist.empty_fraction,
+            "direction_max_over_mean": hist.max_over_mean,
+            "scf": {
+                "shell": shells,
+                "resolution_A": [box * apix / s if s else None for s in shells],
+                "value": scf,
+            },
+            "directions": {
+                "tilt_deg": hist.tilt_deg,
+                "rot_deg": hist.rot_deg,
+                "fraction": hist.fraction,
+            },
+        },
+    )
+    table = Table(title="Fourier sampling", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("particles × symmetry copies", f"{hist.n_particles} × {hist.group_order}")
+    table.add_row(
+        f"directions with no view ({hist.counts.size} over the half sphere)",
+        f"{100 * hist.empty_fraction:.1f} %",
+    )
+    table.add_row("peak / mean views per direction", f"{hist.max_over_mean:.1f}")
+    for s in sorted({max(1, box // 8), max(1, box // 4), max(1, 3 * box // 8)}):
+        table.add_row(f"SCF-like figure at {box * apix / s:.1f} Å (1 = uniform)", f"{scf[s]:.3f}")
+    console.print(table)
+    console.print(
+        f"Done in {time.perf_counter() - t0:.1f} s. Wrote [bold]{output}[/bold], "
+        f"[bold]{png}[/bold] and [bold]{js}[/bold]"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# map tools
+
+
+@app.command("whitening")
+def whitening_command(
+    input_map: Annotated[Path, typer.Argument(help="Map to whiten (MRC).")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            "--o",
+            "--output-map",
+            "--output_map",
+            help="Output map (default: <input>_whitened.mrc next to the input).",
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", "-m", help="Mask for the amplitude spectrum.")
+    ] = None,
+    low_res: Annotated[
+        float, typer.Option("--low-res", "--low_res", help="Band start (Å).")
+    ] = 10.0,
+    high_res: Annotated[
+        float, typer.Option("--high-res", "--high_res", help="Band end (Å).")
+    ] = 3.0,
+) -> None:
+    """Flatten the radial Fourier amplitude of a map between --low-res and --high-res."""
+    from .io import check_mask, read_map, write_map
+    from .maps import whiten
+
+    console = _console()
+    vol = read_map(input_map)
+    m = None
+    if mask is not None:
+        m = read_map(mask)
+        check_mask(m, vol)
+    out = whiten(
+        vol.data,
+        vol.voxel_size,
+        mask=None if m is None else m.data,
+        low_res=low_res,
+        high_res=high_res,
+    )
+    if output is None:
+        output = input_map.with_name(f"{input_map.stem}_whitened.mrc")
+    write_map(output, out, voxel_size=vol.voxel_size, origin=vol.origin)
+    console.print(
+        f"Whitened {input_map} between {low_res:g} and {high_res:g} Å; wrote [bold]{output}[/bold]"
+    )
+
+
+@app.command("combine-map")
+@app.command("combine_map", hidden=True)
+def combine_map_command(
+    low_map: Annotated[Path, typer.Argument(help="Map giving the low frequencies (MRC).")],
+    high_map: Annotated[Path, typer.Argument(help="Map giving the high frequencies (MRC).")],
+    out_map: Annotated[Path, typer.Argument(help="Output map (MRC).")],
+    threshold_res: Annotated[float, typer.Argument(help="Hand-over resolution (Å).")],
+    mask: Annotated[
+        Path | None, typer.Option("--mask", "-m", help="Mask for the amplitude spectra.")
+    ] = None,
+) -> None:
+    """Low frequencies (below THRESHOLD_RES) from LOW_MAP, the rest from HIGH_MAP."""
+    import numpy as np
+
+    from .errors import MapMismatchError
+    from .io import check_mask, read_map, write_map
+    from .maps import combine_map
+
+    console = _console()
+    lo = read_map(low_map)
+    hi = read_map(high_map)
+    if lo.data.shape != hi.data.shape:
+        raise MapMismatchError(
+            f"{high_map}: shape {hi.data.shape} differs from {low_map} {lo.data.shape}; "
+            "both maps must have the same box"
+        )
+    if not np.isclose(lo.voxel_size, hi.voxel_size, rtol=1e-3, atol=1e-4):
+        raise MapMismatchError(
+            f"{high_map}: voxel size {hi.voxel_size:.4f} Å differs from {low_map} "
+            f"{lo.voxel_size:.4f} Å; both maps must have the same sampling"
+        )
+    m = None
+    if mask is not None:
+        m = read_map(mask)
+        check_mask(m, hi)
+    out = combine_map(
+        lo.data, hi.data, threshold_res, hi.voxel_size, mask=None if m is None else m.data
+    )
+    write_map(out_map, out, voxel_size=hi.voxel_size, origin=hi.origin)
+    console.print(
+        f"Combined {low_map} (below {threshold_res:g} Å) with {high_map}; "
+        f"wrote [bold]{out_map}[/bold]"
+    )
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -342,7 +936,9 @@ def main() -> None:
     except SpisonetError as exc:
         from rich.console import Console
 
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {exc}")
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold red]error:[/bold red] {exc}"
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
