@@ -178,6 +178,19 @@ def test_conical_fsc_equals_definition_structured(n, theta):
     np.testing.assert_allclose(fast, slow, atol=1e-5, rtol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize(
+    ("distribution", "n_dir", "theta"), [("top+uniform:0.1", 40, 20.0), ("tilt:30", 25, 10.0)]
+)
+def test_conical_fsc_equals_definition_simulated(distribution, n_dir, theta):
+    from spisonet.simulate import make_molecule, simulate_half_maps
+
+    d = simulate_half_maps(make_molecule(24, 2.0, seed=3), 2.0, distribution, 500, seed=3)
+    dirs = fibonacci_directions(n_dir)
+    fast = conical_fsc(d.half1, d.half2, mask=d.mask, directions=dirs, cone_angle_deg=theta)
+    slow = slow_conical_fsc(d.half1, d.half2, d.mask, dirs, theta)
+    np.testing.assert_allclose(fast, slow, atol=1e-5, rtol=0, equal_nan=True)
+
+
 def test_conical_fsc_of_identical_maps_is_one():
     a, _ = random_pair(20)
     c = conical_fsc(a, a, directions=fibonacci_directions(30), cone_angle_deg=20.0)
