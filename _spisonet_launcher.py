@@ -25,3 +25,18 @@ def main() -> None:
     from spisonet.cli import main as cli_main
 
     cli_main()
+
+
+def relion_main() -> None:
+    """Run ``spisonet-relion STAR`` (what RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE names)."""
+    sys.path[:] = [
+        p
+        for p in sys.path
+        if not (
+            os.path.isfile(os.path.join(p or ".", "spisonet.py"))
+            and not os.path.isdir(os.path.join(p or ".", "spisonet"))
+        )
+    ]
+    from spisonet.relion import console_main
+
+    sys.exit(console_main())
