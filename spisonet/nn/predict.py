@@ -19,9 +19,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..errors import InvalidValueError, MapShapeError, NonFiniteMapError
+from .distributed import World, all_reduce_sum_
 
 __all__ = ["blend_ramp", "predict_map"]
 
@@ -70,6 +72,7 @@ def predict_map(
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
     progress: Callable[[int, int], None] | None = None,
+    world: World | None = None,
 ) -> np.ndarray:
     """Apply ``model`` to a whole map tile by tile and blend the tiles.
 
@@ -94,6 +97,10 @@ def predict_map(
         Run the forward pass under ``torch.autocast`` with this dtype (e.g. bfloat16).
     progress : callable ``(tiles_done, tiles_total)``, optional
         Called after every batch.
+    world : World, optional
+        Several processes (:mod:`spisonet.nn.distributed`): each predicts every
+        ``world.size``-th tile and the blended sums are added over the ranks in memory, so
+        every rank returns the whole map.
 
     Returns
     -------
@@ -140,6 +147,8 @@ def predict_map(
         for t in tiles_per_axis
     ]
     tiles = list(itertools.product(*(range(t) for t in tiles_per_axis)))
+    if world is not None and world.distributed:
+        tiles = tiles[world.rank :: world.size]
     total = len(tiles)
     keep = slice(p0 - e, p0 + s + e)
 
@@ -173,6 +182,12 @@ def predict_map(
                     progress(min(b0 + len(chunk), total), total)
     finally:
         model.train(was_training)
+    if world is not None and world.distributed:
+        summed = torch.from_numpy(acc)
+        if dist.get_backend() == "nccl":  # NCCL reduces device memory only
+            summed = summed.to(dev)
+        all_reduce_sum_(summed)
+        acc = summed.cpu().numpy()
     return np.ascontiguousarray(
         acc[e : e + vol.shape[0], e : e + vol.shape[1], e : e + vol.shape[2]]
     )
