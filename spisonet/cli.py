@@ -925,6 +925,45 @@ def combine_map_command(
 
 
 # --------------------------------------------------------------------------------------
+# relion-reconstruct (RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE)
+
+
+@app.command("relion-reconstruct")
+@app.command("relion_reconstruct", hidden=True)
+def relion_reconstruct_command(
+    star: Annotated[
+        Path, typer.Argument(help="RELION's *_external_reconstruct.star (relative to the cwd).")
+    ],
+    no_correction: Annotated[
+        bool,
+        typer.Option(
+            "--no-correction", "--no_correction", help="Write RELION's plain reconstruction."
+        ),
+    ] = False,
+    keep_inputs: Annotated[
+        bool,
+        typer.Option(
+            "--keep-inputs",
+            "--keep_inputs",
+            help="Keep RELION's data/weight MRC files (deleted by default after use).",
+        ),
+    ] = False,
+) -> None:
+    """Reconstruct one RELION external-reconstruction job (what relion_refine calls).
+
+    Writes the map RELION reads back, exactly as relion_external_reconstruct would (plus
+    the correction, when enabled). Exit code 0 unless even the plain map failed.
+    """
+    from .relion import resolve_correction, run_external_reconstruct
+
+    run_external_reconstruct(
+        star,
+        correction=None if no_correction else resolve_correction(True),
+        keep_inputs=keep_inputs,
+    )
+
+
+# --------------------------------------------------------------------------------------
 
 
 def main() -> None:

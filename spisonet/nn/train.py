@@ -1,0 +1,547 @@
+"""Training the correction network (ALGORITHM.md §3, "Loss" and the training schedule).
+
+One epoch is one pass over the in-memory training cubes (:class:`~spisonet.nn.CubePairs`)
+in batches of ``batch_size``; each batch is split into ``acc_batches`` micro-batches whose
+gradients are accumulated before one optimiser step. The accumulated gradient is exactly
+the gradient of the batch's mean loss: each micro-batch's loss is weighted by its share of
+the batch (``len(micro) / len(batch)``; ``1 / acc_batches`` when they divide evenly, as the
+public tool). Only BatchNorm statistics see the smaller micro-batches.
+
+Optimiser: AdamW (weight decay 0.01). Learning rate: constant (the published setting) or a
+one-cycle schedule (warm-up to ``learning_rate`` over the first 30 % of the steps, cosine
+annealing after; it gave better results than a constant rate in short CPU runs).
+
+Mixed precision: ``amp="bf16"`` runs the network under ``torch.autocast(dtype=bfloat16)``;
+the Fourier operator and the losses stay in float32. ``amp="auto"`` picks bf16 on CUDA
+devices that support it and float32 on the CPU. Measured on the 2-core development CPU
+(shared with other jobs, so ±30 %): a (16, 32, 64, 128) network on 32³ cubes, batch 4,
+took 1.43 s per step in float32 and 0.90 s under bf16 (1.6× faster); the tiny (8, 16, 32)
+network on 16³ cubes gained nothing. Hence the ``cpu`` preset of
+:mod:`spisonet.correct` asks for bf16 explicitly and ``tiny`` does not.
+
+Checkpoints: after every epoch a file with the model, optimiser and scheduler states, the
+epoch, the loss history, the settings and the RNG state is written atomically; ``resume``
+continues from it and gives the same weights as an uninterrupted run with the same seed
+(every random choice of epoch ``e`` depends only on ``(seed, e)``). Files are read with
+``torch.load(weights_only=True)``: a file that would run code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InvalidValueError, SpisonetError
+from ..io import atomic_path
+from .data import CubePairs
+from .losses import correction_loss
+from .operators import sampling_tensor
+from .unet import WIDTH_PRESETS, UNet3D
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ModelFileError",
+    "TrainProgress",
+    "TrainResult",
+    "TrainSettings",
+    "build_model",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "resolve_amp",
+    "resolve_device",
+    "save_checkpoint",
+    "train_network",
+]
+
+#: Marker stored in every checkpoint written here.
+CHECKPOINT_FORMAT = "spisonet-checkpoint-v1"
+
+#: Settings that must agree between a checkpoint and the run that resumes it.
+_RESUME_KEYS = (
+    "widths",
+    "batch_size",
+    "acc_batches",
+    "learning_rate",
+    "weight_decay",
+    "alpha",
+    "beta",
+    "schedule",
+    "seed",
+)
+
+
+class ModelFileError(SpisonetError):
+    """A model/checkpoint file is missing, unreadable, unsafe or does not fit the run."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that defines a training run.
+
+    Attributes
+    ----------
+    widths : channel widths of the U-Net per level (published: 64, 128, 256, 320).
+    epochs : passes over the training cubes.
+    batch_size : cubes per optimiser step.
+    acc_batches : micro-batches per step (gradient accumulation); ≤ ``batch_size``.
+    learning_rate : AdamW learning rate (the peak rate with the one-cycle schedule).
+    weight_decay : AdamW weight decay.
+    alpha, beta : weights of the equivariance and Noise2Noise terms.
+    schedule : ``"constant"`` (published) or ``"onecycle"``.
+    amp : ``"auto"`` (bf16 on CUDA when supported, else float32), ``"bf16"`` or ``"off"``.
+    compile : wrap the network in ``torch.compile`` (opt-in; slow first steps).
+    seed : seeds the network's initialisation (batch order, swaps and rotations are
+        seeded by the :class:`~spisonet.nn.CubePairs`).
+    device : ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
+    """
+
+    widths: tuple[int, ...] = WIDTH_PRESETS["large"]
+    epochs: int = 30
+    batch_size: int = 4
+    acc_batches: int = 2
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    alpha: float = 1.0
+    beta: float = 0.5
+    schedule: str = "constant"
+    amp: str = "auto"
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        for name in ("batch_size", "acc_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise InvalidValueError(f"{name} must be a positive integer; got {v!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise InvalidValueError(f"epochs must be an integer ≥ 0; got {self.epochs!r}")
+        if self.acc_batches > self.batch_size:
+            raise InvalidValueError(
+                f"acc_batches ({self.acc_batches}) cannot exceed batch_size ({self.batch_size})"
+            )
+        if not self.learning_rate > 0:
+            raise InvalidValueError(f"learning_rate must be > 0; got {self.learning_rate}")
+        if not self.weight_decay >= 0:
+            raise InvalidValueError(f"weight_decay must be ≥ 0; got {self.weight_decay}")
+        if not (self.alpha >= 0 and self.beta >= 0):
+            raise InvalidValueError(
+                f"alpha and beta must be ≥ 0; got alpha={self.alpha}, beta={self.beta}"
+            )
+        if self.schedule not in ("constant", "onecycle"):
+            raise InvalidValueError(
+                f"schedule must be 'constant' or 'onecycle'; got {self.schedule!r}"
+            )
+        if self.amp not in ("auto", "bf16", "off"):
+            raise InvalidValueError(f"amp must be 'auto', 'bf16' or 'off'; got {self.amp!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (lists, numbers, strings): JSON- and checkpoint-safe."""
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainSettings:
+        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What the progress callback receives after every optimiser step.
+
+    Attributes
+    ----------
+    epoch : current epoch, 1-based.
+    epochs : total epochs of the run.
+    step : step inside the epoch, 1-based.
+    steps_per_epoch : steps in one epoch.
+    loss : total loss of this step (batch mean).
+    steps_per_second : steps per second since this run (or resume) started.
+    elapsed : seconds since this run (or resume) started.
+    """
+
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+    loss: float
+    steps_per_second: float
+    elapsed: float
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of all steps done (0–1)."""
+        total = self.epochs * self.steps_per_epoch
+        return ((self.epoch - 1) * self.steps_per_epoch + self.step) / max(total, 1)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_network`.
+
+    Attributes
+    ----------
+    model : the trained network (the plain module, also when it was compiled), eval mode.
+    history : per-epoch mean of each loss part (``total``, ``consistency``,
+        ``equivariance`` and, with Noise2Noise, ``consistency2``, ``equivariance2``),
+        including epochs done before a resume.
+    epochs_done : epochs completed in total.
+    steps_run : optimiser steps run in this call.
+    seconds : wall time of this call's training steps.
+    device : device used (e.g. ``"cpu"``).
+    amp_dtype : ``"bfloat16"`` or ``"float32"``.
+    resumed_from_epoch : epochs already done in the checkpoint resumed from (0 if none).
+    """
+
+    model: nn.Module
+    history: dict[str, list[float]]
+    epochs_done: int
+    steps_run: int
+    seconds: float
+    device: str
+    amp_dtype: str
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_per_second(self) -> float:
+        """Optimiser steps per second in this call (0 if none ran)."""
+        return self.steps_run / self.seconds if self.seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"``/``"cpu"``/``"cuda[:N]"`` into a torch device.
+
+    ``"auto"`` picks CUDA when available. Asking for CUDA without one raises
+    :class:`~spisonet.errors.InvalidValueError`.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        name = str(device).strip().lower()
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError) as exc:
+            raise InvalidValueError(
+                f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}"
+            ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidValueError(
+            f"device {device!r} asked for, but this PyTorch build sees no CUDA GPU; "
+            "use --device cpu or auto"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}")
+    return dev
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None: float32, no autocast)."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    raise InvalidValueError(f"amp must be 'auto', 'bf16' or 'off'; got {amp!r}")
+
+
+def build_model(widths: tuple[int, ...], seed: int = 0) -> UNet3D:
+    """A freshly initialised :class:`~spisonet.nn.UNet3D`, seeded without touching the
+    global torch RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return UNet3D(widths)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (temporary file, then rename).
+
+    ``state`` must hold only tensors, numbers, strings, lists, tuples and dicts so that
+    :func:`load_checkpoint` can read it with ``weights_only=True``.
+    """
+    final = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, **state}
+    with atomic_path(final) as tmp:
+        torch.save(payload, tmp)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, safely.
+
+    Uses ``torch.load(weights_only=True)`` on the CPU: only tensors and plain containers
+    are unpickled, so a crafted file cannot execute code.
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, not a PyTorch file, holds anything but weights (e.g. a
+        pickle that would run code), or is not a spisonet checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"{p}: model file not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(
+            f"{p}: refused to load: not a plain weights file (only tensors and plain "
+            f"containers are allowed; loading it could run code or it is corrupt): {first}"
+        ) from exc
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(
+            f"{p}: not a spisonet checkpoint (expected a dict with format "
+            f"{CHECKPOINT_FORMAT!r}); found {type(obj).__name__}"
+        )
+    for key in ("model", "settings", "epoch"):
+        if key not in obj:
+            raise ModelFileError(f"{p}: checkpoint lacks its '{key}' entry")
+    return obj
+
+
+def _check_resumable(saved: dict[str, Any], settings: TrainSettings, path: Path) -> None:
+    mine = settings.to_dict()
+    diff = [k for k in _RESUME_KEYS if k in saved and _norm(saved[k]) != _norm(mine[k])]
+    if settings.schedule == "onecycle" and saved.get("epochs") != settings.epochs:
+        diff.append("epochs")
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine[k]!r}" for k in diff)
+        raise ModelFileError(
+            f"{path}: cannot resume, the settings differ ({shown}); resume with the "
+            "same settings or start a new run"
+        )
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return [_norm(x) for x in v]
+    if isinstance(v, float):
+        return round(v, 12)
+    return v
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "<checkpoint>") -> UNet3D:
+    """Build the network stored in a loaded checkpoint (widths from its settings)."""
+    widths = tuple(int(w) for w in ckpt["settings"].get("widths", WIDTH_PRESETS["large"]))
+    model = UNet3D(widths)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: the weights do not fit a U-Net of widths {widths}") from exc
+    return model
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if settings.schedule == "onecycle" and total_steps > 0:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=settings.learning_rate,
+            total_steps=total_steps,
+            pct_start=0.3,
+            anneal_strategy="cos",
+        )
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def train_network(
+    pairs: CubePairs,
+    weight: np.ndarray,
+    settings: TrainSettings,
+    *,
+    model: nn.Module | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> TrainResult:
+    """Train the correction network on paired (or single) training cubes.
+
+    Parameters
+    ----------
+    pairs : CubePairs
+        The training cubes; without a second half the Noise2Noise terms are dropped.
+        ``len(pairs) / batch_size`` (rounded up) steps make one epoch.
+    weight : (D, D, D) array
+        The sampling weight ``W`` (fftshift-ed) for this cube size, from
+        :func:`~spisonet.nn.prepare_sampling_weight`.
+    settings : TrainSettings
+    model : nn.Module, optional
+        Start from this network (e.g. a pretrained one); default: a new
+        :class:`~spisonet.nn.UNet3D` of ``settings.widths`` seeded by ``settings.seed``.
+    checkpoint : path, optional
+        Written (atomically) after every epoch.
+    resume : bool
+        Continue from ``checkpoint`` (it must exist and match the settings).
+    progress : callable ``(TrainProgress)``, optional
+        Called after every optimiser step.
+
+    Returns
+    -------
+    TrainResult
+    """
+    dev = resolve_device(settings.device)
+    amp_dtype = resolve_amp(settings.amp, dev)
+    d = pairs.cube_size
+    w = np.asarray(weight)
+    if w.shape != (d, d, d):
+        raise InvalidValueError(f"W must have the cube shape {(d, d, d)}; found {w.shape}")
+    steps_per_epoch = pairs.n_batches(settings.batch_size)
+    history: dict[str, list[float]] = {}
+    start_epoch = 0
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    saved = None
+    if resume:
+        if ckpt_path is None:
+            raise InvalidValueError("resume needs a checkpoint path")
+        saved = load_checkpoint(ckpt_path)
+        _check_resumable(saved["settings"], settings, ckpt_path)
+        for key, now in (("cube_size", d), ("n_cubes", len(pairs))):
+            if saved["settings"].get(key, now) != now:
+                raise ModelFileError(
+                    f"{ckpt_path}: cannot resume, the training data differ ({key}: "
+                    f"checkpoint {saved['settings'][key]} vs now {now})"
+                )
+        model = model_from_checkpoint(saved, ckpt_path)
+        start_epoch = int(saved["epoch"])
+        history = {k: [float(x) for x in v] for k, v in saved.get("history", {}).items()}
+    elif model is None:
+        model = build_model(settings.widths, settings.seed)
+    model = model.to(dev)
+    multiple = getattr(model, "size_multiple", 1)
+    if d % multiple:
+        raise InvalidValueError(
+            f"cube_size {d} must be a multiple of {multiple} for a U-Net of depth "
+            f"{int(math.log2(multiple))}"
+        )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    scheduler = _make_scheduler(optimizer, settings, settings.epochs * steps_per_epoch)
+    if saved is not None:
+        if "optimizer" in saved:
+            optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        if "rng" in saved and "torch" in saved["rng"]:
+            torch.set_rng_state(saved["rng"]["torch"])
+    net = torch.compile(model) if settings.compile else model
+    w_t = sampling_tensor(w, device=dev)
+
+    t0 = time.perf_counter()
+    steps_run = 0
+    for epoch in range(start_epoch, settings.epochs):
+        model.train()
+        sums: dict[str, float] = {}
+        n_seen = 0
+        for k, batch in enumerate(pairs.batches(epoch, settings.batch_size)):
+            batch = batch.to(dev, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            step_parts: dict[str, torch.Tensor] = {}
+            for micro in batch.split(settings.acc_batches):
+                share = len(micro) / len(batch)
+                with torch.autocast(
+                    device_type=dev.type,
+                    dtype=amp_dtype or torch.float32,
+                    enabled=amp_dtype is not None,
+                ):
+                    loss, parts = correction_loss(
+                        net,
+                        micro.x1,
+                        micro.x2,
+                        w_t,
+                        micro.rotations,
+                        alpha=settings.alpha,
+                        beta=settings.beta,
+                    )
+                (loss * share).backward()
+                for name, value in parts.items():
+                    step_parts[name] = step_parts.get(name, 0.0) + value * share
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            steps_run += 1
+            values = {name: float(v) for name, v in step_parts.items()}
+            if not math.isfinite(values["total"]):
+                raise InvalidValueError(
+                    f"training diverged: the loss became {values['total']} at epoch "
+                    f"{epoch + 1}, step {k + 1}; try a lower learning rate"
+                )
+            for name, v in values.items():
+                sums[name] = sums.get(name, 0.0) + v * len(batch)
+            n_seen += len(batch)
+            if progress is not None:
+                elapsed = time.perf_counter() - t0
+                progress(
+                    TrainProgress(
+                        epoch=epoch + 1,
+                        epochs=settings.epochs,
+                        step=k + 1,
+                        steps_per_epoch=steps_per_epoch,
+                        loss=values["total"],
+                        steps_per_second=steps_run / elapsed if elapsed > 0 else 0.0,
+                        elapsed=elapsed,
+                    )
+                )
+        for name, s in sums.items():
+            history.setdefault(name, []).append(s / max(n_seen, 1))
+        if ckpt_path is not None:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "settings": {**settings.to_dict(), "cube_size": d, "n_cubes": len(pairs)},
+                    "rng": _rng_state(),
+                },
+            )
+    seconds = time.perf_counter() - t0
+    model.eval()
+    return TrainResult(
+        model=model,
+        history=history,
+        epochs_done=max(settings.epochs, start_epoch),
+        steps_run=steps_run,
+        seconds=seconds,
+        device=str(dev),
+        amp_dtype="bfloat16" if amp_dtype is torch.bfloat16 else "float32",
+        resumed_from_epoch=start_epoch,
+    )
