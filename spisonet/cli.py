@@ -573,9 +573,30 @@ def reconstruct_command(
     compile_model: Annotated[
         bool, typer.Option("--compile", help="Use torch.compile (opt-in; slow start).")
     ] = False,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help="Train on these GPUs of this node, one process each (e.g. 0,1,2,3); "
+            "spawned with torch's elastic launcher. Under torchrun, leave it out.",
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            help="Train with this many CPU processes (gloo), spawned like --gpus.",
+        ),
+    ] = None,
 ) -> None:
     """Correct preferred-orientation anisotropy: train the network and write corrected maps."""
-    console = _console()
+    from .nn.distributed import launched_world
+
+    world = launched_world()
+    if (gpus or processes) and not world.distributed:
+        _launch_local(gpus, processes)
+        return
+    console = _console() if world.is_main else _quiet_console()
     import torch
 
     from .correct import preset_settings
@@ -606,18 +627,108 @@ def reconstruct_command(
     )
     if reference is not None and ref_resolution is None:
         console.print(f"Reference below {settings.ref_resolution:g} Å (default)")
-    _run_reconstruct(
-        console,
-        half1=half1,
-        half2=half2,
-        aniso_file=aniso_file,
-        mask=mask,
-        output_dir=output_dir,
-        settings=settings,
-        reference=reference,
-        pretrained_model=pretrained_model,
-        resume=resume,
+    from .nn.distributed import check_batch_layout, init_from_environment, shutdown
+    from .nn.train import resolve_device
+
+    if world.distributed:
+        # one clear line before any work when the batch cannot be split over the ranks
+        check_batch_layout(settings.batch_size, settings.acc_batches, world.size)
+        init_from_environment(resolve_device(settings.device))
+        console.print(
+            f"Data-parallel training on {world.size} processes "
+            f"(global batch {settings.batch_size}, {settings.batch_size // world.size} per "
+            "process); rank 0 writes the outputs"
+        )
+    try:
+        _run_reconstruct(
+            console,
+            half1=half1,
+            half2=half2,
+            aniso_file=aniso_file,
+            mask=mask,
+            output_dir=output_dir,
+            settings=settings,
+            reference=reference,
+            pretrained_model=pretrained_model,
+            resume=resume,
+        )
+    except torch.cuda.OutOfMemoryError as exc:
+        from .errors import DeviceMemoryError
+
+        raise DeviceMemoryError(
+            f"the GPU ran out of memory ({str(exc).splitlines()[0]}); lower --batch-size "
+            "or raise --acc-batches (same result, less memory), or use a smaller "
+            "--cube-size / --predict-crop-size; nothing was written"
+        ) from exc
+    finally:
+        shutdown()
+
+
+def _quiet_console():
+    from rich.console import Console
+
+    return Console(quiet=True)
+
+
+def _launch_local(gpus: str | None, processes: int | None) -> None:
+    """Start one training process per GPU (or CPU process) with torch's elastic launcher."""
+    import os
+
+    from .errors import InvalidValueError
+
+    if gpus:
+        try:
+            ids = [int(g) for g in gpus.split(",") if g.strip() != ""]
+        except ValueError as exc:
+            raise InvalidValueError(
+                f"--gpus must be a comma-separated list of GPU numbers, got {gpus!r}"
+            ) from exc
+        if not ids:
+            raise InvalidValueError("--gpus is empty")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
+        n = len(ids)
+    else:
+        n = int(processes or 1)
+        if n < 1:
+            raise InvalidValueError(f"--processes must be ≥ 1, got {n}")
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    argv = _argv_without(sys.argv[1:], ("--gpus", "--processes"))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=n,
+        run_id=f"spisonet-{os.getpid()}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.5,
     )
+    elastic_launch(config, _worker)(argv)
+
+
+def _argv_without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without the given options and their values (``--x v`` or ``--x=v``)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in options:
+            skip = True
+            continue
+        if any(a.startswith(o + "=") for o in options):
+            continue
+        out.append(a)
+    return out
+
+
+def _worker(argv: list[str]) -> None:
+    """One rank started by :func:`_launch_local`: run the command line again."""
+    from typer.main import get_command
+
+    get_command(app)(args=argv, standalone_mode=False)
 
 
 # --------------------------------------------------------------------------------------

@@ -421,6 +421,7 @@ def correct_anisotropy(
     from .fsc3d import fsc3d
     from .maps import combine_map, match_mean_std, zscore
     from .nn.data import CubePairs, extract_cubes, sample_cube_centres
+    from .nn.distributed import current_world
     from .nn.operators import prepare_sampling_weight
     from .nn.predict import predict_map
     from .nn.train import (
@@ -585,6 +586,7 @@ def correct_anisotropy(
                 device=device,
                 amp_dtype=amp_dtype,
                 progress=cb2,
+                world=current_world(),
             )
         )
     timings["predict"] = time.perf_counter() - t
@@ -712,8 +714,13 @@ def reconstruct(
         resume=resume,
         progress=progress,
     )
+    from .nn.distributed import current_world
+
     t = time.perf_counter()
     corrected, filtered, losses = [], [], []
+    if not current_world().is_main:
+        # several ranks: only rank 0 writes; the others return the in-memory result
+        return ReconstructOutputs([], [], model_paths, [], out / "reconstruct.json", result)
     for i, b in enumerate(bases):
         corrected.append(
             write_map(out / f"corrected_{b}.mrc", result.corrected[i], m1.voxel_size, m1.origin)

@@ -8,6 +8,7 @@ expected and what was found.
 from __future__ import annotations
 
 __all__ = [
+    "DeviceMemoryError",
     "EmptyMaskError",
     "InvalidValueError",
     "MapFormatError",
@@ -50,6 +51,10 @@ class EmptyMaskError(SpisonetError):
 
 class StarFormatError(SpisonetError):
     """A STAR file is missing, unreadable or lacks the columns we need."""
+
+
+class DeviceMemoryError(SpisonetError, MemoryError):
+    """The GPU (or CPU) ran out of memory; the message says which setting to lower."""
 
 
 class InvalidValueError(SpisonetError, ValueError):

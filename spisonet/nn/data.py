@@ -183,6 +183,16 @@ class CubeBatch:
             self.swapped,
         )
 
+    def select(self, part: slice) -> CubeBatch:
+        """The samples ``part`` of this batch (e.g. one rank's share of a global batch)."""
+        return CubeBatch(
+            self.x1[part],
+            None if self.x2 is None else self.x2[part],
+            self.rotations[part],
+            self.indices[part],
+            self.swapped[part],
+        )
+
     def split(self, parts: int) -> list[CubeBatch]:
         """Split into ``parts`` micro-batches (for gradient accumulation), sizes differing by ≤ 1.
 
@@ -190,19 +200,7 @@ class CubeBatch:
         """
         parts = _check_positive_int("acc_batches", parts)
         bounds = np.linspace(0, len(self), parts + 1).round().astype(int)
-        out = []
-        for a, b in itertools.pairwise(bounds):
-            if b > a:
-                out.append(
-                    CubeBatch(
-                        self.x1[a:b],
-                        None if self.x2 is None else self.x2[a:b],
-                        self.rotations[a:b],
-                        self.indices[a:b],
-                        self.swapped[a:b],
-                    )
-                )
-        return out
+        return [self.select(slice(a, b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 class CubePairs:

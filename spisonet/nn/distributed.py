@@ -138,8 +138,8 @@ def check_batch_layout(batch_size: int, acc_batches: int, world_size: int) -> in
         raise InvalidValueError(
             f"batch_size {batch_size} cannot be split over {world_size} process(es) × "
             f"{acc_batches} accumulation step(s): it must be a multiple of "
-            f"{world_size * acc_batches} (e.g. --batch-size {world_size * acc_batches} "
-            f"or --acc-batches 1)"
+            f"{world_size * acc_batches} (e.g. --batch-size "
+            f"{max(1, round(batch_size / (world_size * acc_batches))) * world_size * acc_batches})"
         )
     return batch_size // world_size
 

@@ -28,6 +28,7 @@ continues from it and gives the same weights as an uninterrupted run with the sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -43,6 +44,14 @@ from torch import nn
 from ..errors import InvalidValueError, SpisonetError
 from ..io import atomic_path
 from .data import CubePairs
+from .distributed import (
+    all_reduce_sum_,
+    barrier,
+    check_batch_layout,
+    current_world,
+    world_slice,
+    wrap_model,
+)
 from .losses import correction_loss
 from .operators import sampling_tensor
 from .unet import WIDTH_PRESETS, UNet3D
@@ -416,6 +425,11 @@ def train_network(
     TrainResult
     """
     dev = resolve_device(settings.device)
+    world = current_world()
+    if world.distributed:
+        check_batch_layout(settings.batch_size, settings.acc_batches, world.size)
+        if dev.type == "cuda":
+            dev = torch.device("cuda", torch.cuda.current_device())
     amp_dtype = resolve_amp(settings.amp, dev)
     d = pairs.cube_size
     w = np.asarray(weight)
@@ -460,7 +474,9 @@ def train_network(
             scheduler.load_state_dict(saved["scheduler"])
         if "rng" in saved and "torch" in saved["rng"]:
             torch.set_rng_state(saved["rng"]["torch"])
-    net = torch.compile(model) if settings.compile else model
+    # several ranks: DDP averages the gradients of the ranks' slices of each global batch
+    net = wrap_model(model, dev, world)
+    net = torch.compile(net) if settings.compile else net
     w_t = sampling_tensor(w, device=dev)
 
     t0 = time.perf_counter()
@@ -469,33 +485,46 @@ def train_network(
         model.train()
         sums: dict[str, float] = {}
         n_seen = 0
-        for k, batch in enumerate(pairs.batches(epoch, settings.batch_size)):
+        for k, global_batch in enumerate(pairs.batches(epoch, settings.batch_size)):
+            batch = global_batch.select(world_slice(len(global_batch), world))
             batch = batch.to(dev, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             step_parts: dict[str, torch.Tensor] = {}
-            for micro in batch.split(settings.acc_batches):
+            micros = batch.split(settings.acc_batches)
+            for j, micro in enumerate(micros):
                 share = len(micro) / len(batch)
-                with torch.autocast(
-                    device_type=dev.type,
-                    dtype=amp_dtype or torch.float32,
-                    enabled=amp_dtype is not None,
-                ):
-                    loss, parts = correction_loss(
-                        net,
-                        micro.x1,
-                        micro.x2,
-                        w_t,
-                        micro.rotations,
-                        alpha=settings.alpha,
-                        beta=settings.beta,
-                    )
-                (loss * share).backward()
+                # gradients are all-reduced once per step, on the last micro-batch
+                defer = world.distributed and j < len(micros) - 1
+                with net.no_sync() if defer else contextlib.nullcontext():
+                    with torch.autocast(
+                        device_type=dev.type,
+                        dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None,
+                    ):
+                        loss, parts = correction_loss(
+                            net,
+                            micro.x1,
+                            micro.x2,
+                            w_t,
+                            micro.rotations,
+                            alpha=settings.alpha,
+                            beta=settings.beta,
+                        )
+                    (loss * share).backward()
                 for name, value in parts.items():
                     step_parts[name] = step_parts.get(name, 0.0) + value * share
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             steps_run += 1
+            if world.distributed:
+                # the loss of the global batch: the mean of the ranks' equal-sized slices
+                names = sorted(step_parts)
+                packed = torch.stack(
+                    [torch.as_tensor(step_parts[n], dtype=torch.float64) for n in names]
+                )
+                packed = all_reduce_sum_(packed.to(dev)) / world.size
+                step_parts = dict(zip(names, packed.cpu(), strict=True))
             values = {name: float(v) for name, v in step_parts.items()}
             if not math.isfinite(values["total"]):
                 raise InvalidValueError(
@@ -503,9 +532,9 @@ def train_network(
                     f"{epoch + 1}, step {k + 1}; try a lower learning rate"
                 )
             for name, v in values.items():
-                sums[name] = sums.get(name, 0.0) + v * len(batch)
-            n_seen += len(batch)
-            if progress is not None:
+                sums[name] = sums.get(name, 0.0) + v * len(global_batch)
+            n_seen += len(global_batch)
+            if progress is not None and world.is_main:
                 elapsed = time.perf_counter() - t0
                 progress(
                     TrainProgress(
@@ -520,7 +549,8 @@ def train_network(
                 )
         for name, s in sums.items():
             history.setdefault(name, []).append(s / max(n_seen, 1))
-        if ckpt_path is not None:
+        if ckpt_path is not None and world.is_main:
+            # the plain module's weights (no DDP wrapper): resumable on any number of ranks
             save_checkpoint(
                 ckpt_path,
                 {
@@ -533,6 +563,7 @@ def train_network(
                     "rng": _rng_state(),
                 },
             )
+        barrier()  # no rank runs ahead of the checkpoint
     seconds = time.perf_counter() - t0
     model.eval()
     return TrainResult(
