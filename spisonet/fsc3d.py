@@ -516,17 +516,16 @@ def _row_axis(kz, ky, kx):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _classify_voxels(n, limit_r, dmaxs, runs, mirror_pts):  # pragma: no cover - compiled
-    """Group the voxels to compute into runs along their row axis; list those to mirror.
+def _classify_voxels(n, limit_r, dmaxs, runs):  # pragma: no cover - compiled
+    """Group the voxels to compute directly into runs along their row axis.
 
-    Returns (number of runs, number of mirrored voxels).
+    Returns the number of runs.
     """
     h = n // 2
     even = n % 2 == 0
     kmin = -h
     kmax = n - 1 - h
     nr = 0
-    nm = 0
     r2max = (limit_r + 0.5) ** 2
     for ai in range(3):
         for u in range(kmin, kmax + 1):
@@ -545,17 +544,8 @@ def _classify_voxels(n, limit_r, dmaxs, runs, mirror_pts):  # pragma: no cover -
                         kz, ky, kx = w, u, v
                     s = int(np.rint(np.sqrt(kz * kz + ky * ky + kx * kx)))
                     take = 1 <= s < limit_r and _row_axis(kz, ky, kx) == ai
-                    if take:
-                        positive = kz > 0 or (kz == 0 and (ky > 0 or (ky == 0 and kx > 0)))
-                        interior = True
-                        if even:
-                            interior = max(abs(kz), abs(ky), abs(kx)) + dmaxs[s] < h
-                        if not positive and interior:
-                            mirror_pts[nm, 0] = kz
-                            mirror_pts[nm, 1] = ky
-                            mirror_pts[nm, 2] = kx
-                            nm += 1
-                            take = False
+                    if take and _mirrored(kz, ky, kx, s, h, even, dmaxs):
+                        take = False
                     if not take:
                         run_open = False
                         continue
@@ -570,20 +560,51 @@ def _classify_voxels(n, limit_r, dmaxs, runs, mirror_pts):  # pragma: no cover -
                         runs[nr, 5] = s
                         nr += 1
                         run_open = True
-    return nr, nm
+    return nr
 
 
-def _work_list(n: int, limit_r: int, dmaxs: np.ndarray):
-    """Runs of voxels to compute directly, and voxels filled by mirroring.
+@njit(cache=True, nogil=True, inline="always")
+def _mirrored(kz, ky, kx, s, h, even, dmaxs):  # pragma: no cover - compiled
+    """True when voxel k takes its value from −k instead of being computed.
 
     f(−k) = f(k), so out(−p) = out(p) whenever the neighbourhoods of p and −p are mirror
-    images: always in an odd box, and away from the −n/2 planes in an even one.
+    images: always in an odd box, and away from the −n/2 planes in an even one. Of each
+    such pair the voxel in the "negative" half (first non-zero of z, y, x below 0) mirrors.
     """
+    positive = kz > 0 or (kz == 0 and (ky > 0 or (ky == 0 and kx > 0)))
+    if positive:
+        return False
+    if even:
+        return max(abs(kz), abs(ky), abs(kx)) + dmaxs[s] < h
+    return True
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _fill_mirrored(out, limit_r, dmaxs):  # pragma: no cover - compiled
+    """out[k] = out[−k] for every voxel that :func:`_mirrored` says is a mirror."""
+    n = out.shape[0]
+    h = n // 2
+    even = n % 2 == 0
+    for iz in prange(n):
+        kz = iz - h
+        for iy in range(n):
+            ky = iy - h
+            for ix in range(n):
+                kx = ix - h
+                s = int(np.rint(np.sqrt(kz * kz + ky * ky + kx * kx)))
+                if 1 <= s < limit_r and _mirrored(kz, ky, kx, s, h, even, dmaxs):
+                    out[iz, iy, ix] = out[h - kz, h - ky, h - kx]
+
+
+def _work_list(n: int, limit_r: int, dmaxs: np.ndarray) -> np.ndarray:
+    """Runs (axis, u, v, first w, length, shell) of voxels to compute directly (int16)."""
+    if n > 32000:
+        raise InvalidValueError(f"box {n} is too large for the 3D FSC (at most 32000)")
     n_max = int(min(n**3, 4.2 * limit_r**3 + 64))
-    runs = np.empty((n_max, 6), dtype=np.int64)
-    mirror = np.empty((n_max, 3), dtype=np.int64)
-    nr, nm = _classify_voxels(n, limit_r, dmaxs.astype(np.int64), runs, mirror)
-    return runs[:nr].copy(), mirror[:nm].copy()
+    # pages of the oversized buffer that are never written cost no memory
+    runs = np.empty((n_max, 6), dtype=np.int16)
+    nr = _classify_voxels(n, limit_r, dmaxs.astype(np.int64), runs)
+    return runs[:nr].copy()
 
 
 @dataclass
@@ -594,7 +615,6 @@ class _Layout:
     limit_r: int
     tables: tuple
     runs: np.ndarray
-    mirrored: np.ndarray
     rows: np.ndarray
     values: np.ndarray
     row_base: np.ndarray
@@ -606,12 +626,12 @@ def _prepare(agreement: np.ndarray, limit_r: int, angle_deg: float) -> _Layout:
     limit_r = max(1, min(limit_r, int(np.ceil(np.sqrt(3) * (n // 2 + 1))) + 1))
     tables = _shell_tables(limit_r, angle_deg)
     if limit_r <= 1:
-        empty = np.zeros((0, 6), dtype=np.int64)
-        return _Layout(n, limit_r, tables, empty, empty[:, :3], empty, empty, empty)
+        empty = np.zeros((0, 6), dtype=np.int16)
+        return _Layout(n, limit_r, tables, empty, empty, empty, empty)
     dmaxs, _, _, ab_off, atab, btab = tables
-    runs, mirrored = _work_list(n, limit_r, dmaxs)
+    runs = _work_list(n, limit_r, dmaxs)
     rows, values, row_base = _row_layout(agreement, limit_r, ab_off, atab, btab)
-    return _Layout(n, limit_r, tables, runs, mirrored, rows, values, row_base)
+    return _Layout(n, limit_r, tables, runs, rows, values, row_base)
 
 
 def _average(layout: _Layout, progress: Progress | None = None, kernel=None) -> np.ndarray:
@@ -642,11 +662,8 @@ def _average(layout: _Layout, progress: Progress | None = None, kernel=None) -> 
                 )
             if progress is not None:
                 progress((j + 1) / (len(edges) - 1))
-    off = n // 2
-    m = layout.mirrored
-    out[m[:, 0] + off, m[:, 1] + off, m[:, 2] + off] = out[
-        off - m[:, 0], off - m[:, 1], off - m[:, 2]
-    ]
+    if layout.limit_r > 1:
+        _fill_mirrored(out, layout.limit_r, layout.tables[0].astype(np.int64))
     if progress is not None:
         progress(1.0)
     return out
