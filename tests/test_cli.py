@@ -290,3 +290,20 @@ def test_help_does_not_import_torch() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "anisotropy" in proc.stdout and "fsd3d" in proc.stdout
+
+
+def test_demo_without_correction_writes_and_reports_its_outputs(tmp_path) -> None:
+    out = tmp_path / "demo"
+    output = invoke("demo", "--out", out, "--no-correct")
+    for name in ("gt.mrc", "half1.mrc", "half2.mrc", "mask.mrc", "FSC3D.mrc"):
+        assert (out / name).exists(), name
+    assert "Outputs are in" in output
+    assert "along z" in output  # the directional summary table
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_pipeline_with_the_tiny_preset(tmp_path) -> None:
+    out = tmp_path / "demo"
+    output = invoke("demo", "--out", out, "--preset", "tiny", "--epochs", "1")
+    assert any(p.name.startswith("corrected_") for p in out.rglob("*.mrc")), output
+    assert any(p.suffix == ".png" for p in out.rglob("*.png"))
