@@ -32,7 +32,15 @@ rounds them to even, so this module uses ``floor(x + 0.5)`` wherever RELION uses
 RELION is built in double precision (``Precision: BASE=double``): all arithmetic here is
 float64 and only the result is float32.
 
-Only :func:`run_external_reconstruct` touches files, and only through :mod:`spisonet.io`.
+The misalignment correction (ALGORITHM.md §5) is :class:`RelionCorrection`, configured from
+``ISONET_*`` / ``SPISONET_*`` environment variables (:func:`correction_settings_from_env`)
+and returned by :func:`resolve_correction`: gates (healpix order from the run's sampling
+STAR, resolution from the STAR's FSC column), a lock-file rendezvous of the two halves
+(:func:`wait_for_partner`), unregularised half maps, 3D FSC, one network per half,
+low-pass. Any failure there leaves RELION's own map (docs/relion.md).
+
+Only :func:`run_external_reconstruct` and the correction touch files (the map, the
+rendezvous files, the model checkpoints, the log), maps only through :mod:`spisonet.io`.
 """
 
 from __future__ import annotations
@@ -53,15 +61,24 @@ from .errors import InvalidValueError, MapShapeError, SpisonetError, StarFormatE
 
 __all__ = [
     "ExternalReconstructJob",
+    "JobName",
     "PixelSize",
+    "RelionCorrection",
+    "RelionCorrectionSettings",
+    "RendezvousResult",
     "blob_fourier_table",
     "console_main",
+    "correction_settings_from_env",
+    "current_resolution",
     "find_pixel_size",
+    "healpix_order_of_run",
+    "parse_job_name",
     "read_external_star",
     "reconstruct",
     "reconstruct_arrays",
     "resolve_correction",
     "run_external_reconstruct",
+    "wait_for_partner",
     "write_result_star",
 ]
 
@@ -84,7 +101,7 @@ REQUIRED_LABELS = (
     "rlnCurrentImageSize",
 )
 
-Correction = Callable[["ExternalReconstructJob", np.ndarray, float], np.ndarray]
+Correction = Callable[["ExternalReconstructJob", np.ndarray, float], "np.ndarray | None"]
 
 
 # --------------------------------------------------------------------------------------
@@ -883,16 +900,24 @@ def _optimiser_references(path: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------
 
 
-def resolve_correction(enabled: bool = True) -> Correction | None:
-    """The network correction to apply inside RELION, or None for the plain map.
+class _KeepPlain(Exception):
+    """Internal: the correction returned None (its reason is the message)."""
 
-    This is the hook for the misalignment correction (ALGORITHM.md §5: gates, waiting for
-    the other half, 3D FSC, training, low-pass). It is not implemented yet: it returns
-    None, so ``spisonet-relion`` currently writes RELION's own reconstruction. A
-    correction is any callable ``(job, volume, pixel_size) -> volume`` returning a
-    (box, box, box) array.
+
+def resolve_correction(enabled: bool = True) -> Correction | None:
+    """The misalignment correction to apply inside RELION, or None for the plain map.
+
+    Returns a :class:`RelionCorrection` configured from the environment (see
+    :func:`correction_settings_from_env`). It never raises: a bad environment variable
+    gives a correction that raises when called, so the error is logged and the plain map
+    is written (RELION keeps running).
     """
-    return None
+    if not enabled:
+        return None
+    try:
+        return RelionCorrection(correction_settings_from_env())
+    except Exception as exc:  # never kill RELION
+        return _BrokenCorrection(exc)
 
 
 def write_result_star(
@@ -965,8 +990,9 @@ def run_external_reconstruct(
 
     Writes the job's ``rlnExtReconsResult`` map (box³ float32, atomically, with the run's
     pixel size when found, else 1.0 Å and a log line saying so). With ``correction``,
-    the plain map is passed to it; any exception it raises (or a wrong shape or
-    non-finite values) is logged and the plain map is written instead. With
+    the plain map is passed to it; when it returns None the plain map is written (its
+    ``summary`` attribute, when present, says why); any exception it raises (or a wrong
+    shape or non-finite values) is logged and the plain map is written instead. With
     ``write_tau2_star`` the job's tau2 table is written back to
     ``rlnExtReconsResultStarfile`` (unchanged values). The data and weight files are
     deleted after the map is written unless ``keep_inputs``. One line goes to stdout and
@@ -991,9 +1017,13 @@ def run_external_reconstruct(
         notes.append(f"pixel size not found ({pixel.source}); writing 1.0 Å")
     volume = plain
     how = "plain"
+    detail = ""
     if correction is not None:
         try:
-            corrected = np.asarray(correction(job, plain, voxel))
+            returned = correction(job, plain, voxel)
+            if returned is None:  # the correction decided to keep RELION's map
+                raise _KeepPlain(str(getattr(correction, "summary", "") or "kept"))
+            corrected = np.asarray(returned)
             if corrected.shape != plain.shape:
                 raise MapShapeError(
                     f"correction returned shape {corrected.shape}, expected {plain.shape}"
@@ -1002,6 +1032,9 @@ def run_external_reconstruct(
                 raise SpisonetError("correction returned NaN or infinite values")
             volume = corrected.astype(np.float32)
             how = "corrected"
+            detail = str(getattr(correction, "summary", "") or "")
+        except _KeepPlain as keep:
+            detail = str(keep)
         except Exception as exc:  # never kill RELION: fall back to the plain map
             _log(
                 star,
@@ -1025,7 +1058,8 @@ def run_external_reconstruct(
     elapsed = time.perf_counter() - start
     pix_text = f"{voxel:.4g} Å ({pixel.source})" if pixel.value is not None else "1.0 Å (unknown)"
     msg = (
-        f"{job.name}: {how} map, box {job.ori_size}, pad {job.padding_factor:g}, "
+        f"{job.name}: {how} map{f' ({detail})' if detail else ''}, box {job.ori_size}, "
+        f"pad {job.padding_factor:g}, "
         f"current size {job.current_size}, {'no Wiener term, ' if not wiener else ''}"
         f"{'skip gridding, ' if skip_gridding else ''}pixel {pix_text}, "
         f"reconstruction {t_plain:.1f} s, total {elapsed:.1f} s -> {job.result}"
@@ -1056,10 +1090,16 @@ def console_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-correction", "--no_correction", action="store_true")
     parser.add_argument("--keep-inputs", "--keep_inputs", action="store_true")
     args = parser.parse_args(argv)
+    correction = None
+    if not args.no_correction:
+        try:
+            correction = resolve_correction(True)
+        except Exception as exc:  # never kill RELION: without a correction, plain map
+            _log(Path(args.star), f"correction unavailable ({type(exc).__name__}: {exc})")
     try:
         run_external_reconstruct(
             args.star,
-            correction=None if args.no_correction else resolve_correction(True),
+            correction=correction,
             keep_inputs=args.keep_inputs,
         )
     except Exception as exc:
@@ -1068,3 +1108,747 @@ def console_main(argv: list[str] | None = None) -> int:
         _log(Path(args.star), f"{_star_root(Path(args.star).name)}: FAILED: {message}", echo=False)
         return 1
     return 0
+
+
+# --------------------------------------------------------------------------------------
+# The misalignment correction (ALGORITHM.md §5)
+# --------------------------------------------------------------------------------------
+
+#: Environment knobs: field -> (type, default). Each is read from ``ISONET_<NAME>`` (the
+#: public tool's spelling) or ``SPISONET_<NAME>``; when both are set, SPISONET_ wins.
+_ENV_FIELDS: dict[str, tuple[str, object]] = {
+    "START_HEALPIX": ("int", 3),
+    "START_RESOLUTION": ("float", 15.0),
+    "EPOCHS": ("int", 5),
+    "RETRAIN_EACH_ITER": ("bool", False),
+    "WHITENING": ("bool", True),
+    "WHITENING_LOW": ("float", 10.0),
+    "FSC_WEIGHTING": ("bool", True),
+    "KEEP_LOWRES": ("bool", False),
+    "KEEP_HIGHRES": ("bool", False),
+    "ALPHA": ("float", None),
+    "BETA": ("float", None),
+    "ACC_BATCHES": ("int", None),
+    "WAIT_TIMEOUT": ("float", 600.0),
+    "PRESET": ("str", None),
+    "THREADS": ("int", None),
+    "TEST_RAISE_ON_CALL": ("int", None),
+}
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+@dataclass(frozen=True)
+class RelionCorrectionSettings:
+    """Settings of the correction inside RELION (from the environment).
+
+    Attributes
+    ----------
+    start_healpix : the network runs once RELION's healpix order is at least this (3).
+    start_resolution : ... and the current resolution (Å) is better (smaller) than this (15).
+    epochs : training epochs per iteration (5).
+    retrain_each_iter : start every iteration from a fresh network instead of continuing
+        the previous iteration's model (False).
+    whitening, whitening_low : flatten the amplitude spectrum between ``whitening_low`` Å
+        and the current resolution before training (True, 10 Å).
+    fsc_weighting : weight the unregularised half map by max(FSC, 0) per shell (True).
+    keep_lowres : keep the initial reference's content below ``--ini_high`` (False).
+    keep_highres : instead of low-passing the result to the current resolution, keep
+        RELION's own map beyond it (False; spisonet's own knob, not the public tool's).
+    alpha, beta, acc_batches : training knobs (None: the preset's).
+    wait_timeout : seconds to wait for the other half (600); then the plain map.
+    preset : ``gpu``, ``cpu`` or ``tiny`` (None: ``gpu`` with CUDA, else ``cpu``).
+    threads : torch CPU threads (None: half the cores, the other half runs the other half).
+    test_raise_on_call : test hook; the correction raises on this half's n-th call that
+        passed the gates (None: never).
+    sources : which variable set each non-default value (for the log).
+    """
+
+    start_healpix: int = 3
+    start_resolution: float = 15.0
+    epochs: int = 5
+    retrain_each_iter: bool = False
+    whitening: bool = True
+    whitening_low: float = 10.0
+    fsc_weighting: bool = True
+    keep_lowres: bool = False
+    keep_highres: bool = False
+    alpha: float | None = None
+    beta: float | None = None
+    acc_batches: int | None = None
+    wait_timeout: float = 600.0
+    preset: str | None = None
+    threads: int | None = None
+    test_raise_on_call: int | None = None
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+def _parse_env_value(name: str, raw: str, kind: str) -> object:
+    text = raw.strip()
+    if kind == "bool":
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise InvalidValueError(f"{name}={raw!r}: expected a boolean (1/0, true/false, yes/no)")
+    if kind == "int":
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidValueError(f"{name}={raw!r}: expected an integer") from None
+        if not math.isfinite(value) or value != int(value):
+            raise InvalidValueError(f"{name}={raw!r}: expected an integer")
+        return int(value)
+    if kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidValueError(f"{name}={raw!r}: expected a number") from None
+        if not math.isfinite(value):
+            raise InvalidValueError(f"{name}={raw!r}: expected a finite number")
+        return value
+    return text
+
+
+def correction_settings_from_env(
+    environ: dict[str, str] | None = None,
+) -> RelionCorrectionSettings:
+    """Read :class:`RelionCorrectionSettings` from ``ISONET_*`` / ``SPISONET_*`` variables.
+
+    Each field ``NAME`` (e.g. ``START_HEALPIX``) is read from ``SPISONET_NAME`` when set,
+    else from ``ISONET_NAME``; unset or empty variables keep the default.
+
+    Raises
+    ------
+    InvalidValueError when a value does not parse or is out of range (the variable's name
+    and value are in the message).
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for key, (kind, _default) in _ENV_FIELDS.items():
+        for prefix in ("SPISONET_", "ISONET_"):
+            name = prefix + key
+            raw = env.get(name)
+            if raw is not None and raw.strip() != "":
+                values[key.lower()] = _parse_env_value(name, raw, kind)
+                sources[key.lower()] = name
+                break
+    s = RelionCorrectionSettings(**values, sources=sources)  # type: ignore[arg-type]
+
+    def bad(attr: str, expected: str) -> InvalidValueError:
+        return InvalidValueError(
+            f"{sources.get(attr, attr)}={getattr(s, attr)!r}: expected {expected}"
+        )
+
+    if s.epochs < 0:
+        raise bad("epochs", "an integer >= 0")
+    if s.start_resolution <= 0:
+        raise bad("start_resolution", "a resolution > 0 Å")
+    if s.whitening_low <= 0:
+        raise bad("whitening_low", "a resolution > 0 Å")
+    if s.wait_timeout < 0:
+        raise bad("wait_timeout", "seconds >= 0")
+    if s.acc_batches is not None and s.acc_batches < 1:
+        raise bad("acc_batches", "an integer >= 1")
+    if s.threads is not None and s.threads < 1:
+        raise bad("threads", "an integer >= 1")
+    if s.preset is not None and s.preset not in ("gpu", "cpu", "tiny"):
+        raise bad("preset", "one of gpu, cpu, tiny")
+    return s
+
+
+# ---- what the run's own files say
+
+
+_JOB_RE = re.compile(
+    r"^(?P<root>.+)_it(?P<it>\d{3,})(?:_half(?P<half>\d+))?_(?P<kind>class|body)(?P<cls>\d{3,})$"
+)
+
+
+@dataclass(frozen=True)
+class JobName:
+    """The parts of RELION's iteration name ``<root>_it<NNN>[_half<h>]_class<CCC>``."""
+
+    root: str
+    iteration: int
+    digits: int
+    half: int | None
+    kind: str
+    number: str
+
+    def name(self, half: int | None = None, iteration: int | None = None) -> str:
+        """The same name for another half and/or iteration."""
+        h = self.half if half is None else half
+        it = self.iteration if iteration is None else iteration
+        mid = f"_half{h}" if h is not None else ""
+        return f"{self.root}_it{it:0{self.digits}d}{mid}_{self.kind}{self.number}"
+
+
+def parse_job_name(name: str) -> JobName | None:
+    """Split a job name (the STAR name without ``_external_reconstruct.star``); None if it
+    does not follow RELION's iteration naming. Roots with underscores are fine."""
+    m = _JOB_RE.match(name)
+    if m is None:
+        return None
+    return JobName(
+        root=m.group("root"),
+        iteration=int(m.group("it")),
+        digits=len(m.group("it")),
+        half=int(m.group("half")) if m.group("half") is not None else None,
+        kind=m.group("kind"),
+        number=m.group("cls"),
+    )
+
+
+def _read_star_scalar(path: Path, label: str) -> str | None:
+    """The value of ``_<label>`` in a STAR list block (first occurrence), else None."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for raw in fh:
+                parts = raw.split()
+                if len(parts) >= 2 and parts[0] == f"_{label}":
+                    return parts[1]
+    except OSError:
+        return None
+    return None
+
+
+def _newest_iteration_file(folder: Path, jn: JobName, suffix: str, *, before: bool) -> Path | None:
+    """Newest ``<root>_it<MMM><suffix>`` beside the job with MMM <= NNN (< NNN if before)."""
+    pattern = re.compile(re.escape(jn.root) + r"_it(\d{3,})" + re.escape(suffix) + "$")
+    best: tuple[int, str] | None = None
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return None
+    for name in names:
+        m = pattern.match(name)
+        if m is None:
+            continue
+        it = int(m.group(1))
+        if it > jn.iteration or (before and it == jn.iteration):
+            continue
+        if best is None or it > best[0]:
+            best = (it, name)
+    return None if best is None else folder / best[1]
+
+
+def healpix_order_of_run(job: ExternalReconstructJob) -> tuple[int | None, str]:
+    """RELION's current healpix order, from the run's newest ``<root>_it<MMM>_sampling.star``
+    (MMM <= the job's iteration) beside the job. Returns (order or None, source or reason).
+    """
+    jn = parse_job_name(job.name)
+    if jn is None:
+        return None, f"{job.name} does not follow RELION's iteration naming"
+    path = _newest_iteration_file(job.star_path.parent, jn, "_sampling.star", before=False)
+    if path is None:
+        return None, f"no {jn.root}_it<NNN>_sampling.star beside the job"
+    raw = _read_star_scalar(path, "rlnHealpixOrder")
+    if raw is None:
+        return None, f"{path.name} has no rlnHealpixOrder"
+    try:
+        return int(float(raw)), path.name
+    except ValueError:
+        return None, f"{path.name}: rlnHealpixOrder is {raw!r}"
+
+
+def current_resolution(job: ExternalReconstructJob, pixel_size: float) -> float:
+    """The current resolution (Å) from the STAR's own ``rlnGoldStandardFsc`` column.
+
+    Resolution of the first shell (>= 1) whose FSC falls below 0.143, i.e.
+    ``box * pixel_size / shell`` (:func:`spisonet.fsc.resolution_at`); Nyquist when it
+    never does; ``inf`` when the column is missing or empty.
+    """
+    from .fsc import resolution_at
+
+    if job.fsc is None or job.fsc.size < 2:
+        return math.inf
+    idx = job.spectral_index
+    curve = np.zeros(int(idx.max()) + 1)
+    curve[idx] = job.fsc
+    return float(resolution_at(curve, 0.143, job.ori_size, pixel_size, start=1))
+
+
+def _optimiser_command_option(path: Path, option: str) -> str | None:
+    """The value of ``option`` in the command line RELION writes atop ``_optimiser.star``."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for _ in range(5):
+                line = fh.readline()
+                if line.startswith("# --") or line.startswith("#--"):
+                    parts = line[1:].split()
+                    if option in parts:
+                        i = parts.index(option)
+                        if i + 1 < len(parts):
+                            return parts[i + 1]
+    except OSError:
+        return None
+    return None
+
+
+# ---- the rendezvous of the two halves
+
+
+def _publish_lock(path: Path) -> int:
+    """Create ``path`` already holding an exclusive flock (lock a temporary, then rename),
+    so whoever sees the file sees it locked until we release it."""
+    import fcntl
+    import threading
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        with _suppress_oserror():
+            tmp.unlink()
+        raise
+    return fd
+
+
+def _release_lock(fd: int | None) -> None:
+    import fcntl
+
+    if fd is None:
+        return
+    with _suppress_oserror():
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    with _suppress_oserror():
+        os.close(fd)
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, value, tb) -> bool:
+        return kind is not None and issubclass(kind, OSError)
+
+
+def _flock_shared(fd: int, timeout: float) -> bool:
+    """Block until a shared flock on ``fd`` is granted (the owner released its exclusive
+    lock, or died), at most ``timeout`` seconds. No polling: a helper thread blocks in the
+    kernel; on timeout it is left behind (daemon) and the fd is not closed."""
+    import fcntl
+    import threading
+
+    granted = threading.Event()
+
+    def take() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            return
+        granted.set()
+
+    try:  # fast path
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        pass
+    worker = threading.Thread(target=take, name="spisonet-rendezvous", daemon=True)
+    worker.start()
+    return granted.wait(max(0.0, timeout))
+
+
+@dataclass(frozen=True)
+class RendezvousResult:
+    """What the other half left: its unregularised map (None if none) and why."""
+
+    volume: np.ndarray | None
+    reason: str
+    waited: float
+
+
+def wait_for_partner(
+    lock: Path,
+    result: Path,
+    *,
+    not_before: float,
+    timeout: float,
+) -> RendezvousResult:
+    """Wait for the other half's unregularised map, without polling delays.
+
+    Protocol: each half publishes ``lock`` already locked (:func:`_publish_lock`) before
+    anything else, writes its map to ``result`` atomically, then releases the lock (also
+    when its gates are closed or it fails, in which case it writes no map). This side
+    waits for ``lock`` to appear (short sleeps, 5 ms doubling to 100 ms: only while the
+    other process has not started), then blocks on a shared flock until released, then
+    reads ``result``. Files older than ``not_before`` (epoch seconds) are stale (an earlier
+    run) and ignored. Gives up after ``timeout`` seconds in all.
+    """
+    from .io import read_map
+
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = 0.005
+    while True:
+        try:
+            fresh = os.stat(lock).st_mtime >= not_before
+        except OSError:
+            fresh = False
+        if fresh:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return RendezvousResult(
+                None, f"the other half never started (no {lock.name} after {timeout:g} s)",
+                time.monotonic() - start,
+            )  # fmt: skip
+        time.sleep(min(delay, remaining))
+        delay = min(2 * delay, 0.1)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError as exc:
+        return RendezvousResult(None, f"cannot open {lock.name}: {exc}", time.monotonic() - start)
+    granted = _flock_shared(fd, deadline - time.monotonic())
+    waited = time.monotonic() - start
+    if not granted:
+        return RendezvousResult(
+            None, f"timed out after {timeout:g} s waiting for the other half", waited
+        )
+    _release_lock(fd)
+    try:
+        fresh_result = os.stat(result).st_mtime >= not_before
+    except OSError:
+        fresh_result = False
+    if not fresh_result:
+        return RendezvousResult(
+            None,
+            "the other half finished without an unregularised map (its gate was closed or "
+            "it failed: see its log lines)",
+            waited,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        volume = read_map(result).data
+    return RendezvousResult(np.asarray(volume, dtype=np.float32), "ok", waited)
+
+
+# ---- the correction itself
+
+
+def _match_radial_amplitude(
+    volume: np.ndarray, reference: np.ndarray, max_shell: float
+) -> np.ndarray:
+    """Scale each Fourier shell s <= max_shell of ``volume`` so its mean |F| equals the
+    reference's; shells beyond are left as they are (float32)."""
+    n = volume.shape[0]
+    fv = np.fft.rfftn(volume.astype(np.float64))
+    fr = np.fft.rfftn(reference.astype(np.float64))
+    kz = np.fft.fftfreq(n) * n
+    kx = np.arange(n // 2 + 1)
+    shells = np.floor(
+        np.sqrt(kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2) + 0.5
+    ).astype(np.int64)
+    m = int(shells.max()) + 1
+    # each rfft column kx > 0 (but not an even box's Nyquist) stands for two voxels
+    w = np.where((kx > 0) & (2 * kx != n), 2.0, 1.0)[None, None, :] * np.ones(shells.shape)
+    flat, wf = shells.ravel(), w.ravel()
+    count = np.maximum(np.bincount(flat, weights=wf, minlength=m), 1e-300)
+    av = np.bincount(flat, weights=(w * np.abs(fv)).ravel(), minlength=m) / count
+    ar = np.bincount(flat, weights=(w * np.abs(fr)).ravel(), minlength=m) / count
+    scale = np.ones(m)
+    ok = (np.arange(m) <= max_shell) & (av > 1e-12 * max(float(av.max()), 1e-300))
+    scale[ok] = ar[ok] / av[ok]
+    out = np.fft.irfftn(fv * scale[shells], s=volume.shape, axes=(0, 1, 2))
+    return out.astype(np.float32)
+
+
+def _remove_earlier_files(folder: Path, jn: JobName) -> None:
+    """Remove rendezvous files (locks, unregularised maps) of earlier iterations of this
+    run (this half's, or both halves' for the joined iteration): nobody needs them now."""
+    half = r"\d+" if jn.half is None else str(jn.half)
+    pattern = re.compile(
+        re.escape(jn.root)
+        + r"_it(\d{3,})_half"
+        + half
+        + "_"
+        + re.escape(jn.kind + jn.number)
+        + r"_spisonet(?:\.lock|_unreg\.mrc)$"
+    )
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m.group(1)) < jn.iteration:
+            with _suppress_oserror():
+                (folder / name).unlink()
+
+
+class _BrokenCorrection:
+    """A correction whose settings could not be read: raises the error when called."""
+
+    summary = ""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __call__(self, job: ExternalReconstructJob, volume: np.ndarray, pixel: float) -> None:
+        raise self.error
+
+
+class RelionCorrection:
+    """The misalignment correction, called by :func:`run_external_reconstruct` for each
+    half of each iteration (one process per half, both at the same time).
+
+    Per call: the last joined iteration and closed gates keep RELION's map (the reason is
+    logged). Otherwise each half reconstructs its data without the Wiener term
+    (unregularised), shares it with the other half through :func:`wait_for_partner`,
+    computes the 3D FSC of the two, whitens and FSC-weights its own map (optional), trains
+    its own network on its own half (independent networks: the halves stay independent,
+    as RELION's gold standard needs), continuing the previous iteration's model, and
+    returns the network output low-passed to the current resolution, with RELION's own
+    map's radial amplitudes. Returns None to keep RELION's map; ``summary`` says why or
+    what was done; every step goes to ``spisonet_relion.log``.
+    """
+
+    def __init__(self, settings: RelionCorrectionSettings | None = None) -> None:
+        self.settings = settings if settings is not None else RelionCorrectionSettings()
+        self.summary = ""
+
+    # -- logging
+    def _log(self, job: ExternalReconstructJob, message: str) -> None:
+        _log(job.star_path, f"{job.name}: {message}", echo=False)
+
+    def __call__(
+        self, job: ExternalReconstructJob, plain: np.ndarray, pixel_size: float
+    ) -> np.ndarray | None:
+        s = self.settings
+        self.summary = ""
+        jn = parse_job_name(job.name)
+        if jn is None:
+            return self._keep(job, f"{job.name} does not follow RELION's iteration naming")
+        _remove_earlier_files(job.star_path.parent, jn)
+        if jn.half is None:
+            return self._keep(job, "last joined iteration keeps RELION's map")
+        if jn.half not in (1, 2):
+            return self._keep(job, f"half {jn.half}: only halves 1 and 2 are paired")
+        folder = job.star_path.parent
+        own_lock = folder / f"{job.name}_spisonet.lock"
+        own_unreg = folder / f"{job.name}_spisonet_unreg.mrc"
+        other = jn.name(half=3 - jn.half)
+        other_lock = folder / f"{other}_spisonet.lock"
+        other_unreg = folder / f"{other}_spisonet_unreg.mrc"
+        with _suppress_oserror():
+            own_unreg.unlink()  # stale, from an interrupted earlier run
+        fd = _publish_lock(own_lock)
+        t0 = time.perf_counter()
+        try:
+            order, order_src = healpix_order_of_run(job)
+            res = current_resolution(job, pixel_size)
+            res_text = f"{res:.2f} Å" if math.isfinite(res) else "unknown"
+            gates = (
+                f"healpix order {order if order is not None else '?'} ({order_src}; start "
+                f"{s.start_healpix}), resolution {res_text} (rlnGoldStandardFsc; start "
+                f"{s.start_resolution:g} Å)"
+            )
+            closed = []
+            if order is None or order < s.start_healpix:
+                closed.append("healpix order below start")
+            if not res < s.start_resolution:
+                closed.append("resolution not better than start")
+            if closed:
+                _release_lock(fd)
+                fd = None
+                return self._keep(job, f"gate closed, {' and '.join(closed)}: {gates}")
+            self._log(job, f"gates open: {gates}")
+            unreg = reconstruct(job, wiener=False)
+            from .io import write_map
+
+            write_map(own_unreg, unreg, voxel_size=pixel_size)
+            t_unreg = time.perf_counter() - t0
+        finally:
+            _release_lock(fd)
+        not_before = job.star_path.stat().st_mtime - 60.0
+        meet = wait_for_partner(
+            other_lock, other_unreg, not_before=not_before, timeout=s.wait_timeout
+        )
+        for p in (other_lock, other_unreg):  # only this half reads the other's files
+            with _suppress_oserror():
+                if meet.volume is not None or p == other_lock:
+                    p.unlink()
+        self._log(
+            job,
+            f"unregularised reconstruction {t_unreg:.1f} s; waited {meet.waited:.2f} s for "
+            f"half {3 - jn.half}: {meet.reason}",
+        )
+        if meet.volume is None:
+            return self._keep(job, f"no correction: {meet.reason}")
+        if meet.volume.shape != unreg.shape:
+            raise MapShapeError(
+                f"the other half's map has shape {meet.volume.shape}, this one {unreg.shape}"
+            )
+        self._test_hook(job, jn)
+        return self._train(job, jn, unreg, meet.volume, plain, pixel_size, res, t0)
+
+    def _keep(self, job: ExternalReconstructJob, reason: str) -> None:
+        """Keep RELION's map; the reason goes to ``summary`` (the runner logs it)."""
+        self.summary = reason
+        return None
+
+    def _test_hook(self, job: ExternalReconstructJob, jn: JobName) -> None:
+        """SPISONET_TEST_RAISE_ON_CALL=n: raise on this half's n-th call past the gates."""
+        n = self.settings.test_raise_on_call
+        if n is None:
+            return
+        counter = job.star_path.parent / f"{jn.root}_half{jn.half}_spisonet_test_calls"
+        try:
+            calls = int(counter.read_text().strip() or 0) + 1
+        except (OSError, ValueError):
+            calls = 1
+        counter.write_text(f"{calls}\n")
+        if calls == n:
+            raise RuntimeError(f"test hook: SPISONET_TEST_RAISE_ON_CALL={n} (call {calls})")
+
+    def _train(
+        self,
+        job: ExternalReconstructJob,
+        jn: JobName,
+        own: np.ndarray,
+        other: np.ndarray,
+        plain: np.ndarray,
+        voxel: float,
+        res: float,
+        t0: float,
+    ) -> np.ndarray:
+        from .correct import correct_anisotropy, preset_settings
+        from .fourier import lowpass
+        from .fsc import fsc_curve
+        from .fsc3d import fsc3d
+        from .maps import fsc_weight, whiten
+        from .masks import spherical_mask
+
+        s = self.settings
+        n = own.shape[0]
+        folder = job.star_path.parent
+        half1, half2 = (own, other) if jn.half == 1 else (other, own)
+        # mask: RELION's particle diameter (optimiser STAR), else none
+        mask = None
+        optimiser = _newest_iteration_file(folder, jn, "_optimiser.star", before=True)
+        diameter = _read_star_scalar(optimiser, "rlnParticleDiameter") if optimiser else None
+        if diameter is not None and _positive(diameter) is not None:
+            radius = min(0.5 * float(diameter) / voxel, n / 2 - 1)
+            mask = spherical_mask(n, radius, soft_edge_voxels=min(5.0, n / 8))
+        t = time.perf_counter()
+        limit = max(res, 2.0 * voxel)
+        f3d = fsc3d(half1, half2, voxel_size=voxel, mask=mask, limit_res=limit).volume
+        curve, _ = fsc_curve(half1, half2, mask)
+        t_fsc = time.perf_counter() - t
+        x = own
+        steps = []
+        if s.whitening and s.whitening_low > limit:
+            x = whiten(x, voxel, mask, low_res=s.whitening_low, high_res=limit)
+            steps.append(f"whitened {s.whitening_low:g}-{limit:.1f} Å")
+        if s.fsc_weighting:
+            x = fsc_weight(x, curve, "relion")
+            steps.append("FSC-weighted")
+        import torch
+
+        preset = s.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+        threads = s.threads or max(1, (os.cpu_count() or 2) // 2)
+        torch.set_num_threads(threads)
+        overrides: dict[str, object] = {
+            "epochs": s.epochs,
+            "alpha": s.alpha,
+            "beta": s.beta,
+            "acc_batches": s.acc_batches,
+            "limit_res": limit if n * voxel / limit >= 1 else None,
+        }
+        cfg = preset_settings(preset, **overrides)
+        if cfg.cube_size > n:  # a small box: the largest cube the network's depth allows
+            mult = 2 ** (len(cfg.widths) - 1)
+            cfg = preset_settings(preset, **overrides, cube_size=(n // mult) * mult)
+        model = folder / f"{job.name}_spisonet.pt"
+        previous = None
+        if not s.retrain_each_iter:
+            previous = _newest_iteration_file(
+                folder, jn, f"_half{jn.half}_{jn.kind}{jn.number}_spisonet.pt", before=True
+            )
+        if previous is not None:
+            self._log(job, f"continuing the model {previous.name}")
+        elif cfg.epochs == 0:
+            return self._keep(job, "epochs 0 and no previous model: nothing to predict with")
+        else:
+            self._log(job, "training a new model" + (" (retrain each iteration)" if
+                      s.retrain_each_iter else ""))  # fmt: skip
+        self._log(
+            job,
+            f"training: preset {preset}, {cfg.epochs} epochs, cube {cfg.cube_size}, "
+            f"{cfg.n_subvolume} cubes, limit {limit:.2f} Å, {threads} threads, "
+            f"{', '.join(steps) or 'no whitening/weighting'}; independent network for half "
+            f"{jn.half}" + (" (beta unused: no Noise2Noise pair)" if s.beta is not None else ""),
+        )
+        t = time.perf_counter()
+        result = correct_anisotropy(
+            x,
+            None,
+            fsc3d_volume=f3d,
+            mask=mask,
+            voxel_size=voxel,
+            settings=cfg,
+            pretrained=previous,
+            checkpoints=(model,),
+        )
+        t_train = time.perf_counter() - t
+        net = result.filtered[0] if result.filtered is not None else result.corrected[0]
+        out = lowpass(net, limit, voxel, falloff=3)
+        out = _match_radial_amplitude(out, plain, n * voxel / limit)
+        if s.keep_highres:  # RELION's map beyond the current resolution, the same soft edge
+            out = out + (plain - lowpass(plain, limit, voxel, falloff=3))
+        if s.keep_lowres:
+            out = self._keep_lowres(job, jn, out, voxel)
+        loss = result.histories[0].get("loss") if result.histories else None
+        loss_text = f", loss {loss[-1]:.4g}" if loss else ""
+        self._log(
+            job,
+            f"3D FSC {t_fsc:.1f} s, training {t_train:.1f} s ({result.train[0].get('steps', 0)} "
+            f"steps on {result.train[0].get('device', '?')}{loss_text}); output low-passed "
+            f"to {limit:.2f} Å, radial amplitudes of RELION's map"
+            + (", RELION's map beyond" if s.keep_highres else "")
+            + f"; model -> {model.name}",
+        )
+        self.summary = (
+            f"network {cfg.epochs} epochs, {t_train:.0f} s, "
+            + ("RELION's map beyond " if s.keep_highres else "low-passed to ")
+            + f"{limit:.1f} Å, "
+            f"step {time.perf_counter() - t0:.0f} s"
+        )
+        return out
+
+    def _keep_lowres(
+        self, job: ExternalReconstructJob, jn: JobName, volume: np.ndarray, voxel: float
+    ) -> np.ndarray:
+        """Take the content below ``--ini_high`` from the initial reference (``--ref``)."""
+        from .io import read_map
+        from .maps import combine_map
+
+        folder = job.star_path.parent
+        optimiser = _newest_iteration_file(folder, jn, "_optimiser.star", before=True)
+        if optimiser is None:
+            raise SpisonetError("ISONET_KEEP_LOWRES: no _optimiser.star beside the job")
+        ref = _optimiser_command_option(optimiser, "--ref")
+        ini_high = _optimiser_command_option(optimiser, "--ini_high")
+        if ref is None or ini_high is None or _positive(ini_high) is None:
+            raise SpisonetError(
+                f"ISONET_KEEP_LOWRES: --ref or --ini_high not found in {optimiser.name}'s "
+                "command line"
+            )
+        path = _resolve_input(ref, job.star_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = read_map(path).data
+        if reference.shape != volume.shape:
+            raise MapShapeError(
+                f"ISONET_KEEP_LOWRES: {path} has shape {reference.shape}, the map {volume.shape}"
+            )
+        self._log(job, f"kept the content below {float(ini_high):g} Å from {path.name}")
+        return combine_map(reference, volume, float(ini_high), voxel)
