@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/bench_quality.py [--preset cpu] [--distributions tilt:20,uniform]
         [--from-map ../shared/data/cftr_6msm_gt_128px_1.3A.mrc --bin-to 64]
-        [--box 64] [--n-views 2000] [--snr 0.01] [--seed 0] [--json out.json]
+        [--box 64] [--n-views 2000] [--snr 0.01] [--seed 0] [--set KEY=VALUE ...]
+        [--json out.json]
 
 For each distribution, half maps are simulated from the ground truth (the built-in
 molecule, or ``--from-map`` Fourier-cropped to ``--bin-to``), their 3D FSC is computed
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -39,6 +41,22 @@ from spisonet.io import read_map
 from spisonet.simulate import fourier_crop, make_molecule, simulate_half_maps
 
 
+def _overrides(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs → settings overrides (VALUE read as JSON, else kept a string)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set needs KEY=VALUE; got {item!r}")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+        if isinstance(out[key.strip()], list):
+            out[key.strip()] = tuple(out[key.strip()])
+    return out
+
+
 def run_one(
     gt: np.ndarray, apix: float, distribution: str, args: argparse.Namespace
 ) -> dict[str, object]:
@@ -49,7 +67,9 @@ def run_one(
     t0 = time.perf_counter()
     f3 = fsc3d(data.half1, data.half2, voxel_size=apix, mask=data.mask)
     t_fsc = time.perf_counter() - t0
-    settings = preset_settings(args.preset, seed=args.seed, epochs=args.epochs)
+    settings = preset_settings(
+        args.preset, seed=args.seed, epochs=args.epochs, **_overrides(args.set)
+    )
     t0 = time.perf_counter()
     last = [0.0]
 
@@ -116,6 +136,13 @@ def main() -> None:
     p.add_argument("--snr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset setting, e.g. --set presence_threshold=0 (repeatable)",
+    )
     p.add_argument("--json", default=None, help="write the full results here")
     args = p.parse_args()
 
