@@ -235,30 +235,7 @@ def _sphere_panel(ax: Axes, fig: Figure, report: AnisotropyReport) -> None:
     vmin, vmax = min(float(res.min()), 0.9 * g), max(float(res.max()), 1.5 * g)
     size = max(8.0, min(60.0, 9000.0 / max(report.n_directions, 1)))
     sc = ax.scatter(x, y, c=res, s=size, cmap="viridis_r", vmin=vmin, vmax=vmax, lw=0)
-    t = np.linspace(0, 2 * np.pi, 200)
-    for tilt in (30, 60, 90):
-        rho = np.sqrt(2.0) * np.sin(np.radians(tilt) / 2.0)
-        ax.plot(rho * np.cos(t), rho * np.sin(t), color="0.5", lw=0.6)
-        ax.text(
-            rho * np.cos(np.radians(100)),
-            rho * np.sin(np.radians(100)),
-            f"{tilt}°",
-            fontsize=8,
-            color="black",
-            ha="center",
-            va="center",
-            zorder=6,
-            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
-        )
-    for rot, label in ((0, "x"), (90, "y"), (180, "−x"), (270, "−y")):
-        ax.text(
-            1.09 * np.cos(np.radians(rot)),
-            1.09 * np.sin(np.radians(rot)),
-            label,
-            ha="center",
-            va="center",
-            fontsize=9,
-        )
+    _sphere_grid(ax)
     for idx, marker, colour, name in (
         (report.worst_index, "X", "red", "worst"),
         (report.best_index, "*", "white", "best"),
@@ -379,6 +356,34 @@ def _summary_text(report: AnisotropyReport) -> str:
         f"area ratio  {report.area_ratio:.3f}  (worst/best cone)",
     ]
     return "\n".join(lines)
+
+
+def _sphere_grid(ax) -> None:
+    """Tilt rings (30°, 60°, 90°) and x/y labels of an equal-area hemisphere map."""
+    t = np.linspace(0, 2 * np.pi, 200)
+    for tilt in (30, 60, 90):
+        rho = np.sqrt(2.0) * np.sin(np.radians(tilt) / 2.0)
+        ax.plot(rho * np.cos(t), rho * np.sin(t), color="0.5", lw=0.6)
+        ax.text(
+            rho * np.cos(np.radians(100)),
+            rho * np.sin(np.radians(100)),
+            f"{tilt}°",
+            fontsize=8,
+            color="black",
+            ha="center",
+            va="center",
+            zorder=6,
+            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+        )
+    for rot, label in ((0, "x"), (90, "y"), (180, "−x"), (270, "−y")):
+        ax.text(
+            1.09 * np.cos(np.radians(rot)),
+            1.09 * np.sin(np.radians(rot)),
+            label,
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
 
 
 def anisotropy_figure(report: AnisotropyReport, path: str | os.PathLike) -> None:
@@ -507,29 +512,7 @@ def _sampling_sphere_panel(ax: Axes, fig: Figure, histogram: DirectionHistogram)
         sc = ax.scatter(
             x[~empty], y[~empty], c=rel[~empty], s=size, cmap="viridis", norm=norm, lw=0
         )
-    t = np.linspace(0, 2 * np.pi, 200)
-    for tilt in (30, 60, 90):
-        rho = np.sqrt(2.0) * np.sin(np.radians(tilt) / 2.0)
-        ax.plot(rho * np.cos(t), rho * np.sin(t), color="0.5", lw=0.6)
-        ax.text(
-            rho * np.cos(np.radians(100)),
-            rho * np.sin(np.radians(100)),
-            f"{tilt}°",
-            fontsize=8,
-            ha="center",
-            va="center",
-            zorder=6,
-            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
-        )
-    for rot, label in ((0, "x"), (90, "y"), (180, "−x"), (270, "−y")):
-        ax.text(
-            1.09 * np.cos(np.radians(rot)),
-            1.09 * np.sin(np.radians(rot)),
-            label,
-            ha="center",
-            va="center",
-            fontsize=9,
-        )
+    _sphere_grid(ax)
     ax.set_xlim(-1.18, 1.18)
     ax.set_ylim(-1.18, 1.18)
     ax.set_aspect("equal")
