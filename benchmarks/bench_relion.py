@@ -127,6 +127,16 @@ def main() -> None:
         "the run's folder is Spisonet_keephigh",
     )
     ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the spisonet run (repeatable), e.g. SPISONET_KEEP_MEASURED=0",
+    )
+    ap.add_argument(
+        "--label", default=None, help="folder name of the spisonet run (default Spisonet)"
+    )
+    ap.add_argument(
         "--reuse", action="store_true", help="analyse finished runs in --out again (no RELION)"
     )
     args = ap.parse_args()
@@ -163,6 +173,7 @@ def main() -> None:
                 "ISONET_START_HEALPIX": str(args.start_healpix),
                 "ISONET_START_RESOLUTION": str(args.start_resolution),
                 "SPISONET_KEEP_HIGHRES": "1" if args.keep_highres else "0",
+                **dict(e.split("=", 1) for e in args.env),
             },
         ),
     }
@@ -172,6 +183,8 @@ def main() -> None:
             continue
         keep = name == "spisonet" and args.keep_highres
         label = name.capitalize() + ("_keephigh" if keep else "")
+        if name == "spisonet" and args.label:
+            label = args.label
         root = f"{label}/run"
         t = time.perf_counter()
         folder = args.out / label

@@ -59,6 +59,7 @@ __all__ = [
     "power_presence",
     "preset_settings",
     "reconstruct",
+    "shell_percentile",
 ]
 
 #: progress(stage, fraction of that stage 0–1, training detail or None)
@@ -431,19 +432,29 @@ def power_presence(
     full[:, :, n // 2 + 1 :] = neg[:, :, n - n // 2 - 1 : 0 : -1]
     del p, neg
     full = np.fft.fftshift(uniform_filter(full, size=3, mode="wrap"))
+    gate = full / (threshold * shell_percentile(full, percentile))
+    return np.clip(gate, 0.0, 1.0).astype(np.float32)
+
+
+def shell_percentile(volume: np.ndarray, percentile: float) -> np.ndarray:
+    """The ``percentile``-th percentile of ``volume`` over each Fourier shell, per voxel.
+
+    ``volume`` is an fftshift-ed (n, n, n) grid; shells are round(|k|). Returns an
+    (n, n, n) float64 grid whose every voxel holds its shell's percentile, floored at the
+    smallest positive float32 so it can divide.
+    """
+    n = volume.shape[0]
     shell = np.rint(frequency_radius(n)).astype(np.int64).ravel()
     order = np.argsort(shell, kind="stable")
     counts = np.bincount(shell)
     ref = np.empty(counts.size, dtype=np.float64)
-    flat = full.ravel()[order]
+    flat = np.asarray(volume).ravel()[order]
     start = 0
     for i, c in enumerate(counts):
         ref[i] = np.percentile(flat[start : start + c], percentile) if c else 1.0
         start += c
-    del flat, order
     ref = np.maximum(ref, np.finfo(np.float32).tiny)
-    gate = full.ravel() / (threshold * ref[shell])
-    return np.clip(gate, 0.0, 1.0).astype(np.float32).reshape(n, n, n)
+    return ref[shell].reshape(volume.shape)
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -15,6 +15,7 @@ __all__ = [
     "MapMismatchError",
     "MapNotFoundError",
     "MapShapeError",
+    "ModelFileError",
     "NonFiniteMapError",
     "SpisonetError",
     "StarFormatError",
@@ -59,3 +60,7 @@ class DeviceMemoryError(SpisonetError, MemoryError):
 
 class InvalidValueError(SpisonetError, ValueError):
     """An option has a value outside its valid range."""
+
+
+class ModelFileError(SpisonetError):
+    """A model/checkpoint file is missing, unreadable, unsafe or does not fit the run."""

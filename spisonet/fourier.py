@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "fourier_blend",
     "frequency_radius",
     "lowpass",
     "resolution_to_shell",
@@ -73,3 +74,28 @@ def lowpass(
     f = np.fft.rfftn(volume)
     filt_r = filt[:, :, : n // 2 + 1]
     return np.fft.irfftn(f * filt_r, s=volume.shape, axes=(0, 1, 2)).astype(np.float32)
+
+
+def fourier_blend(base: np.ndarray, replacement: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Mix two real (n, n, n) maps voxel by voxel in Fourier space.
+
+    Returns the real map whose transform is ``(1 - w)·F(base) + w·F(replacement)``, with
+    ``w`` the fftshift-ed (n, n, n) ``weight`` clipped to [0, 1]. Where ``w`` is 1 the
+    result carries ``replacement``'s Fourier coefficients exactly, where it is 0
+    ``base``'s. ``weight`` must be centrosymmetric (as a 3D FSC is) for the result to be
+    the exact real map of that mix; only its half (rfft) part is read. Returns float32.
+    """
+    n = base.shape[0]
+    if base.shape != replacement.shape or weight.shape != base.shape or base.ndim != 3:
+        from .errors import MapShapeError
+
+        raise MapShapeError(
+            f"fourier_blend needs three (n, n, n) arrays of one shape; got {base.shape}, "
+            f"{replacement.shape} and {weight.shape}"
+        )
+    w = np.clip(np.fft.ifftshift(np.asarray(weight, dtype=np.float64)), 0.0, 1.0)[
+        :, :, : n // 2 + 1
+    ]
+    fb = np.fft.rfftn(np.asarray(base, dtype=np.float64))
+    fr = np.fft.rfftn(np.asarray(replacement, dtype=np.float64))
+    return np.fft.irfftn(fb + w * (fr - fb), s=base.shape, axes=(0, 1, 2)).astype(np.float32)

@@ -259,9 +259,20 @@ def _shell_tables(limit_r: int, angle_deg: float):
 # kernel
 
 
-#: Columns of the per-row table: prefix offset, first w and last w of the run w ≥ 0, then the
-#: same for its mirror run w < 0 (a run with last < first is empty).
-_ROW_FIELDS = 6
+@njit(cache=True, nogil=True, inline="always")
+def _row_run(side, c, cmax, abo, atab, btab, kmin, kmax):  # pragma: no cover - compiled
+    """First and last w of the run of shell s on the row at u² + v² = c, inside the box.
+
+    ``side`` 0 is the run w ≥ 0 (w in [lo, hi]), side 1 its mirror w < 0 (w in
+    [−hi, −max(lo, 1)]); lo/hi come from the shell's tables. Empty: last < first.
+    """
+    if c > cmax:
+        return 1, 0
+    lo = atab[abo + c]
+    hi = btab[abo + c]
+    if side == 0:
+        return max(lo, kmin), min(hi, kmax)
+    return max(-hi, kmin), min(-max(lo, 1), kmax)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -270,13 +281,15 @@ def _build_rows(f, limit_r, ab_off, atab, btab, row_base, starts, rows, values, 
 
     For axis ``ai`` the row coordinates are (u, v) and the run runs along w:
     ai = 0: (u, v, w) = (y, x, z); ai = 1: (z, x, y); ai = 2: (z, y, x). The row of (u, v)
-    of shell s is ``row_base[s] + (u + s)(2s + 1) + (v + s)``; its runs are the w with
-    round(|(u, v, w)|) = s inside the box: w in [lo, hi] and in [−hi, −max(lo, 1)].
-    ``values`` holds, for each non-empty run, 0 followed by the running sums of f along it,
-    so a run's slice sum is a difference of two neighbouring-in-memory numbers: one shell's
-    rows are stored together, in (u, v) order, which keeps a voxel's neighbourhood in cache.
-    An empty run points at ``values[0]`` (a 0) and is never read past it.
-    With ``fill`` False only ``sizes[ai, s]`` (the values each axis and shell needs) is set.
+    of shell s is ``row_base[s] + (u + s)(2s + 1) + (v + s)``; its runs (:func:`_row_run`)
+    are the w with round(|(u, v, w)|) = s inside the box. ``rows`` holds one int32 per
+    row: where its data start in ``values``, which holds, for each non-empty run, 0
+    followed by the running sums of f along it (the w < 0 run right after the w ≥ 0 one),
+    so a run's slice sum is a difference of two neighbouring-in-memory numbers. A run's
+    bounds are recomputed from the tables when it is read, not stored: 4 bytes per row
+    instead of 24 (1.3 GiB less at 512³). One shell's rows are stored together, in (u, v)
+    order, which keeps a voxel's neighbourhood in cache. With ``fill`` False only
+    ``sizes[ai, s]`` (the values each axis and shell needs) is set.
     """
     n = f.shape[0]
     off = n // 2
@@ -292,30 +305,20 @@ def _build_rows(f, limit_r, ab_off, atab, btab, row_base, starts, rows, values, 
             size = 0
             for u in range(-s, s + 1):
                 for v in range(-s, s + 1):
-                    r = (ai * n_rows + row_base[s] + (u + s) * width + (v + s)) * _ROW_FIELDS
+                    r = ai * n_rows + row_base[s] + (u + s) * width + (v + s)
+                    inside = kmin <= u <= kmax and kmin <= v <= kmax
+                    if fill:
+                        rows[r] = pos
+                    if not inside:
+                        continue
                     c = u * u + v * v
-                    inside = kmin <= u <= kmax and kmin <= v <= kmax and c <= cmax
-                    lo = atab[abo + c] if c <= cmax else 1
-                    hi = btab[abo + c] if c <= cmax else 0
                     for side in range(2):
-                        if side == 0:
-                            w0 = max(lo, kmin)
-                            w1 = min(hi, kmax)
-                        else:
-                            w0 = max(-hi, kmin)
-                            w1 = min(-max(lo, 1), kmax)
-                        if not inside or w1 < w0:
-                            if fill:
-                                rows[r + 3 * side] = 0
-                                rows[r + 3 * side + 1] = w0
-                                rows[r + 3 * side + 2] = w0 - 1
+                        w0, w1 = _row_run(side, c, cmax, abo, atab, btab, kmin, kmax)
+                        if w1 < w0:
                             continue
                         size += w1 - w0 + 2
                         if not fill:
                             continue
-                        rows[r + 3 * side] = pos
-                        rows[r + 3 * side + 1] = w0
-                        rows[r + 3 * side + 2] = w1
                         acc = 0.0
                         values[pos] = 0.0
                         for w in range(w0, w1 + 1):
@@ -462,14 +465,16 @@ def _run_sums(
             hi_v = min(hi_v, pv + wb, kmax)
             for v in range(lo_v, hi_v + 1):
                 wh = wtab[wrow + abs(v - pv)]
-                r = (plane + v) * _ROW_FIELDS
-                for k in range(0, 6, 3):
-                    start = rows[r + k]
-                    w0 = rows[r + k + 1]
-                    w1 = rows[r + k + 2]
-                    if w1 < w0 or w1 < pw0 - wh or w0 > pw1 + wh:
-                        continue  # this run is out of reach of every voxel
+                start = rows[plane + v]
+                c = uu + v * v
+                for side in range(2):
+                    w0, w1 = _row_run(side, c, cmax, abo, atab, btab, kmin, kmax)
+                    if w1 < w0:
+                        continue
                     base = start - w0
+                    start += w1 - w0 + 2  # the w < 0 run follows this one's data
+                    if w1 < pw0 - wh or w0 > pw1 + wh:
+                        continue  # this run is out of reach of every voxel
                     # the ball's window [pw - wh, pw + wh] slides with pw; clip it to the
                     # run; an empty clip gives b = a − 1, which adds nothing
                     for j in range(length):
@@ -487,7 +492,7 @@ def _row_layout(agreement: np.ndarray, limit_r: int, ab_off, atab, btab):
     row_base = np.zeros(limit_r + 1, dtype=np.int64)
     row_base[1:] = np.cumsum(widths)
     n_rows = int(row_base[-1])
-    rows = np.zeros(3 * n_rows * _ROW_FIELDS, dtype=np.int32)
+    rows = np.zeros(3 * n_rows, dtype=np.int32)
     sizes = np.zeros((3, limit_r), dtype=np.int64)
     empty = np.zeros(1, dtype=np.float64)
     # first pass: how many values each (axis, shell) needs (its voxels + one 0 per run)

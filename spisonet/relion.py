@@ -1126,6 +1126,7 @@ _ENV_FIELDS: dict[str, tuple[str, object]] = {
     "FSC_WEIGHTING": ("bool", True),
     "KEEP_LOWRES": ("bool", False),
     "KEEP_HIGHRES": ("bool", False),
+    "KEEP_MEASURED": ("bool", True),
     "ALPHA": ("float", None),
     "BETA": ("float", None),
     "ACC_BATCHES": ("int", None),
@@ -1156,6 +1157,10 @@ class RelionCorrectionSettings:
     keep_lowres : keep the initial reference's content below ``--ini_high`` (False).
     keep_highres : instead of low-passing the result to the current resolution, keep
         RELION's own map beyond it (False; spisonet's own knob, not the public tool's).
+    keep_measured : keep RELION's own map where the 3D FSC says Fourier space was
+        measured, and take the network's output only where it was not (True; spisonet's
+        own knob): the blend weight is the power-gated 3D FSC divided by its shell's
+        95th percentile, clipped to [0, 1] (:func:`measured_weight`).
     alpha, beta, acc_batches : training knobs (None: the preset's).
     wait_timeout : seconds to wait for the other half (600); then the plain map.
     preset : ``gpu``, ``cpu`` or ``tiny`` (None: ``gpu`` with CUDA, else ``cpu``).
@@ -1174,6 +1179,7 @@ class RelionCorrectionSettings:
     fsc_weighting: bool = True
     keep_lowres: bool = False
     keep_highres: bool = False
+    keep_measured: bool = True
     alpha: float | None = None
     beta: float | None = None
     acc_batches: int | None = None
@@ -1561,6 +1567,26 @@ def _match_radial_amplitude(
     return out.astype(np.float32)
 
 
+def measured_weight(
+    fsc3d_volume: np.ndarray,
+    half1: np.ndarray,
+    half2: np.ndarray,
+    mask: np.ndarray | None,
+    percentile: float = 95.0,
+) -> np.ndarray:
+    """Where Fourier space was measured, relative to the best directions of each shell.
+
+    ``clip(g / P95_shell(g), 0, 1)`` with ``g = clip(3D FSC, 0, 1) ·`` the measured-power
+    gate of :func:`spisonet.correct.power_presence`: 1 along the shell's well-measured
+    directions, falling towards 0 in the missing cone. (n, n, n) float32, fftshift-ed.
+    """
+    from .correct import power_presence, shell_percentile
+
+    g = np.clip(np.asarray(fsc3d_volume, dtype=np.float64), 0.0, 1.0)
+    g = g * power_presence(half1, half2, mask, 0.1)
+    return np.clip(g / shell_percentile(g, percentile), 0.0, 1.0).astype(np.float32)
+
+
 def _remove_earlier_files(folder: Path, jn: JobName) -> None:
     """Remove rendezvous files (locks, unregularised maps) of earlier iterations of this
     run (this half's, or both halves' for the joined iteration): nobody needs them now."""
@@ -1802,6 +1828,15 @@ class RelionCorrection:
         net = result.filtered[0] if result.filtered is not None else result.corrected[0]
         out = lowpass(net, limit, voxel, falloff=3)
         out = _match_radial_amplitude(out, plain, n * voxel / limit)
+        if s.keep_measured:
+            from .fourier import fourier_blend
+
+            measured = measured_weight(f3d, half1, half2, mask)
+            out = fourier_blend(out, lowpass(plain, limit, voxel, falloff=3), measured)
+            steps.append(
+                f"RELION's map kept where measured ({100 * float(np.mean(measured > 0.5)):.0f} "
+                "% of Fourier space)"
+            )
         if s.keep_highres:  # RELION's map beyond the current resolution, the same soft edge
             out = out + (plain - lowpass(plain, limit, voxel, falloff=3))
         if s.keep_lowres:
@@ -1813,6 +1848,7 @@ class RelionCorrection:
             f"3D FSC {t_fsc:.1f} s, training {t_train:.1f} s ({result.train[0].get('steps', 0)} "
             f"steps on {result.train[0].get('device', '?')}{loss_text}); output low-passed "
             f"to {limit:.2f} Å, radial amplitudes of RELION's map"
+            + (f", {steps[-1]}" if s.keep_measured else "")
             + (", RELION's map beyond" if s.keep_highres else "")
             + f"; model -> {model.name}",
         )

@@ -524,8 +524,12 @@ def test_keep_lowres_takes_the_initial_reference_below_ini_high(tmp_path, monkey
         corr._keep_lowres(job, jn, volume, 2.0)
 
 
-@pytest.mark.parametrize("keep_highres", [False, True])
-def test_training_step_wiring_with_a_fake_network(tmp_path, monkeypatch, keep_highres):
+@pytest.mark.parametrize(
+    ("keep_highres", "keep_measured"), [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_training_step_wiring_with_a_fake_network(
+    tmp_path, monkeypatch, keep_highres, keep_measured
+):
     """_train's inputs to correct_anisotropy and its output, with the network replaced by
     a fake that returns its input (so the expected result can be stated exactly)."""
     import types
@@ -552,7 +556,14 @@ def test_training_step_wiring_with_a_fake_network(tmp_path, monkeypatch, keep_hi
     jobs = [relion.read_external_star(s) for s in stars]
     own, other = (relion.reconstruct(j, wiener=False) for j in jobs)
     plain = relion.reconstruct(jobs[0])
-    s = _settings(preset="tiny", epochs=3, whitening=False, keep_highres=keep_highres, threads=1)
+    s = _settings(
+        preset="tiny",
+        epochs=3,
+        whitening=False,
+        keep_highres=keep_highres,
+        keep_measured=keep_measured,
+        threads=1,
+    )
     corr = relion.RelionCorrection(s)
     res = relion.current_resolution(jobs[0], 2.0)  # 16·2/7 Å
     jn = relion.parse_job_name(jobs[0].name)
@@ -570,8 +581,42 @@ def test_training_step_wiring_with_a_fake_network(tmp_path, monkeypatch, keep_hi
     expected = relion._match_radial_amplitude(
         lowpass(seen["x"] * 2.0, res, 2.0, falloff=3), plain, 16 * 2.0 / res
     )
+    if keep_measured:  # RELION's map where measured, by the 3D FSC of the two halves
+        from spisonet.fourier import fourier_blend
+
+        weight = relion.measured_weight(seen["f3d"], own, other, seen["mask"])
+        expected = fourier_blend(expected, lowpass(plain, res, 2.0, falloff=3), weight)
     if keep_highres:
         expected = expected + (plain - lowpass(plain, res, 2.0, falloff=3))
     np.testing.assert_allclose(out, expected, atol=1e-5)
     assert "network 3 epochs" in corr.summary
     assert "continuing the model r_it003_half1_class001_spisonet.pt" in _log(folder)
+
+
+def test_measured_weight_follows_the_sampling():
+    """On a tilt:20 simulation (no views beyond 20° of z: kz is the missing direction)
+    the weight is high across z and low along it; on uniform data it is high everywhere."""
+    from spisonet.fourier import frequency_axis
+    from spisonet.fsc3d import fsc3d
+    from spisonet.simulate import make_molecule, simulate_half_maps
+
+    n = 48
+    gt = make_molecule(n, 2.0, seed=0)
+    k = frequency_axis(n).astype(float)
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    r = np.sqrt(kz**2 + ky**2 + kx**2)
+    band = (r >= 3) & (r <= n / 4)
+    cos_z = np.abs(kz) / np.maximum(r, 1e-9)
+    along_z = band & (cos_z > np.cos(np.deg2rad(20)))
+    across = band & (cos_z < np.sin(np.deg2rad(20)))
+    means = {}
+    for dist in ("tilt:20", "uniform"):
+        sim = simulate_half_maps(gt, 2.0, dist, 1500, 0.05, seed=1)
+        f3d = fsc3d(sim.half1, sim.half2, 2.0, sim.mask).volume
+        w = relion.measured_weight(f3d, sim.half1, sim.half2, sim.mask)
+        assert w.shape == (n, n, n) and w.min() >= 0 and w.max() <= 1
+        means[dist] = (float(w[along_z].mean()), float(w[across].mean()))
+    z_tilt, x_tilt = means["tilt:20"]
+    z_uni, x_uni = means["uniform"]
+    assert x_tilt > 0.7 and z_tilt < 0.3, means
+    assert z_uni > 0.7 and x_uni > 0.7, means

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InvalidValueError, SpisonetError
+from ..errors import InvalidValueError, ModelFileError
 from ..io import atomic_path
 from .data import CubePairs
 from .distributed import (
@@ -86,10 +86,6 @@ _RESUME_KEYS = (
     "schedule",
     "seed",
 )
-
-
-class ModelFileError(SpisonetError):
-    """A model/checkpoint file is missing, unreadable, unsafe or does not fit the run."""
 
 
 @dataclass(frozen=True)
