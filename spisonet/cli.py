@@ -545,6 +545,16 @@ def reconstruct_command(
     ] = None,
     alpha: Annotated[float | None, typer.Option(help="Weight of the equivariance loss.")] = None,
     beta: Annotated[float | None, typer.Option(help="Weight of the Noise2Noise terms.")] = None,
+    presence_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--presence-threshold",
+            "--presence_threshold",
+            help="Count a Fourier region as measured only where its power reaches this "
+            "fraction of its shell's 90th percentile (default 0.1; 0: the public tool's "
+            "W, which reads a masked, unsampled cone as measured).",
+        ),
+    ] = None,
     reference: Annotated[
         Path | None,
         typer.Option(help="Reference map whose low frequencies replace the halves'."),
@@ -619,6 +629,7 @@ def reconstruct_command(
         epochs=epochs,
         alpha=alpha,
         beta=beta,
+        presence_threshold=presence_threshold,
         ref_resolution=ref_resolution,
         device=device,
         seed=seed,

@@ -13,7 +13,7 @@ Steps
    ``n·voxel/limit_res``, 3-shell linear fall-off); then each is z-scored.
 4. W: the 3D FSC (given, or computed from the two halves with :func:`spisonet.fsc3d.fsc3d`)
    resized to the cube, negatives to 0, min-max scaled; a single map without a 3D FSC gets
-   W = 1 (denoising only). With ``presence_threshold`` (the ``cpu`` preset) the 3D FSC is
+   W = 1 (denoising only). With ``presence_threshold`` (0.1 in every preset) the 3D FSC is
    first multiplied by :func:`power_presence`, which zeroes regions that hold no measured
    power (the phase-only 3D FSC reads high there from mask leakage).
 5. Training cubes at the same mask-drawn centres in both halves; one network trained on
@@ -86,7 +86,9 @@ class CorrectionSettings:
     independent : one network per half map (keeps the gold-standard FSC honest).
     fsc3d_cone_angle : θ (degrees) when the 3D FSC is computed here.
     presence_threshold : gate W by measured power (see :func:`power_presence`): W is
-        multiplied by ``clip(P / (t · P90_shell), 0, 1)``; None or 0: off (the published W).
+        multiplied by ``clip(P / (t · P90_shell), 0, 1)``; 0.1 in every preset (a fix of
+        the published W, which reads a masked, unsampled cone as measured); None or 0:
+        off (the published W).
     compile, seed, device : see :class:`spisonet.nn.train.TrainSettings`.
     """
 
@@ -108,7 +110,7 @@ class CorrectionSettings:
     ref_resolution: float = 10.0
     independent: bool = False
     fsc3d_cone_angle: float = 10.0
-    presence_threshold: float | None = None
+    presence_threshold: float | None = 0.1
     compile: bool = False
     seed: int = 0
     device: str = "auto"
@@ -176,8 +178,8 @@ class CorrectionSettings:
 
 
 #: ``gpu``: the published defaults. ``cpu``: the best we found for ~15 min on 2 CPU cores
-#: (a 4-level 16…128 network on 32³ cubes, bf16, one-cycle rate, 600 steps, W gated by
-#: measured power: :func:`power_presence`).
+#: (a 4-level 16…128 network on 32³ cubes, bf16, one-cycle rate, 600 steps). Every preset
+#: gates W by measured power (:func:`power_presence`, threshold 0.1); 0 turns it off.
 #: ``tiny``: seconds, for tests.
 PRESETS: dict[str, CorrectionSettings] = {
     "gpu": CorrectionSettings(preset="gpu"),
@@ -194,7 +196,6 @@ PRESETS: dict[str, CorrectionSettings] = {
         learning_rate=1e-3,
         schedule="onecycle",
         amp="bf16",
-        presence_threshold=0.1,
         device="auto",
     ),
     "tiny": CorrectionSettings(

@@ -1747,7 +1747,7 @@ class RelionCorrection:
         t0: float,
     ) -> np.ndarray:
         from .correct import correct_anisotropy, preset_settings
-        from .fourier import lowpass
+        from .fourier import frequency_radius, lowpass
         from .fsc import fsc_curve
         from .fsc3d import fsc3d
         from .maps import fsc_weight, whiten
@@ -1833,9 +1833,11 @@ class RelionCorrection:
 
             measured = measured_weight(f3d, half1, half2, mask)
             out = fourier_blend(out, lowpass(plain, limit, voxel, falloff=3), measured)
+            inside = frequency_radius(n) <= n * voxel / limit
+            share = 100 * float(np.mean(measured[inside] > 0.5))
             steps.append(
-                f"RELION's map kept where measured ({100 * float(np.mean(measured > 0.5)):.0f} "
-                "% of Fourier space)"
+                f"RELION's map kept where measured (weight > 0.5 in {share:.0f} % of the "
+                f"sphere up to {limit:.1f} Å)"
             )
         if s.keep_highres:  # RELION's map beyond the current resolution, the same soft edge
             out = out + (plain - lowpass(plain, limit, voxel, falloff=3))

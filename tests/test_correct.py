@@ -326,6 +326,8 @@ def test_cli_reconstruct_both_spellings(tmp_path) -> None:
         "0.002",
         "--seed",
         "5",
+        "--presence_threshold",
+        "0",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -333,6 +335,8 @@ def test_cli_reconstruct_both_spellings(tmp_path) -> None:
     s = report["settings"]
     assert (s["limit_res"], s["n_subvolume"], s["batch_size"]) == (8.0, 6, 3)
     assert (s["learning_rate"], s["seed"], s["preset"]) == (0.002, 5, "tiny")
+    assert s["presence_threshold"] == 0  # the public tool's W; every preset's default is 0.1
+    assert all(p.presence_threshold == 0.1 for p in PRESETS.values())
     assert (tmp_path / "o" / "corrected_h1_filtered.mrc").exists()
     assert "trained 2 steps" in result.output
 
