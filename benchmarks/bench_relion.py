@@ -18,7 +18,7 @@ Judged against the truth (RELION's own resolution cannot show the effect):
 
     python benchmarks/bench_relion.py [--out /tmp/bench_relion] [--particles 1000]
         [--preset cpu] [--epochs 3] [--only plain|plainext|spisonet] [--keep-highres]
-        [--reuse]
+        [--env SPISONET_KEEP_MEASURED=0 ...] [--label FOLDER] [--reuse]
 """
 
 from __future__ import annotations
