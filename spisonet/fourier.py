@@ -15,6 +15,7 @@ __all__ = [
     "frequency_radius",
     "lowpass",
     "resolution_to_shell",
+    "rfft_shells",
     "shell_index",
     "shell_to_resolution",
     "soft_sphere",
@@ -99,3 +100,21 @@ def fourier_blend(base: np.ndarray, replacement: np.ndarray, weight: np.ndarray)
     fb = np.fft.rfftn(np.asarray(base, dtype=np.float64))
     fr = np.fft.rfftn(np.asarray(replacement, dtype=np.float64))
     return np.fft.irfftn(fb + w * (fr - fb), s=base.shape, axes=(0, 1, 2)).astype(np.float32)
+
+
+def rfft_shells(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shell ``round(|k|)`` and Friedel weight of every voxel of an ``rfftn`` half grid.
+
+    Returns (shells, weights), both of shape (n, n, n // 2 + 1): int64 shells, and float64
+    weights of 2 for columns that stand for themselves and their Friedel mate, 1 for
+    column 0 (and column n/2 when n is even), so weighted sums equal full-grid sums.
+    """
+    k = np.fft.fftfreq(n, 1.0 / n)
+    kx = np.arange(n // 2 + 1, dtype=np.float64)
+    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
+    shells = np.rint(r).astype(np.int64)
+    w = np.full(n // 2 + 1, 2.0)
+    w[0] = 1.0
+    if n % 2 == 0:
+        w[-1] = 1.0
+    return shells, np.broadcast_to(w[None, None, :], shells.shape)

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.fft
 
 from .errors import InvalidValueError
+from .fourier import rfft_shells
 
 __all__ = ["FSCResult", "fsc", "fsc_curve", "resolution_at"]
 
@@ -63,17 +64,7 @@ def fsc_curve(
         b = b * mask
     f1 = scipy.fft.rfftn(a, workers=-1)
     f2 = scipy.fft.rfftn(b, workers=-1)
-    k = np.fft.fftfreq(n, 1.0 / n)
-    kx = np.arange(n // 2 + 1)
-    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    shells = np.rint(r).astype(np.int64)
-    # weight of each rfft voxel: columns other than 0 (and n/2 for even n) stand for
-    # themselves and their Friedel mate
-    w = np.full(n // 2 + 1, 2.0)
-    w[0] = 1.0
-    if n % 2 == 0:
-        w[-1] = 1.0
-    w = np.broadcast_to(w[None, None, :], shells.shape)
+    shells, w = rfft_shells(n)  # w: each rfft voxel also stands for its Friedel mate
     m = n // 2 + 1
     cross = _shell_sums(w * np.real(f1 * np.conj(f2)), shells, m)
     p1 = _shell_sums(w * np.abs(f1) ** 2, shells, m)

@@ -32,6 +32,7 @@ __all__ = [
     "check_mask",
     "read_map",
     "read_star_angles",
+    "read_star_blocks",
     "write_map",
 ]
 
@@ -218,6 +219,33 @@ def check_mask(mask: Map, reference: Map) -> None:
         raise EmptyMaskError(f"{mask.name}: mask is zero everywhere; expected a non-empty mask")
 
 
+def read_star_blocks(path: str | os.PathLike) -> dict[str, object]:
+    """Every data block of a STAR file, by name (``starfile.read(..., always_dict=True)``).
+
+    Raises
+    ------
+    StarFormatError when the file is missing, a directory, unreadable or has no blocks.
+    """
+    import starfile
+
+    from .errors import StarFormatError
+
+    p = Path(path)
+    if not p.exists():
+        raise StarFormatError(f"{p}: STAR file not found")
+    if p.is_dir():
+        raise StarFormatError(f"{p}: is a directory, expected a STAR file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(p, always_dict=True)
+    except Exception as exc:  # starfile raises many types on malformed input
+        raise StarFormatError(f"{p}: not a readable STAR file ({exc})") from exc
+    if not isinstance(blocks, dict) or not blocks:
+        raise StarFormatError(f"{p}: no data blocks found; expected a RELION STAR file")
+    return blocks
+
+
 def read_star_angles(path: str | os.PathLike) -> np.ndarray:
     """Euler angles (rot, tilt, psi) in degrees of every particle of a RELION STAR file.
 
@@ -229,19 +257,10 @@ def read_star_angles(path: str | os.PathLike) -> np.ndarray:
     ------
     StarFormatError when the file is missing, unreadable or has no angle columns.
     """
-    import starfile
-
     from .errors import StarFormatError
 
     p = Path(path)
-    if not p.exists():
-        raise StarFormatError(f"{p}: STAR file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blocks = starfile.read(p, always_dict=True)
-    except Exception as exc:  # starfile raises many types on malformed input
-        raise StarFormatError(f"{p}: not a readable STAR file ({exc})") from exc
+    blocks = read_star_blocks(p)
     for name, block in blocks.items():
         columns = getattr(block, "columns", None)
         if columns is None:

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import InvalidValueError, MapMismatchError, MapShapeError, NonFiniteMapError
+from .fourier import rfft_shells
 
 __all__ = [
     "combine_map",
@@ -58,24 +59,6 @@ def _check_positive(value: float, name: str) -> float:
 
 
 # --------------------------------------------------------------------------- Fourier helpers
-def _rfft_shells(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shell ``round(|k|)`` and Friedel weight of every voxel of an ``rfftn`` half grid.
-
-    Weight 2 for columns standing for themselves and their Friedel mate, 1 for column 0
-    (and column n/2 when n is even); sums with these weights equal full-grid sums.
-    """
-    k = np.fft.fftfreq(n, 1.0 / n)
-    kx = np.arange(n // 2 + 1, dtype=np.float64)
-    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    shells = np.rint(r).astype(np.int64)
-    w = np.full(n // 2 + 1, 2.0)
-    w[0] = 1.0
-    if n % 2 == 0:
-        w[-1] = 1.0
-    weights = np.broadcast_to(w[None, None, :], shells.shape)
-    return shells, weights
-
-
 def _shell_mean_amplitude(f: np.ndarray, shells: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mean |F| per shell over the full grid, from a real-FFT half grid (float64)."""
     m = int(shells.max()) + 1
@@ -106,7 +89,7 @@ def radial_amplitude(volume: np.ndarray, mask: np.ndarray | None = None) -> np.n
     m = _as_mask(mask, a.shape)
     if m is not None:
         a = a * m
-    shells, weights = _rfft_shells(a.shape[0])
+    shells, weights = rfft_shells(a.shape[0])
     return _shell_mean_amplitude(np.fft.rfftn(a), shells, weights)
 
 
@@ -191,7 +174,7 @@ def whiten(
         raise InvalidValueError(
             f"low_res={low_res} Å is finer than Nyquist ({2 * voxel_size:.4g} Å) for this map"
         )
-    shells, weights = _rfft_shells(n)
+    shells, weights = rfft_shells(n)
     f = np.fft.rfftn(a)
     fm = f if m is None else np.fft.rfftn(a * m)
     amp = _shell_mean_amplitude(fm, shells, weights)
@@ -258,7 +241,7 @@ def combine_map(
             f"threshold_res={threshold_res} Å is coarser than the box ({n * voxel_size:.4g} Å): "
             "nothing would be taken from the low map"
         )
-    shells, weights = _rfft_shells(n)
+    shells, weights = rfft_shells(n)
     f_lo = np.fft.rfftn(lo)
     f_hi = np.fft.rfftn(hi)
     if m is None:
@@ -331,7 +314,7 @@ def fsc_weight(
             "'rosenthal' (sqrt(2FSC/(1+FSC)))"
         )
     n = a.shape[0]
-    shells, _ = _rfft_shells(n)
+    shells, _ = rfft_shells(n)
     per_shell = np.zeros(int(shells.max()) + 1)
     k = min(per_shell.size, w.size)
     per_shell[:k] = w[:k]

@@ -170,21 +170,9 @@ def _star_root(name: str) -> str:
 
 
 def _parse_star_blocks(path: Path) -> dict[str, object]:
-    import starfile
+    from .io import read_star_blocks
 
-    if not path.exists():
-        raise StarFormatError(f"{path}: STAR file not found")
-    if path.is_dir():
-        raise StarFormatError(f"{path}: is a directory, expected a STAR file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile raises many types on malformed input
-        raise StarFormatError(f"{path}: not a readable STAR file ({exc})") from exc
-    if not isinstance(blocks, dict) or not blocks:
-        raise StarFormatError(f"{path}: no data blocks found; expected a RELION STAR file")
-    return blocks
+    return read_star_blocks(path)
 
 
 def _block_as_dict(block: object) -> dict[str, object]:
@@ -1545,26 +1533,18 @@ def _match_radial_amplitude(
 ) -> np.ndarray:
     """Scale each Fourier shell s <= max_shell of ``volume`` so its mean |F| equals the
     reference's; shells beyond are left as they are (float32)."""
+    from .fourier import rfft_shells
+    from .maps import _apply_radial, _shell_mean_amplitude
+
     n = volume.shape[0]
+    shells, weights = rfft_shells(n)
     fv = np.fft.rfftn(volume.astype(np.float64))
-    fr = np.fft.rfftn(reference.astype(np.float64))
-    kz = np.fft.fftfreq(n) * n
-    kx = np.arange(n // 2 + 1)
-    shells = np.floor(
-        np.sqrt(kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2) + 0.5
-    ).astype(np.int64)
-    m = int(shells.max()) + 1
-    # each rfft column kx > 0 (but not an even box's Nyquist) stands for two voxels
-    w = np.where((kx > 0) & (2 * kx != n), 2.0, 1.0)[None, None, :] * np.ones(shells.shape)
-    flat, wf = shells.ravel(), w.ravel()
-    count = np.maximum(np.bincount(flat, weights=wf, minlength=m), 1e-300)
-    av = np.bincount(flat, weights=(w * np.abs(fv)).ravel(), minlength=m) / count
-    ar = np.bincount(flat, weights=(w * np.abs(fr)).ravel(), minlength=m) / count
-    scale = np.ones(m)
-    ok = (np.arange(m) <= max_shell) & (av > 1e-12 * max(float(av.max()), 1e-300))
+    av = _shell_mean_amplitude(fv, shells, weights)
+    ar = _shell_mean_amplitude(np.fft.rfftn(reference.astype(np.float64)), shells, weights)
+    scale = np.ones(av.size)
+    ok = (np.arange(av.size) <= max_shell) & (av > 1e-12 * max(float(av.max()), 1e-300))
     scale[ok] = ar[ok] / av[ok]
-    out = np.fft.irfftn(fv * scale[shells], s=volume.shape, axes=(0, 1, 2))
-    return out.astype(np.float32)
+    return _apply_radial(fv, scale, shells, n).astype(np.float32)
 
 
 def measured_weight(
