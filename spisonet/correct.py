@@ -433,28 +433,33 @@ def power_presence(
     full[:, :, n // 2 + 1 :] = neg[:, :, n - n // 2 - 1 : 0 : -1]
     del p, neg
     full = np.fft.fftshift(uniform_filter(full, size=3, mode="wrap"))
-    gate = full / (threshold * shell_percentile(full, percentile))
-    return np.clip(gate, 0.0, 1.0).astype(np.float32)
+    gate = shell_percentile(full, percentile)
+    gate *= threshold
+    np.divide(full, gate, out=gate)
+    return np.clip(gate, 0.0, 1.0, out=gate)
 
 
 def shell_percentile(volume: np.ndarray, percentile: float) -> np.ndarray:
     """The ``percentile``-th percentile of ``volume`` over each Fourier shell, per voxel.
 
     ``volume`` is an fftshift-ed (n, n, n) grid; shells are round(|k|). Returns an
-    (n, n, n) float64 grid whose every voxel holds its shell's percentile, floored at the
-    smallest positive float32 so it can divide.
+    (n, n, n) float32 grid whose every voxel holds its shell's percentile (computed in
+    float64), floored at the smallest positive float32 so it can divide.
     """
     n = volume.shape[0]
-    shell = np.rint(frequency_radius(n)).astype(np.int64).ravel()
+    # int16 shells (|k| < 32768 for any box we accept) keep a 512³ grid's labels at 0.25 GiB
+    shell = np.rint(frequency_radius(n, np.float32)).astype(np.int16).ravel()
     order = np.argsort(shell, kind="stable")
     counts = np.bincount(shell)
     ref = np.empty(counts.size, dtype=np.float64)
     flat = np.asarray(volume).ravel()[order]
+    del order
     start = 0
     for i, c in enumerate(counts):
         ref[i] = np.percentile(flat[start : start + c], percentile) if c else 1.0
         start += c
-    ref = np.maximum(ref, np.finfo(np.float32).tiny)
+    del flat
+    ref = np.maximum(ref, np.finfo(np.float32).tiny).astype(np.float32)
     return ref[shell].reshape(volume.shape)
 
 
