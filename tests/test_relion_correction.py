@@ -591,6 +591,7 @@ def test_training_step_wiring_with_a_fake_network(
     np.testing.assert_allclose(out, expected, atol=1e-5)
     assert "network 3 epochs" in corr.summary
     assert "continuing the model r_it003_half1_class001_spisonet.pt" in _log(folder)
+    assert ("RELION's map kept where measured (weight > 0.5 in" in _log(folder)) == keep_measured
 
 
 def test_measured_weight_follows_the_sampling():

@@ -253,6 +253,13 @@ def test_refinement_with_correction_converges(dataset):
     # the continued model: a later iteration started from the previous one's network
     assert any("continuing the model" in ln for ln in lines), "\n".join(lines[-40:])
     assert not any("correction failed" in ln for ln in lines), "\n".join(lines[-40:])
+    # RELION's map was kept where measured (the default), with a share that says something
+    shares = [
+        float(m.group(1))
+        for ln in lines
+        if (m := re.search(r"kept where measured \(weight > 0.5 in (\d+) %", ln))
+    ]
+    assert len(shares) >= 4 and all(0 < x < 100 for x in shares), "\n".join(lines[-40:])
     print(f"refinement with correction: {seconds:.0f} s, corrected iterations {sorted(its)}")
 
 
