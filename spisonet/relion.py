@@ -37,7 +37,8 @@ The misalignment correction (ALGORITHM.md §5) is :class:`RelionCorrection`, con
 and returned by :func:`resolve_correction`: gates (healpix order from the run's sampling
 STAR, resolution from the STAR's FSC column), a lock-file rendezvous of the two halves
 (:func:`wait_for_partner`), unregularised half maps, 3D FSC, one network per half,
-low-pass. Any failure there leaves RELION's own map (docs/relion.md).
+low-pass, RELION's own map kept where measured. Any failure there leaves RELION's own map
+(docs/relion.md).
 
 Only :func:`run_external_reconstruct` and the correction touch files (the map, the
 rendezvous files, the model checkpoints, the log), maps only through :mod:`spisonet.io`.
@@ -1613,7 +1614,9 @@ class RelionCorrection:
     its own network on its own half (independent networks: the halves stay independent,
     as RELION's gold standard needs), continuing the previous iteration's model, and
     returns the network output low-passed to the current resolution, with RELION's own
-    map's radial amplitudes. Returns None to keep RELION's map; ``summary`` says why or
+    map's radial amplitudes, and (``keep_measured``) RELION's own Fourier coefficients
+    wherever the data were measured (:func:`measured_weight`), so that the network only
+    fills the missing cone. Returns None to keep RELION's map; ``summary`` says why or
     what was done; every step goes to ``spisonet_relion.log``.
     """
 
