@@ -170,12 +170,6 @@ def _star_root(name: str) -> str:
     return name[: -len(suffix)] if name.endswith(suffix) else Path(name).stem
 
 
-def _parse_star_blocks(path: Path) -> dict[str, object]:
-    from .io import read_star_blocks
-
-    return read_star_blocks(path)
-
-
 def _block_as_dict(block: object) -> dict[str, object]:
     """A one-row STAR block (list or one-row loop) as {label: value}."""
     if isinstance(block, dict):
@@ -222,7 +216,9 @@ def read_external_star(path: str | os.PathLike) -> ExternalReconstructJob:
     InvalidValueError when a number is out of range (padding < 1, sizes < 2, fudge <= 0).
     """
     star = Path(path)
-    blocks = _parse_star_blocks(star)
+    from .io import read_star_blocks
+
+    blocks = read_star_blocks(star)
     if "external_reconstruct_general" not in blocks:
         found = ", ".join(f"'{k}'" for k in blocks)
         raise StarFormatError(
@@ -1811,19 +1807,21 @@ class RelionCorrection:
         net = result.filtered[0] if result.filtered is not None else result.corrected[0]
         out = lowpass(net, limit, voxel, falloff=3)
         out = _match_radial_amplitude(out, plain, n * voxel / limit)
+        plain_low = lowpass(plain, limit, voxel, falloff=3)
+        kept = ""
         if s.keep_measured:
             from .fourier import fourier_blend
 
             measured = measured_weight(f3d, half1, half2, mask)
-            out = fourier_blend(out, lowpass(plain, limit, voxel, falloff=3), measured)
+            out = fourier_blend(out, plain_low, measured)
             inside = frequency_radius(n) <= n * voxel / limit
             share = 100 * float(np.mean(measured[inside] > 0.5))
-            steps.append(
-                f"RELION's map kept where measured (weight > 0.5 in {share:.0f} % of the "
+            kept = (
+                f", RELION's map kept where measured (weight > 0.5 in {share:.0f} % of the "
                 f"sphere up to {limit:.1f} Å)"
             )
         if s.keep_highres:  # RELION's map beyond the current resolution, the same soft edge
-            out = out + (plain - lowpass(plain, limit, voxel, falloff=3))
+            out = out + (plain - plain_low)
         if s.keep_lowres:
             out = self._keep_lowres(job, jn, out, voxel)
         loss = result.histories[0].get("loss") if result.histories else None
@@ -1833,7 +1831,7 @@ class RelionCorrection:
             f"3D FSC {t_fsc:.1f} s, training {t_train:.1f} s ({result.train[0].get('steps', 0)} "
             f"steps on {result.train[0].get('device', '?')}{loss_text}); output low-passed "
             f"to {limit:.2f} Å, radial amplitudes of RELION's map"
-            + (f", {steps[-1]}" if s.keep_measured else "")
+            + kept
             + (", RELION's map beyond" if s.keep_highres else "")
             + f"; model -> {model.name}",
         )
