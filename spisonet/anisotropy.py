@@ -29,6 +29,7 @@ import scipy.fft
 from numba import njit, prange
 from scipy import ndimage
 
+from ._checks import check_contrast, check_mask_values
 from .errors import (
     EmptyMaskError,
     InvalidValueError,
@@ -284,6 +285,7 @@ def _as_cubic_pair(
             raise NonFiniteMapError("the mask contains NaN or infinite values")
         if not np.any(m != 0):
             raise EmptyMaskError("the mask is zero everywhere")
+        check_mask_values(m, "the mask")
         a *= m
         b *= m
     return a, b
@@ -597,6 +599,31 @@ class AnisotropyReport:
         """(3,) unit vector (x, y, z) of the best direction (see :func:`analyse_anisotropy`)."""
         return self.directions[self.best_index]
 
+    @property
+    def directions_distinguishable(self) -> bool:
+        """False when the sampling cannot tell directions apart.
+
+        Directional resolutions sit on Fourier shells (``box · voxel_size / s``). When the
+        0.143 resolutions of all directions lie within one shell of each other (e.g. every
+        direction at Nyquist), their differences are below what the sampling resolves:
+        there is then no meaningful worst or best direction to name.
+        """
+        shells = self.box * self.voxel_size / np.asarray(self.resolution_0143, dtype=np.float64)
+        return bool(shells.max() - shells.min() > 1.0 + 1e-6)
+
+    def distinguishability_note(self) -> str:
+        """One sentence for reports when :attr:`directions_distinguishable` is False."""
+        st = self.stats("0.143")
+        where = (
+            "every direction is at Nyquist"
+            if st["max"] <= 2.0 * self.voxel_size * (1 + 1e-6)
+            else "every direction lies within one Fourier shell"
+        )
+        return (
+            f"cannot tell directions apart: {where} ({st['min']:.2f}–{st['max']:.2f} Å "
+            "at 0.143), below what the sampling resolves"
+        )
+
     def stats(self, threshold: str = "0.143") -> dict[str, float]:
         """min / max / mean / std (Å) of the directional resolution at "0.143" or "0.5"."""
         res = {"0.143": self.resolution_0143, "0.5": self.resolution_05}[threshold]
@@ -637,8 +664,17 @@ class AnisotropyReport:
             "global_resolution_05_A": float(self.global_fsc.resolution_05),
             "directional_resolution_0143_A": self.stats("0.143"),
             "directional_resolution_05_A": self.stats("0.5"),
-            "worst_direction": direction(self.worst_index),
-            "best_direction": direction(self.best_index),
+            # None when the sampling cannot tell directions apart (see the note)
+            "directions_distinguishable": self.directions_distinguishable,
+            "directions_note": None
+            if self.directions_distinguishable
+            else self.distinguishability_note(),
+            "worst_direction": direction(self.worst_index)
+            if self.directions_distinguishable
+            else None,
+            "best_direction": direction(self.best_index)
+            if self.directions_distinguishable
+            else None,
             "sphericity": _finite(self.sphericity),
             "sphericity_threshold": float(self.sphericity_threshold),
             "area_ratio": _finite(self.area_ratio),
@@ -698,7 +734,12 @@ def analyse_anisotropy(
     FSC area (max(FSC, 0) integrated to Nyquist), smoothed over the sphere with the
     kernel (u·v)⁴ (half-width ≈ 33°), is smallest; the best has the largest. (Picking
     the single coarsest directional resolution instead lets noise choose among the
-    many directions that share the same shell.)
+    many directions that share the same shell, and often an isolated noisy cone.) The
+    resolution reported for the worst (best) direction is that direction's own
+    directional resolution, which need not be the coarsest (finest) single-cone value;
+    reports label those as the single-cone range. When every direction lies within one
+    Fourier shell, :attr:`AnisotropyReport.directions_distinguishable` is False and
+    reports name no worst or best direction.
 
     Parameters
     ----------
@@ -729,6 +770,9 @@ def analyse_anisotropy(
             progress(stage, fraction)
 
     a, b = _as_cubic_pair(half1, half2, mask)
+    # a flat map (inside the mask) would give confident, meaningless figures
+    check_contrast(half1, "half map 1", mask)
+    check_contrast(half2, "half map 2", mask)
     dirs = fibonacci_directions(n_directions)
     theta = _check_cone_angle(cone_angle_deg)
     n = a.shape[0]

@@ -14,10 +14,75 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+#: Option names still accepted (the public tool's ``--o``) but left out of ``--help``.
+_HIDDEN_ALIASES = frozenset({"--o"})
+
+
+def _tidy_help(command) -> None:
+    """What ``--help`` shows: flags without a value type (typer prints ``<bool>``),
+    arguments as ``NAME`` / ``[NAME]`` (typer prints ``{name}``), no hidden aliases."""
+    for p in command.params:
+        if isinstance(p, TyperOption):
+            if p.is_flag:
+                p.metavar = ""
+            hidden = [o for o in p.opts if o in _HIDDEN_ALIASES]
+            if hidden and len(hidden) < len(p.opts) and not p.is_flag:
+                p.opts = [o for o in p.opts if o not in hidden]
+                p._hidden_opts = hidden  # parsed by _Command.make_parser
+        elif isinstance(p, TyperArgument):
+            p.metavar = (p.metavar or p.name or "").strip("[]").upper()
+
+
+def _quiet_help_option(option):
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class _Command(TyperCommand):
+    """A typer command whose help and usage read like a Unix tool's."""
+
+    def make_parser(self, ctx):
+        parser = super().make_parser(ctx)
+        for p in self.get_params(ctx):
+            hidden = getattr(p, "_hidden_opts", None)
+            if hidden:
+                parser.add_option(obj=p, opts=hidden, dest=p.name, action="store", nargs=p.nargs)
+        return parser
+
+    def get_help_option(self, ctx):
+        return _quiet_help_option(super().get_help_option(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                name = p.metavar or (p.name or "").upper()
+                pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
+
+class _Group(TyperGroup):
+    """The ``spisonet`` group: every command becomes a :class:`_Command`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _tidy_help(self)
+        for command in self.commands.values():
+            if type(command) is TyperCommand:
+                command.__class__ = _Command
+            _tidy_help(command)
+
+    def get_help_option(self, ctx):
+        return _quiet_help_option(super().get_help_option(ctx))
+
 
 app = typer.Typer(
     name="spisonet",
     help="Correct preferred-orientation anisotropy in cryo-EM maps (self-supervised).",
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -87,16 +152,31 @@ def _root(
 # fsc3d
 
 
-def _load_pair(half1: Path, half2: Path, mask: Path | None):
+#: --apix of the commands that read maps: replaces the headers' voxel size when given
+ApixOption = Annotated[
+    float | None,
+    typer.Option(
+        "--apix",
+        help="Voxel size (Å/voxel) to use when the map header has none; given, it "
+        "replaces the voxel size of every input map's header.",
+    ),
+]
+
+
+def _load_pair(half1: Path, half2: Path, mask: Path | None, apix: float | None = None):
     from .io import check_half_maps, check_mask, read_map
 
-    h1 = read_map(half1)
-    h2 = read_map(half2)
+    h1 = read_map(half1, voxel_size=apix)
+    h2 = read_map(half2, voxel_size=apix)
     check_half_maps(h1, h2)
     m = None
     if mask is not None:
-        m = read_map(mask)
+        m = read_map(mask, voxel_size=apix)
         check_mask(m, h1)
+    from ._checks import check_contrast
+
+    for h in (h1, h2):  # before any work: a flat map gives confident, meaningless numbers
+        check_contrast(h.data, h.name, None if m is None else m.data)
     return h1, h2, m
 
 
@@ -148,6 +228,7 @@ def fsc3d_command(
             "write <name>_report.png and <name>_report.json next to the output.",
         ),
     ] = False,
+    apix: ApixOption = None,
 ) -> None:
     """Compute the spIsoNet-flavour 3D FSC (FSC3D.mrc) of two half maps."""
     if mask_arg is not None and mask is not None and mask_arg != mask:
@@ -155,6 +236,9 @@ def fsc3d_command(
 
         raise InvalidValueError(f"two different masks given: {mask_arg} and {mask}; give one")
     mask = mask if mask is not None else mask_arg
+    from ._outputs import check_output_file
+
+    check_output_file(output, "-o")  # before the work: an unwritable output fails now
     console = _console()
     if ncpus:
         import numba
@@ -164,7 +248,7 @@ def fsc3d_command(
     from .fsc3d import fsc3d
     from .io import write_map
 
-    h1, h2, m = _load_pair(half1, half2, mask)
+    h1, h2, m = _load_pair(half1, half2, mask, apix)
     if m is None:
         console.print("[yellow]No mask given: using the whole box. A soft mask is recommended.")
     g = fsc(h1.data, h2.data, h1.voxel_size, None if m is None else m.data)
@@ -233,6 +317,9 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Simulate preferred-orientation half maps with a known ground truth."""
+    from ._outputs import check_output_dir
+
+    check_output_dir(out, "--out")
     console = _console()
     paths = _simulate_to(out, box, voxel_size, distribution, n_views, snr, seed, from_map, bin_to)
     console.print(f"Wrote {', '.join(str(p) for p in paths.values())}")
@@ -278,33 +365,69 @@ def _simulate_to(
 # demo
 
 
+#: The demo's orientation distribution: every view within 20° of the z axis, so no view
+#: samples the Fourier directions within ~60–70° of z: a real missing cone.
+DEMO_DISTRIBUTION = "tilt:20"
+
+
+def _demo_check_out(out: Path) -> None:
+    """The demo's output folder: a folder (or nothing yet) in a place we may write."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} exists and is not a folder", param_hint="'--out'")
+    parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"cannot write in {parent}", param_hint="'--out'")
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
         "spisonet_demo"
     ),
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     preset: Annotated[
-        str, typer.Option("--preset", help="Correction preset: cpu (default), gpu or tiny.")
+        str,
+        typer.Option(
+            "--preset",
+            help="Correction preset: cpu (default; ~10 min on a quiet 2-core CPU, much "
+            "longer on a busy one), gpu (the published settings, for a GPU) or tiny (a "
+            "smoke run, ~1 min).",
+        ),
     ] = "cpu",
     epochs: Annotated[
-        int | None, typer.Option(help="Override the preset's number of epochs.")
+        int | None, typer.Option(min=0, help="Override the preset's number of epochs.")
     ] = None,
     correct: Annotated[
         bool,
         typer.Option("--correct/--no-correct", help="Run the correction (else stop at 3D FSC)."),
     ] = True,
 ) -> None:
-    """Run the pipeline on built-in example data (a simulated top-view-dominated dataset)."""
+    """Run the pipeline on built-in example data: simulated half maps with a missing cone."""
+    from .correct import PRESETS
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(
+            f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}",
+            param_hint="'--preset'",
+        )
+    _demo_check_out(out)
+    settings = None
+    if correct:
+        from .correct import preset_settings
+
+        settings = preset_settings(preset, epochs=epochs, seed=seed)
     console = _console()
     t0 = time.perf_counter()
     console.rule("spisonet demo")
     console.print(
-        "Simulating a 64³ test molecule at 2 Å/voxel from 2000 particles, 90% of them top "
-        "views (within 5° of the z axis), 10% in random orientations: the z direction of "
-        "Fourier space is barely sampled..."
+        "Simulating a 64³ test molecule at 2 Å/voxel from 2000 particles, all viewed within "
+        f"20° of the z axis ({DEMO_DISTRIBUTION}): each view measures the Fourier plane "
+        "perpendicular to it, so the directions within ~60° of z are never measured (a "
+        "missing cone around z)..."
     )
-    paths = _simulate_to(out, 64, 2.0, "top+uniform:0.1", 2000, 0.01, seed, None, None)
+    paths = _simulate_to(out, 64, 2.0, DEMO_DISTRIBUTION, 2000, 0.01, seed, None, None)
     console.print(f"  wrote {', '.join(p.name for p in paths.values())} in {out}/")
     fsc3d_command(
         paths["half1"],
@@ -317,54 +440,66 @@ def demo_command(
         keep_highres=False,
         ncpus=None,
     )
-    _demo_directional_summary(out / "FSC3D.mrc", console)
-    if correct:
-        _demo_correction(out, paths, preset, epochs, seed, console)
+    _demo_directional_summary(out / "FSC3D.mrc", paths, console)
+    if settings is not None:
+        _demo_correction(out, paths, settings, console)
     console.print(
         f"Demo finished in {time.perf_counter() - t0:.1f} s. "
         f"Outputs are in [bold]{out.resolve()}[/bold]"
     )
 
 
-def _demo_directional_summary(fsc3d_path: Path, console) -> None:
-    """Print the 3D FSC along z (the view axis) and along x, shell by shell."""
+def _demo_directional_summary(fsc3d_path: Path, paths: dict[str, Path], console) -> None:
+    """Print, along z (the view axis) and x, the 3D FSC and the W the correction uses."""
     import numpy as np
-
-    from .io import read_map
-
-    vol = read_map(fsc3d_path).data
-    n = vol.shape[0]
-    c = n // 2
-    along_z = vol[c:, c, c]
-    along_x = vol[c, c, c:]
-    shells = [s for s in (2, 4, 8, 12, 16, 24) if s < len(along_z)]
     from rich.table import Table
 
-    table = Table(title="3D FSC along the view axis (z) and across it (x)")
+    from .correct import power_presence
+    from .io import read_map
+
+    fsc3d_map = read_map(fsc3d_path)
+    vol, apix = fsc3d_map.data, fsc3d_map.voxel_size
+    gate = power_presence(
+        read_map(paths["half1"]).data, read_map(paths["half2"]).data, read_map(paths["mask"]).data
+    )
+    w = vol * gate
+    n = vol.shape[0]
+    c = n // 2
+    shells = [s for s in (2, 4, 8, 12, 16, 24) if s < n - c]
+    table = Table(title="Along the view axis (z) and across it (x)")
     table.add_column("shell")
     table.add_column("resolution (Å)")
-    table.add_column("FSC along z", justify="right")
-    table.add_column("FSC along x", justify="right")
-    apix = read_map(fsc3d_path).voxel_size
+    table.add_column("3D FSC along z", justify="right")
+    table.add_column("3D FSC along x", justify="right")
+    table.add_column("W along z", justify="right")
+    table.add_column("W along x", justify="right")
     for s in shells:
-        table.add_row(str(s), f"{n * apix / s:.1f}", f"{along_z[s]:.2f}", f"{along_x[s]:.2f}")
+        table.add_row(
+            str(s),
+            f"{n * apix / s:.1f}",
+            *(f"{a[s]:.2f}" for a in (vol[c:, c, c], vol[c, c, c:], w[c:, c, c], w[c, c, c:])),
+        )
     console.print(table)
+    top = shells[-1] + 1
     console.print(
-        f"Mean over shells 2–{shells[-1]}: along z {np.mean(along_z[2 : shells[-1] + 1]):.2f}, "
-        f"along x {np.mean(along_x[2 : shells[-1] + 1]):.2f}: the anisotropy spisonet corrects."
+        f"Mean over shells 2–{shells[-1]}: W along z {np.mean(w[c + 2 : c + top, c, c]):.2f}, "
+        f"along x {np.mean(w[c, c, c + 2 : c + top]):.2f}: the anisotropy spisonet corrects. "
+        "The 3D FSC compares phases only and reads the mask's leak into the empty cone as "
+        "agreement; W, the 3D FSC times a gate on the measured Fourier power, is what the "
+        "correction uses (docs/method.md)."
     )
 
 
-def _demo_correction(out: Path, paths, preset: str, epochs: int | None, seed: int, console):
+def _demo_correction(out: Path, paths, settings, console):
     """Demo step 3: correct the simulated pair, then compare with the ground truth."""
     from rich.table import Table
 
-    from .correct import before_after_figure, ground_truth_metrics, preset_settings
+    from .correct import before_after_figure, ground_truth_metrics
+    from .fsc import fsc
     from .io import read_map
 
-    settings = preset_settings(preset, epochs=epochs, seed=seed)
     console.print(
-        f"Correcting with the [bold]{preset}[/bold] preset ({settings.epochs} epochs of "
+        f"Correcting with the [bold]{settings.preset}[/bold] preset ({settings.epochs} epochs of "
         f"{settings.n_subvolume} cubes of {settings.cube_size}³, network widths "
         f"{'-'.join(map(str, settings.widths))})..."
     )
@@ -385,35 +520,239 @@ def _demo_correction(out: Path, paths, preset: str, epochs: int | None, seed: in
     metrics = ground_truth_metrics(
         gt.data, {"raw": raw, "corrected": corrected}, gt.voxel_size, mask
     )
+    # like with like: the slices of both maps are low-passed at the same resolution, the
+    # one a user would pick for the raw map (its half maps' 0.143 FSC resolution)
+    cutoff = float(fsc(h1, h2, gt.voxel_size, mask).resolution_0143)
     figure = out / "before_after.png"
-    before_after_figure(gt.data, raw, corrected, metrics, gt.voxel_size, figure)
+    before_after_figure(
+        gt.data,
+        raw,
+        corrected,
+        metrics,
+        gt.voxel_size,
+        figure,
+        mask=mask,
+        lowpass_resolution=cutoff,
+    )
     n = gt.box
-    table = Table(title="Against the ground truth (masked)")
+    table = Table(title="FSC with the ground truth (masked), the same computation for both")
     table.add_column("")
-    table.add_column("raw average", justify="right")
-    table.add_column("corrected", justify="right")
+    table.add_column("before (raw average)", justify="right")
+    table.add_column("after (corrected)", justify="right")
     table.add_row(
-        f"mean FSC, 20° cone around z, shells 2–{n // 4}",
+        f"mean FSC in the 20° cone around z (the missing cone), shells 2–{n // 4}",
         f"{metrics['raw']['cone_mean']:.3f}",
         f"{metrics['corrected']['cone_mean']:.3f}",
     )
     for key, label in (
-        ("res05_worst", "0.5-FSC resolution, worst direction (Å)"),
-        ("res05_best", "0.5-FSC resolution, best direction (Å)"),
-        ("res05_global", "0.5-FSC resolution, global (Å)"),
+        ("res0143_global", "global resolution at FSC 0.143 (Å)"),
+        ("res05_global", "global resolution at FSC 0.5 (Å)"),
+        ("res05_worst", "FSC-0.5 resolution, worst direction (Å)"),
+        ("res05_best", "FSC-0.5 resolution, best direction (Å)"),
     ):
         table.add_row(label, f"{metrics['raw'][key]:.1f}", f"{metrics['corrected'][key]:.1f}")
     console.print(table)
-    console.print(f"  wrote {figure} (slices and directional FSC, before / after)")
+    console.print(
+        f"  wrote {figure}: slices of both maps low-passed at {cutoff:.1f} Å (the raw half "
+        "maps' 0.143 resolution) and FSC with the truth, before / after; the training "
+        f"losses are in {out / 'isonet_maps'}/loss_*.png"
+    )
 
 
 # --------------------------------------------------------------------------------------
 # reconstruct (anisotropy correction)
 
 
+#: Seconds between two plain progress lines when the output is not a terminal; the
+#: environment variable SPISONET_PROGRESS_INTERVAL (seconds) overrides it.
+PROGRESS_INTERVAL_S = 30.0
+
+
+def _progress_interval() -> float:
+    import os
+
+    value = os.environ.get("SPISONET_PROGRESS_INTERVAL", "").strip()
+    if not value:
+        return PROGRESS_INTERVAL_S
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        from .errors import InvalidValueError
+
+        raise InvalidValueError(
+            f"SPISONET_PROGRESS_INTERVAL={value!r}: expected a number of seconds"
+        ) from None
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(max(seconds, 0.0)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class _PlainProgress:
+    """Progress for log files: one plain line per training epoch and one every
+    ``interval`` seconds (stage, epoch, step/total, loss, speed, elapsed, ETA)."""
+
+    def __init__(self, console, interval: float) -> None:
+        self.console = console
+        self.interval = interval
+        self.stage: str | None = None
+        self.stage_start = self.last = time.monotonic()
+        self.stage_done = False
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def __call__(self, stage: str, fraction: float, detail) -> None:
+        now = time.monotonic()
+        if stage != self.stage:
+            self.stage, self.stage_start, self.last, self.stage_done = stage, now, now, False
+            self._line(f"{stage}: started")
+        if detail is None:
+            finished = fraction >= 1.0
+            if finished and self.stage_done:
+                return
+            if finished or now - self.last >= self.interval:
+                self.last, self.stage_done = now, finished
+                elapsed = now - self.stage_start
+                if finished:
+                    self._line(f"{stage}: done, elapsed {_hms(elapsed)}")
+                    return
+                eta = f", ETA {_hms(elapsed * (1 - fraction) / fraction)}" if fraction > 0 else ""
+                self._line(f"{stage}: {100 * fraction:.0f}%, elapsed {_hms(elapsed)}{eta}")
+            return
+        if detail.step == 1:
+            self.loss_sum, self.loss_n = 0.0, 0
+        self.loss_sum += detail.loss
+        self.loss_n += 1
+        end_of_epoch = detail.step == detail.steps_per_epoch
+        if not (end_of_epoch or now - self.last >= self.interval):
+            return
+        self.last = now
+        done = (detail.epoch - 1) * detail.steps_per_epoch + detail.step
+        left = detail.epochs * detail.steps_per_epoch - done
+        speed = detail.steps_per_second
+        eta = _hms(left / speed) if speed > 0 else "?"
+        where = f"epoch {detail.epoch}/{detail.epochs}"
+        if end_of_epoch:
+            what = f"{where} done, mean loss {self.loss_sum / max(self.loss_n, 1):.4f}"
+        else:
+            what = f"{where}, step {detail.step}/{detail.steps_per_epoch}, loss {detail.loss:.4f}"
+        self._line(
+            f"{stage}: {what}, {speed:.2f} steps/s, elapsed {_hms(detail.elapsed)}, ETA {eta}"
+        )
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a correction, with the last training progress of each stage."""
+
+    def __init__(self, seen: dict) -> None:
+        super().__init__()
+        self.seen = seen
+
+
+def _resume_command_line() -> str:
+    """This command line again, with ``--resume``."""
+    import shlex
+
+    argv = list(sys.argv)
+    prog = Path(argv[0]).name if argv else "spisonet"
+    if prog == "__main__.py":
+        head = [Path(sys.executable).name, "-m", "spisonet"]
+    elif prog in ("spisonet", "spisonet.py"):
+        head = [prog]
+    else:
+        head = [argv[0]]
+    args = argv[1:]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join([*head, *args])
+
+
+def _interrupted_message(seen: dict, distributed: bool) -> str:
+    """Where the last checkpoint is and how to resume, after Ctrl-C."""
+    import os
+
+    if not seen:
+        return "interrupted before the training started; nothing to resume, rerun the command"
+    last = list(seen.values())[-1]
+    saved = [d.checkpoint for d in seen.values() if d.checkpoint and Path(d.checkpoint).exists()]
+    where = f"interrupted during epoch {last.epoch} of {last.epochs}"
+    if not saved:
+        return f"{where}, before the first checkpoint; nothing to resume, rerun the command"
+    how = (
+        "add --resume to the same launch command"
+        if distributed
+        else f"run, from {os.getcwd()}:\n  {_resume_command_line()}"
+    )
+    return (
+        f"{where}; the last checkpoint (written after every epoch) is "
+        f"{' and '.join(saved)}\nTo continue from it, {how}"
+    )
+
+
+@contextmanager
+def _reconstruct_lock(output_dir: Path):
+    """Hold --output-dir for this run (on rank 0 only: the ranks share one run), unless
+    the process that launched this rank holds it already (``--gpus`` / ``--processes``)."""
+    import os
+
+    from ._outputs import output_lock
+    from .nn.distributed import launched_world
+
+    held = os.environ.get("SPISONET_HELD_OUTPUT_DIR")
+    if not launched_world().is_main or held == str(Path(output_dir).resolve()):
+        yield
+        return
+    with output_lock(output_dir, "reconstruct", "--output-dir"):
+        yield
+
+
+def _check_output_dir_early(output_dir: Path) -> None:
+    """--output-dir writable and not held by another run, told in the first second. Only
+    where this process would take the lock: not on ranks > 0 (torchrun, srun) nor in ranks
+    whose launching process holds it."""
+    import os
+
+    from ._outputs import check_output_dir, check_output_lock
+
+    check_output_dir(output_dir, "--output-dir")
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    if rank.strip() == "0" and not os.environ.get("SPISONET_HELD_OUTPUT_DIR"):
+        check_output_lock(output_dir, "reconstruct", "--output-dir")
+
+
+@contextmanager
+def _lock_for_ranks(output_dir: Path):
+    """``--gpus`` / ``--processes``: this launching process holds --output-dir for the
+    ranks it starts (they inherit SPISONET_HELD_OUTPUT_DIR and do not lock it again)."""
+    import os
+
+    from ._outputs import output_lock
+
+    with output_lock(output_dir, "reconstruct", "--output-dir") as folder:
+        before = os.environ.get("SPISONET_HELD_OUTPUT_DIR")
+        os.environ["SPISONET_HELD_OUTPUT_DIR"] = str(folder.resolve())
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("SPISONET_HELD_OUTPUT_DIR", None)
+            else:
+                os.environ["SPISONET_HELD_OUTPUT_DIR"] = before
+
+
 @contextmanager
 def _training_progress(console):
-    """A rich bar for the correction; yields a ``(stage, fraction, detail)`` callback."""
+    """A rich bar for the correction; yields a ``(stage, fraction, detail)`` callback.
+
+    When the output is not a terminal (a log file under nohup or SLURM), plain lines
+    instead: see :class:`_PlainProgress`.
+    """
+    if not console.is_terminal:
+        yield _PlainProgress(console, _progress_interval())
+        return
     from rich.progress import (
         BarColumn,
         Progress,
@@ -457,8 +796,25 @@ def _run_reconstruct(console, **kwargs):
     """Call :func:`spisonet.correct.reconstruct` with a progress bar; print the summary."""
     from .correct import reconstruct
 
-    with _training_progress(console) as update:
-        outputs = reconstruct(progress=update, **kwargs)
+    seen: dict = {}  # stage -> its last TrainProgress
+
+    with _reconstruct_lock(kwargs["output_dir"]), _training_progress(console) as bar:
+
+        def update(stage: str, fraction: float, detail) -> None:
+            bar(stage, fraction, detail)
+            if detail is not None:
+                if stage not in seen and detail.resumed_from_epoch:
+                    console.print(
+                        f"{stage}: resumed from epoch {detail.resumed_from_epoch} "
+                        f"(checkpoint {detail.checkpoint})",
+                        markup=False,
+                    )
+                seen[stage] = detail
+
+        try:
+            outputs = reconstruct(progress=update, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(seen) from exc
     res = outputs.result
     for note in res.notes:
         console.print(f"  • {note}")
@@ -468,7 +824,19 @@ def _run_reconstruct(console, **kwargs):
                 f"  trained {t['steps']} steps in {t['seconds']:.1f} s "
                 f"({t['steps_per_second']:.2f} steps/s, {t['device']}, {t['dtype']})"
             )
-    for p in [*outputs.corrected, *outputs.filtered, *outputs.models, *outputs.losses]:
+        elif t.get("resumed_from_epoch"):
+            console.print(
+                f"  resumed from epoch {t['resumed_from_epoch']}: every epoch was already "
+                "done, nothing left to train"
+            )
+    if res.trust is not None:
+        colour = {"good": "green", "partial": "yellow", "low": "red"}.get(res.trust.verdict, "")
+        score = "n/a" if res.trust.score is None else f"{100 * res.trust.score:.0f} %"
+        line = f"trust check: {score} ({res.trust.verdict})"
+        console.print(f"  [bold {colour}]{line}[/] — {res.trust.message}" if colour else line)
+    extra = [outputs.trust_figure] if outputs.trust_figure is not None else []
+    extra += [outputs.fsc3d] if outputs.fsc3d is not None else []
+    for p in [*outputs.corrected, *outputs.filtered, *outputs.models, *outputs.losses, *extra]:
         console.print(f"  wrote {p}")
     console.print(f"  wrote {outputs.report} (settings, decisions and timings)")
     return outputs
@@ -598,13 +966,16 @@ def reconstruct_command(
             help="Train with this many CPU processes (gloo), spawned like --gpus.",
         ),
     ] = None,
+    apix: ApixOption = None,
 ) -> None:
     """Correct preferred-orientation anisotropy: train the network and write corrected maps."""
+    _check_output_dir_early(output_dir)  # before the slow imports (torch)
     from .nn.distributed import launched_world
 
     world = launched_world()
     if (gpus or processes) and not world.distributed:
-        _launch_local(gpus, processes)
+        with _lock_for_ranks(output_dir):
+            _launch_local(gpus, processes)
         return
     console = _console() if world.is_main else _quiet_console()
     import torch
@@ -662,6 +1033,7 @@ def reconstruct_command(
             reference=reference,
             pretrained_model=pretrained_model,
             resume=resume,
+            voxel_size=apix,
         )
     except torch.cuda.OutOfMemoryError as exc:
         from .errors import DeviceMemoryError
@@ -671,6 +1043,10 @@ def reconstruct_command(
             "or raise --acc-batches (same result, less memory), or use a smaller "
             "--cube-size / --predict-crop-size; nothing was written"
         ) from exc
+    except _Interrupted as stop:
+        if world.is_main:
+            print(_interrupted_message(stop.seen, world.distributed), file=sys.stderr, flush=True)
+        raise typer.Exit(130) from None
     finally:
         shutdown()
 
@@ -769,15 +1145,30 @@ def _anisotropy_table(rep):
     table.add_row(
         "global resolution at FSC 0.143 / 0.5", f"{g.resolution_0143:.2f} / {g.resolution_05:.2f} Å"
     )
+    # "worst"/"best" always mean the named directions (centres of the worst/best regions);
+    # the coarsest/finest single cones are shown as the single-cone range (docs/method.md)
+    distinct = rep.directions_distinguishable
     for threshold in ("0.143", "0.5"):
         st = rep.stats(threshold)
-        table.add_row(f"directional {threshold}: min / max", f"{st['min']:.2f} / {st['max']:.2f} Å")
+        res = rep.resolution_0143 if threshold == "0.143" else rep.resolution_05
+        if distinct:
+            table.add_row(
+                f"directional {threshold}: worst / best direction",
+                f"{res[rep.worst_index]:.2f} / {res[rep.best_index]:.2f} Å",
+            )
+        table.add_row(
+            f"directional {threshold}: single-cone range",
+            f"{st['min']:.2f} – {st['max']:.2f} Å",
+        )
         table.add_row(
             f"directional {threshold}: mean ± std", f"{st['mean']:.2f} ± {st['std']:.2f} Å"
         )
     sph = "undefined" if not math.isfinite(rep.sphericity) else f"{rep.sphericity:.3f}"
     table.add_row(f"sphericity (3DFSC binarised at {rep.sphericity_threshold:g})", sph)
     table.add_row("area ratio (worst / best cone)", f"{rep.area_ratio:.3f}")
+    if not distinct:
+        table.add_row("worst / best direction", rep.distinguishability_note())
+        return table
     for name, idx in (("worst", rep.worst_index), ("best", rep.best_index)):
         v = rep.directions[idx]
         tilt, rot = direction_to_relion(v)
@@ -846,10 +1237,14 @@ def anisotropy_command(
         float,
         typer.Option("--cone-angle", "--cone_angle", help="Cone half-angle in degrees."),
     ] = 20.0,
+    apix: ApixOption = None,
 ) -> None:
     """Anisotropy diagnostics only: conical FSC, directional resolution, sphericity, report."""
+    from ._outputs import check_output_file
+
+    check_output_file(_report_paths(output)[0], "-o")
     console = _console()
-    h1, h2, m = _load_pair(half1, half2, mask)
+    h1, h2, m = _load_pair(half1, half2, mask, apix)
     if m is None:
         console.print("[yellow]No mask given: using the whole box. A soft mask is recommended.")
     console.print(f"Box {h1.box}³ at {h1.voxel_size:.3f} Å/voxel (masked: {m is not None})")
@@ -890,7 +1285,12 @@ def fsd3d_command(
     from .fsd3d import direction_histogram, fourier_shell_density, scf_curve
     from .io import read_star_angles, write_map
     from .report import sampling_figure, write_json
+    from .symmetry import group_order
 
+    group_order(sym)  # refuse an unknown or oversized point group before reading anything
+    from ._outputs import check_output_file
+
+    check_output_file(output, "-o")
     console = _console()
     angles = read_star_angles(star)
     t0 = time.perf_counter()
@@ -975,16 +1375,21 @@ def whitening_command(
     high_res: Annotated[
         float, typer.Option("--high-res", "--high_res", help="Band end (Å).")
     ] = 3.0,
+    apix: ApixOption = None,
 ) -> None:
     """Flatten the radial Fourier amplitude of a map between --low-res and --high-res."""
+    from ._outputs import check_output_file
     from .io import check_mask, read_map, write_map
     from .maps import whiten
 
+    if output is None:
+        output = input_map.with_name(f"{input_map.stem}_whitened.mrc")
+    check_output_file(output, "-o")
     console = _console()
-    vol = read_map(input_map)
+    vol = read_map(input_map, voxel_size=apix)
     m = None
     if mask is not None:
-        m = read_map(mask)
+        m = read_map(mask, voxel_size=apix)
         check_mask(m, vol)
     out = whiten(
         vol.data,
@@ -993,9 +1398,7 @@ def whitening_command(
         low_res=low_res,
         high_res=high_res,
     )
-    if output is None:
-        output = input_map.with_name(f"{input_map.stem}_whitened.mrc")
-    write_map(output, out, voxel_size=vol.voxel_size, origin=vol.origin)
+    write_map(output, out, like=vol)
     console.print(
         f"Whitened {input_map} between {low_res:g} and {high_res:g} Å; wrote [bold]{output}[/bold]"
     )
@@ -1011,17 +1414,20 @@ def combine_map_command(
     mask: Annotated[
         Path | None, typer.Option("--mask", "-m", help="Mask for the amplitude spectra.")
     ] = None,
+    apix: ApixOption = None,
 ) -> None:
     """Low frequencies (below THRESHOLD_RES) from LOW_MAP, the rest from HIGH_MAP."""
     import numpy as np
 
+    from ._outputs import check_output_file
     from .errors import MapMismatchError
     from .io import check_mask, read_map, write_map
     from .maps import combine_map
 
+    check_output_file(out_map, "OUT_MAP")
     console = _console()
-    lo = read_map(low_map)
-    hi = read_map(high_map)
+    lo = read_map(low_map, voxel_size=apix)
+    hi = read_map(high_map, voxel_size=apix)
     if lo.data.shape != hi.data.shape:
         raise MapMismatchError(
             f"{high_map}: shape {hi.data.shape} differs from {low_map} {lo.data.shape}; "
@@ -1034,12 +1440,12 @@ def combine_map_command(
         )
     m = None
     if mask is not None:
-        m = read_map(mask)
+        m = read_map(mask, voxel_size=apix)
         check_mask(m, hi)
     out = combine_map(
         lo.data, hi.data, threshold_res, hi.voxel_size, mask=None if m is None else m.data
     )
-    write_map(out_map, out, voxel_size=hi.voxel_size, origin=hi.origin)
+    write_map(out_map, out, like=hi)
     console.print(
         f"Combined {low_map} (below {threshold_res:g} Å) with {high_map}; "
         f"wrote [bold]{out_map}[/bold]"

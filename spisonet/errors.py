@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "DeviceMemoryError",
     "EmptyMaskError",
+    "FlatMapError",
     "InvalidValueError",
     "MapFormatError",
     "MapMismatchError",
@@ -17,8 +18,11 @@ __all__ = [
     "MapShapeError",
     "ModelFileError",
     "NonFiniteMapError",
+    "OutputLockedError",
+    "OutputPathError",
     "SpisonetError",
     "StarFormatError",
+    "VoxelSizeError",
 ]
 
 
@@ -32,6 +36,10 @@ class MapNotFoundError(SpisonetError, FileNotFoundError):
 
 class MapFormatError(SpisonetError):
     """A file is not a readable MRC map (wrong format, truncated, unsupported mode)."""
+
+
+class VoxelSizeError(MapFormatError):
+    """A map's header gives no usable voxel size (zero, negative or not a number)."""
 
 
 class MapShapeError(SpisonetError):
@@ -62,5 +70,17 @@ class InvalidValueError(SpisonetError, ValueError):
     """An option has a value outside its valid range."""
 
 
+class FlatMapError(InvalidValueError):
+    """A map (or a 3D FSC) is constant or zero: it holds no signal to measure or correct."""
+
+
 class ModelFileError(SpisonetError):
     """A model/checkpoint file is missing, unreadable, unsafe or does not fit the run."""
+
+
+class OutputPathError(SpisonetError):
+    """An output file or folder cannot be written (checked before any work starts)."""
+
+
+class OutputLockedError(SpisonetError):
+    """Another spisonet run holds the lock on the output folder."""

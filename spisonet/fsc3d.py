@@ -48,6 +48,7 @@ import numpy as np
 import scipy.fft
 from numba import njit, prange
 
+from ._checks import check_contrast, check_limit_res, check_mask_values
 from .errors import InvalidValueError
 from .fourier import frequency_radius
 
@@ -702,7 +703,8 @@ def fsc3d(
     half1, half2 : (n, n, n) half maps, [z, y, x].
     voxel_size : Å per voxel.
     mask : (n, n, n) soft mask applied after z-scoring (None: all ones).
-    limit_res : Å; shells finer than this are left at 0 (None: the 0.143 rule).
+    limit_res : Å; shells finer than this are left at 0 (None: the 0.143 rule); from
+        Nyquist (2·voxel_size) to the box (n·voxel_size), else InvalidValueError.
     cone_sampling_angle : θ in degrees; neighbours within the chord s·2·sin(θ/2).
     keep_highres : set the region beyond the limit to 1 (soft edge), step 6.
     progress : called with the fraction done (0–1) during the neighbourhood averaging.
@@ -721,9 +723,13 @@ def fsc3d(
         raise InvalidValueError(
             f"cone_sampling_angle must be in (0, 180] degrees, got {cone_sampling_angle}"
         )
-    if limit_res is not None and not limit_res > 0:
-        raise InvalidValueError(f"limit_res must be a positive resolution in Å, got {limit_res}")
     n = half1.shape[0]
+    if limit_res is not None:  # the same rule as reconstruct: 2·voxel ≤ limit_res ≤ n·voxel
+        limit_res = check_limit_res(limit_res, voxel_size, n)
+    if mask is not None:
+        check_mask_values(mask, "the mask")
+    check_contrast(half1, "half map 1", mask)
+    check_contrast(half2, "half map 2", mask)
     agreement = phase_agreement(half1, half2, mask)
     default_res, shell_mean = _default_limit(agreement, voxel_size)
     is_default = limit_res is None

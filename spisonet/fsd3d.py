@@ -40,7 +40,7 @@ import numpy as np
 from numba import njit, prange
 
 from .errors import InvalidValueError
-from .symmetry import point_group
+from .symmetry import group_order, point_group
 
 __all__ = [
     "DirectionHistogram",
@@ -295,6 +295,7 @@ def fourier_shell_density(
     (box, box, box) float32, zero frequency at index box//2. Normalised: each shell's
     maximum is 1 (a shell no view reaches stays 0).
     """
+    group_order(sym)  # parse (and size-check) the point group before any work
     dirs = view_directions(angles_deg)
     box = int(box)
     if box < 2:

@@ -669,11 +669,10 @@ def reconstruct_arrays(
 def _read_fourier(job: ExternalReconstructJob) -> tuple[np.ndarray, np.ndarray]:
     from .io import read_map
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # RELION's Fourier files carry no voxel size
-        real = read_map(job.data_real, require_cubic=False).data
-        imag = read_map(job.data_imag, require_cubic=False).data
-        weight = read_map(job.weight, require_cubic=False).data
+    # RELION's Fourier files carry no voxel size, and only their values are used
+    real = read_map(job.data_real, require_cubic=False, voxel_size=1.0).data
+    imag = read_map(job.data_imag, require_cubic=False, voxel_size=1.0).data
+    weight = read_map(job.weight, require_cubic=False, voxel_size=1.0).data
     if real.shape != imag.shape or real.shape != weight.shape:
         raise MapShapeError(
             f"{job.star_path}: data_real {real.shape}, data_imag {imag.shape} and weight "
@@ -1516,9 +1515,7 @@ def wait_for_partner(
             "it failed: see its log lines)",
             waited,
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        volume = read_map(result).data
+    volume = read_map(result, voxel_size=1.0).data  # only the values are used
     return RendezvousResult(np.asarray(volume, dtype=np.float32), "ok", waited)
 
 
@@ -1862,9 +1859,7 @@ class RelionCorrection:
                 "command line"
             )
         path = _resolve_input(ref, job.star_path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reference = read_map(path).data
+        reference = read_map(path, voxel_size=voxel).data  # sampled like the map
         if reference.shape != volume.shape:
             raise MapShapeError(
                 f"ISONET_KEEP_LOWRES: {path} has shape {reference.shape}, the map {volume.shape}"

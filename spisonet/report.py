@@ -140,20 +140,18 @@ def _fsc_panel(ax: Axes, report: AnisotropyReport) -> None:
         label="directional mean ± 1 std",
     )
     ax.plot(f, mean, color="tab:blue", lw=1.2, ls="--", label="directional mean")
-    ax.plot(
-        f,
-        c[report.worst_index],
-        color="tab:purple",
-        lw=1.0,
-        label=f"worst direction ({report.resolution_0143[report.worst_index]:.2f} Å)",
-    )
-    ax.plot(
-        f,
-        c[report.best_index],
-        color="tab:green",
-        lw=1.0,
-        label=f"best direction ({report.resolution_0143[report.best_index]:.2f} Å)",
-    )
+    for idx, colour, name in (
+        ((report.worst_index, "tab:purple", "worst"), (report.best_index, "tab:green", "best"))
+        if report.directions_distinguishable
+        else ()
+    ):
+        ax.plot(
+            f,
+            c[idx],
+            color=colour,
+            lw=1.0,
+            label=f"{name} direction ({report.resolution_0143[idx]:.2f} Å)",
+        )
     g = report.global_fsc
     ax.plot(f, g.fsc, color="black", lw=1.8, label=f"global FSC ({g.resolution_0143:.2f} Å)")
     _thresholds(ax)
@@ -236,10 +234,12 @@ def _sphere_panel(ax: Axes, fig: Figure, report: AnisotropyReport) -> None:
     size = max(8.0, min(60.0, 9000.0 / max(report.n_directions, 1)))
     sc = ax.scatter(x, y, c=res, s=size, cmap="viridis_r", vmin=vmin, vmax=vmax, lw=0)
     _sphere_grid(ax)
-    for idx, marker, colour, name in (
-        (report.worst_index, "X", "red", "worst"),
-        (report.best_index, "*", "white", "best"),
-    ):
+    marks = (
+        ((report.worst_index, "X", "red", "worst"), (report.best_index, "*", "white", "best"))
+        if report.directions_distinguishable
+        else ()
+    )
+    for idx, marker, colour, name in marks:
         wx, wy = _lambert(report.directions[idx])
         ax.scatter(
             [wx],
@@ -341,16 +341,28 @@ def _summary_text(report: AnisotropyReport) -> str:
         f"global FSC 0.5     {g.resolution_05:7.2f} Å",
         "",
         "directional 0.143 (Å)",
-        f"  min {st['min']:.2f}  max {st['max']:.2f}",
+        f"  single cones {st['min']:.2f}–{st['max']:.2f}",
         f"  mean {st['mean']:.2f}  std {st['std']:.2f}",
         "directional 0.5 (Å)",
-        f"  min {st5['min']:.2f}  max {st5['max']:.2f}",
+        f"  single cones {st5['min']:.2f}–{st5['max']:.2f}",
         f"  mean {st5['mean']:.2f}  std {st5['std']:.2f}",
         "",
-        f"worst: tilt {float(wt):5.1f}°  rot {float(wr):6.1f}°",
-        f"       {report.resolution_0143[w]:.2f} Å at 0.143",
-        f"best:  tilt {float(bt):5.1f}°  rot {float(br):6.1f}°",
-        f"       {report.resolution_0143[b]:.2f} Å at 0.143",
+    ]
+    if report.directions_distinguishable:
+        # the named directions' own resolutions (not the single-cone extremes)
+        lines += [
+            f"worst: tilt {float(wt):5.1f}°  rot {float(wr):6.1f}°",
+            f"       {report.resolution_0143[w]:.2f} Å at 0.143",
+            f"best:  tilt {float(bt):5.1f}°  rot {float(br):6.1f}°",
+            f"       {report.resolution_0143[b]:.2f} Å at 0.143",
+        ]
+    else:
+        lines += [
+            "worst / best direction: none",
+            "  cannot tell directions apart:",
+            "  all within one Fourier shell",
+        ]
+    lines += [
         "",
         f"sphericity  {sph}  (3DFSC ≥ {report.sphericity_threshold:g})",
         f"area ratio  {report.area_ratio:.3f}  (worst/best cone)",
@@ -422,36 +434,70 @@ def anisotropy_figure(report: AnisotropyReport, path: str | os.PathLike) -> None
 
 
 # --------------------------------------------------------------------------- general
+#: Plain-words legend labels of the training-loss parts (keys of the loss history).
+LOSS_LABELS = {
+    "total": "total: the weighted sum that is minimised",
+    "consistency": "consistency: the prediction, sampled by W, vs its own half map",
+    "equivariance": "equivariance: a rotated prediction, sampled by W and restored, vs itself",
+    "consistency2": "Noise2Noise consistency: the prediction, sampled by W, vs the other half",
+    "equivariance2": "Noise2Noise equivariance: that restoration vs the other half's prediction",
+}
+
+LOSS_CAPTION = (
+    "L1 losses, mean per epoch. W: where the data were measured (the 3D FSC). Consistency "
+    "checks the prediction only there; equivariance teaches the network to fill in what was "
+    "not measured. The Noise2Noise terms compare with the other, independent half map, so "
+    "they keep its noise and level off above zero."
+)
+
+
 def loss_figure(
     history: Mapping[str, Sequence[float]] | Sequence[float], path: str | os.PathLike
-) -> None:
-    """Training curves to a PNG.
+) -> Figure:
+    """Training curves to a PNG, each loss part labelled in plain words.
 
     Parameters
     ----------
     history : ``{name: values per epoch}`` (e.g. ``{"total": [...], "consistency": [...]}``)
-        or a plain sequence of per-epoch losses.
+        or a plain sequence of per-epoch losses. Known names get the labels of
+        :data:`LOSS_LABELS`; a caption (:data:`LOSS_CAPTION`) explains them.
     path : output PNG, written atomically.
+
+    Returns
+    -------
+    The figure (already written to ``path``).
     """
     curves = {"loss": list(history)} if not isinstance(history, Mapping) else dict(history)
-    fig = _new_figure(7.0, 4.5)
-    ax = fig.add_subplot()
+    known = any(name in LOSS_LABELS for name in curves)
+    fig = _new_figure(8.0, 6.4) if known else _new_figure(7.0, 4.5)
+    grid = fig.add_gridspec(2 if known else 1, 1, height_ratios=[3, 1.25] if known else [1])
+    ax = fig.add_subplot(grid[0])
     positive = True
     for name, values in curves.items():
         y = np.asarray(values, dtype=np.float64)
         if y.size == 0:
             continue
         positive &= bool(np.all(y[np.isfinite(y)] > 0))
-        ax.plot(np.arange(1, y.size + 1), y, marker="o", ms=3, label=name)
+        label = LOSS_LABELS.get(name, name)
+        style = {"lw": 2.2, "color": "black"} if name == "total" else {}
+        ax.plot(np.arange(1, y.size + 1), y, marker="o", ms=3, label=label, **style)
     if positive and ax.lines:
         ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (L1)")
     ax.set_title("Training loss")
     ax.grid(alpha=0.3)
-    if ax.lines:
+    if known:  # legend and caption in a panel of their own, under the curves
+        below = fig.add_subplot(grid[1])
+        below.axis("off")
+        handles, labels = ax.get_legend_handles_labels()
+        below.legend(handles, labels, loc="upper left", fontsize=8, frameon=False)
+        below.text(0.0, 0.0, LOSS_CAPTION, va="bottom", fontsize=8.5, wrap=True)
+    elif ax.lines:
         ax.legend(fontsize=8)
     _save(fig, path)
+    return fig
 
 
 def fsc_figure(
@@ -613,4 +659,37 @@ def sampling_figure(
         fontsize=13,
         fontweight="bold",
     )
+    _save(fig, path)
+
+
+def trust_figure(trust: Any, voxel_size: float, box: int, path: str | os.PathLike) -> None:
+    """The trust check (:class:`spisonet.trust.TrustCheck`) as a PNG.
+
+    Per shell: the fraction of the hidden measured signal the network put back (1 =
+    all of it, 0 = none), the two half maps' own agreement (FSC) in the hidden region,
+    and the scored shells shaded; the score and its verdict in the title.
+    """
+    n_shells = len(trust.recovery)
+    shells = np.arange(n_shells)
+    freq = shells / (box * voxel_size)
+    fig = _new_figure(7.5, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    rec = np.asarray(trust.recovery, dtype=np.float64)
+    ok = np.isfinite(rec)
+    ax.plot(freq[ok], np.clip(rec[ok], -0.5, 1.5), "o-", ms=3, label="hidden signal recovered")
+    if trust.data_fsc is not None:
+        ax.plot(freq, trust.data_fsc, "--", color="grey", label="half maps' FSC in that region")
+    if len(trust.shells_scored):
+        lo, hi = freq[min(trust.shells_scored)], freq[max(trust.shells_scored)]
+        ax.axvspan(lo, hi, color="tab:green", alpha=0.08, label="shells scored")
+    ax.axhline(1.0, color="black", lw=0.6)
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_ylim(-0.5, 1.5)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("fraction recovered / FSC")
+    _resolution_axis(ax)
+    score = "n/a" if trust.score is None else f"{100 * trust.score:.0f} %"
+    ax.set_title(f"trust check: {score} recovered ({trust.verdict})", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
     _save(fig, path)

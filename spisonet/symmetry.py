@@ -28,10 +28,20 @@ import numpy as np
 
 from .errors import InvalidValueError
 
-__all__ = ["VALID_SYMMETRIES", "group_order", "point_group", "rotation_about"]
+__all__ = [
+    "MAX_CYCLIC_ORDER",
+    "VALID_SYMMETRIES",
+    "group_order",
+    "point_group",
+    "rotation_about",
+]
+
+#: Largest n accepted in Cn and Dn (real particles stay far below; ``C100000`` would
+#: multiply every particle 100 000 times).
+MAX_CYCLIC_ORDER = 100
 
 #: Human-readable list of the symbols :func:`point_group` accepts.
-VALID_SYMMETRIES = "C1, Cn (n ≥ 1), Dn (n ≥ 1), T, O, I (= I2), I1, I2, I3, I4"
+VALID_SYMMETRIES = "C1, Cn (1 ≤ n ≤ 100), Dn (1 ≤ n ≤ 100), T, O, I (= I2), I1, I2, I3, I4"
 
 _PHI = (1.0 + 5.0**0.5) / 2.0
 
@@ -105,7 +115,15 @@ def _parse(symbol: str) -> tuple[str, int]:
     s = symbol.strip().upper()
     m = re.fullmatch(r"([CD])(\d+)", s)
     if m:
-        n = int(m.group(2))
+        digits = m.group(2).lstrip("0") or "0"
+        n = int(digits) if len(digits) <= 9 else MAX_CYCLIC_ORDER + 1  # no huge int parse
+        if n > MAX_CYCLIC_ORDER:
+            raise InvalidValueError(
+                f"symmetry {symbol!r}: {m.group(1)}n with n = {digits} is beyond the largest "
+                f"supported n = {MAX_CYCLIC_ORDER} (each particle counts once per symmetry "
+                "copy, so the work grows with n; the point groups of real particles stay "
+                f"far below). Valid: {VALID_SYMMETRIES}"
+            )
         if n >= 1:
             return m.group(1), n
     elif s in ("T", "O"):

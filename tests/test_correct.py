@@ -246,13 +246,18 @@ def test_reconstruct_files_resume_and_pretrained(tmp_path) -> None:
         "loss_h1.png",
         "model_h1.pt",
         "reconstruct.json",
+        "trust.png",
     ]
+    assert full.trust_figure == tmp_path / "a" / "trust.png"
     m = read_map(full.corrected[0])
     assert m.voxel_size == pytest.approx(APIX)
     report = json.loads(full.report.read_text())
     assert report["settings"]["preset"] == "tiny" and report["settings"]["epochs"] == 2
     assert report["inputs"]["box"] == N and report["timings_s"]["train"] > 0
     assert len(report["loss_history"][0]["total"]) == 2
+    trust = report["trust_check"]
+    assert trust["verdict"] in ("good", "partial", "low", "not applicable")
+    assert len(trust["recovery"]) == N // 2 + 1 and report["outputs"]["trust_figure"]
     # interrupted after epoch 1, resumed to 2: same maps as the uninterrupted run
     reconstruct(p["h1"], p["h2"], output_dir=tmp_path / "b", settings=_tiny(epochs=1), **kw)
     res = reconstruct(
@@ -294,6 +299,7 @@ def test_reconstruct_independent_and_limit_res_names(tmp_path) -> None:
         "model_h1.pt",
         "model_h2.pt",
         "reconstruct.json",
+        "trust.png",
     ]
     assert len(out.models) == 2
 
@@ -370,3 +376,33 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def test_before_after_figure_compares_like_with_like(tmp_path) -> None:
+    from spisonet.correct import FSC_THRESHOLD_LABELS, before_after_figure, ground_truth_metrics
+
+    n, cutoff = 32, 8.0  # 8 Å at 2 Å/voxel: shell 8; the soft edge ends before shell 11
+    gt = blobs(n, seed=3)
+    r = np.random.default_rng(0)
+    raw = gt + 0.5 * r.standard_normal(gt.shape).astype(np.float32)
+    corrected = gt + 0.1 * r.standard_normal(gt.shape).astype(np.float32)
+    mask = soft_sphere_mask(n, n / 3)
+    maps = {"raw": raw, "corrected": corrected}
+    metrics = ground_truth_metrics(gt, maps, APIX, mask, n_directions=20)
+    fig = before_after_figure(
+        gt, raw, corrected, metrics, APIX, tmp_path / "ba.png", mask=mask, lowpass_resolution=cutoff
+    )
+    assert (tmp_path / "ba.png").read_bytes()[:4] == b"\x89PNG"
+    images = [im for ax in fig.axes for im in ax.images]
+    assert len(images) == 6  # truth, before, after: two slices each
+    k = np.fft.fftshift(np.fft.fftfreq(n, 1.0 / n))
+    beyond = np.hypot(k[:, None], k[None, :]) >= 11.5
+    for im in images:  # every map shown through the same low-pass filter (and grey scale)
+        power = np.abs(np.fft.fftshift(np.fft.fft2(np.asarray(im.get_array())))) ** 2
+        assert power[beyond].sum() < 1e-6 * power.sum()
+        assert im.get_clim() == images[0].get_clim()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    labels = [t.get_text() for legend in legends for t in legend.get_texts()]
+    for level in (0.143, 0.5):  # the thresholds are named in the legend
+        assert FSC_THRESHOLD_LABELS[level] in labels and str(level) in FSC_THRESHOLD_LABELS[level]
+    assert "before (raw average)" in labels and "after (corrected)" in labels

@@ -17,6 +17,7 @@ from spisonet.errors import (
     MapShapeError,
     NonFiniteMapError,
     SpisonetError,
+    VoxelSizeError,
 )
 from spisonet.io import Map, atomic_path, check_half_maps, check_mask, read_map, write_map
 
@@ -64,12 +65,12 @@ def test_write_keeps_voxel_size_and_origin_and_is_float32(tmp_path):
     assert m2.voxel_size == pytest.approx(1.7) and m2.origin == pytest.approx(m.origin)
 
 
-def test_zero_voxel_size_warns_and_uses_one(tmp_path):
+def test_zero_voxel_size_is_an_error_unless_given(tmp_path):
     path = tmp_path / "zero.mrc"
     _write_raw(path, np.ones((4, 4, 4), np.float32), voxel=0.0)
-    with pytest.warns(UserWarning, match="voxel size in the header is 0"):
-        m = read_map(path)
-    assert m.voxel_size == 1.0
+    with pytest.raises(VoxelSizeError, match=r"zero\.mrc: the header's voxel size is 0 Å.*--apix"):
+        read_map(path)
+    assert read_map(path, voxel_size=1.3).voxel_size == pytest.approx(1.3)
 
 
 def test_atomic_write_leaves_old_file_when_interrupted(tmp_path):

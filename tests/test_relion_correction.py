@@ -21,11 +21,6 @@ from test_relion_reconstruct import make_job
 from spisonet import relion
 from spisonet.errors import InvalidValueError
 
-# Both halves run here as threads of one process, and warnings.catch_warnings (which
-# spisonet uses around reading RELION's header-less Fourier files) is not thread-safe: the
-# warning it silences can escape in the other thread. RELION runs the halves as processes.
-pytestmark = pytest.mark.filterwarnings("ignore:.*voxel size in the header is 0")
-
 # --------------------------------------------------------------------------------------
 # helpers
 

@@ -111,9 +111,28 @@ def test_fsc_figure(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "history", [[1.0, 0.5, 0.3, 0.25], {"total": [1.0, 0.6], "consistency": [0.5, 0.2]}, []]
+    ("history", "size"),
+    [
+        ([1.0, 0.5, 0.3, 0.25], (700, 450)),
+        ({"total": [1.0, 0.6], "consistency": [0.5, 0.2]}, (800, 640)),  # + legend, caption
+        ([], (700, 450)),
+    ],
 )
-def test_loss_figure(tmp_path, history):
+def test_loss_figure(tmp_path, history, size):
     out = tmp_path / "loss.png"
     loss_figure(history, out)
-    assert png_size(out) == (700, 450)
+    assert png_size(out) == size
+
+
+def test_loss_figure_names_every_loss_part_in_plain_words(tmp_path):
+    keys = ("consistency", "equivariance", "consistency2", "equivariance2", "total")
+    history = {k: [1.0 + i, 0.5 + i] for i, k in enumerate(keys)}
+    fig = loss_figure(history, tmp_path / "loss.png")
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    labels = [t.get_text() for legend in legends for t in legend.get_texts()]
+    assert len(labels) == len(keys)
+    assert not set(labels) & set(keys), labels  # no bare key as a label
+    assert not any(k in label for label in labels for k in ("consistency2", "equivariance2"))
+    assert sum("Noise2Noise" in label and "other half" in label for label in labels) == 2
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert "Noise2Noise" in texts and "measured" in texts  # the caption explains the curves

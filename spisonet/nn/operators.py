@@ -17,13 +17,12 @@ of the voxel grid, ``(D - 1) / 2`` on each axis, so they are exact index permuta
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 import torch
 
+from .._cube import check_rotation_index, rotation_specs
 from ..errors import InvalidValueError, MapShapeError, NonFiniteMapError
 
 __all__ = [
@@ -161,19 +160,7 @@ def apply_sampling(v: torch.Tensor, w_shifted: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- rotations
 
 
-@lru_cache(maxsize=1)
-def _rotation_specs() -> tuple[tuple[np.ndarray, tuple[int, ...], tuple[int, ...]], ...]:
-    """(matrix, axis permutation, flipped axes) of the 24 rotations; identity first."""
-    specs = []
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((1, -1), repeat=3):
-            m = np.zeros((3, 3), dtype=np.int64)
-            for i in range(3):
-                m[i, perm[i]] = signs[i]
-            if round(np.linalg.det(m)) == 1:
-                flips = tuple(i for i in range(3) if signs[i] < 0)
-                specs.append((m, tuple(perm), flips))
-    return tuple(specs)
+_rotation_specs = rotation_specs
 
 
 def cube_rotations() -> np.ndarray:
@@ -203,9 +190,7 @@ def inverse_rotation(index: int) -> int:
     return rotation_index(_rotation_specs()[int(index)][0].T)
 
 
-def _check_index(index: int) -> None:
-    if isinstance(index, bool) or not isinstance(index, int | np.integer) or not 0 <= index < 24:
-        raise InvalidValueError(f"rotation index must be an integer in 0..23; got {index!r}")
+_check_index = check_rotation_index
 
 
 def rotate(x: torch.Tensor, index: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -176,6 +177,8 @@ class TrainProgress:
     loss : total loss of this step (batch mean).
     steps_per_second : steps per second since this run (or resume) started.
     elapsed : seconds since this run (or resume) started.
+    resumed_from_epoch : epochs done in the checkpoint this run resumed from (0: none).
+    checkpoint : where the checkpoint is written after every epoch (None: nowhere).
     """
 
     epoch: int
@@ -185,6 +188,8 @@ class TrainProgress:
     loss: float
     steps_per_second: float
     elapsed: float
+    resumed_from_epoch: int = 0
+    checkpoint: str | None = None
 
     @property
     def fraction(self) -> float:
@@ -310,13 +315,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"{p}: model file not found")
+    with open(p, "rb") as f:
+        head = f.read(1024)
+    # torch.save writes a zip archive (PK..), older versions a pickle (0x80 protocol byte)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ModelFileError(
+            f"{p}: not a PyTorch model file (expected a checkpoint such as the "
+            f"model_<half>.pt that spisonet reconstruct writes); found {_describe_file(head)}"
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in first.lower():
+            raise ModelFileError(
+                f"{p}: refused to load: it holds Python objects besides weights, and "
+                "unpickling them could run code (only tensors and plain containers are "
+                "loaded); use a checkpoint written by spisonet"
+            ) from exc
         raise ModelFileError(
-            f"{p}: refused to load: not a plain weights file (only tensors and plain "
-            f"containers are allowed; loading it could run code or it is corrupt): {first}"
+            f"{p}: a PyTorch file that cannot be read (truncated or corrupt?): {first}"
         ) from exc
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ModelFileError(
@@ -327,6 +345,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if key not in obj:
             raise ModelFileError(f"{p}: checkpoint lacks its '{key}' entry")
     return obj
+
+
+def _describe_file(head: bytes) -> str:
+    """What the first bytes of a file say it is (for error messages)."""
+    if not head:
+        return "an empty file"
+    if len(head) >= 212 and head[208:211] == b"MAP":
+        return "an MRC map"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip-compressed file"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file"
+    if b"\x00" in head:
+        return f"a binary file of another format (starts with {head[:8].hex(' ')})"
+    text = head.decode("utf-8", "replace")
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"a text file (starting {first!r})"
 
 
 def _check_resumable(saved: dict[str, Any], settings: TrainSettings, path: Path) -> None:
@@ -541,6 +576,8 @@ def train_network(
                         loss=values["total"],
                         steps_per_second=steps_run / elapsed if elapsed > 0 else 0.0,
                         elapsed=elapsed,
+                        resumed_from_epoch=start_epoch,
+                        checkpoint=None if ckpt_path is None else str(ckpt_path),
                     )
                 )
         for name, s in sums.items():

@@ -1,0 +1,205 @@
+"""The evaluation matrix: does the correction hold on data it was not tuned on?
+
+Usage::
+
+    python benchmarks/bench_matrix.py [--preset cpu] [--set core|hard|all|ci]
+        [--cells NAME,NAME ...] [--out benchmarks/matrix_out] [--seed 0]
+        [--override KEY=VALUE ...] [--list]
+
+Cells vary one factor at a time around a base cell (the built-in molecule, box 64, a
+tight soft mask, views within 20° of z, per-view SNR 0.01, the Fourier noise model),
+plus the cases that failed before (a membrane protein with its long axis along the
+preferred view, box 48, spherical mask) and cells with real projections and
+reconstruction by RELION (``relion_project`` + ``relion_reconstruct``). See
+``matrix_cells.py`` for what a cell does. Per cell: the gain of the mean FSC with the
+truth over shells 2 … n/4 in the *worst cone* (20°, around the least-measured
+direction, found from the truth), the worst drop of any global shell, the trust check's
+score, the time. Each cell's figures go to ``--out/<cell>.json`` as soon as it ends, and
+a rerun skips cells already there (so an interrupted matrix continues).
+
+At the end: the table (markdown), the acceptance figures (cells with a missing cone:
+median gain, the weakest cell; uniform cells; the worst global drop) and the Spearman
+rank correlation between the trust score and the true gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from matrix_cells import Cell, run_cell
+
+BASE = Cell()
+
+
+def _vary(**changes) -> Cell:
+    return Cell(**{**BASE.to_dict(), **changes})
+
+
+#: One factor at a time around the base cell.
+CORE = [
+    BASE,
+    _vary(distribution="top"),
+    _vary(distribution="tilt:30"),
+    _vary(distribution="top+uniform:0.05"),
+    _vary(distribution="side"),
+    _vary(distribution="uniform"),
+    _vary(mask="sphere"),
+    _vary(box=48),
+    _vary(box=96),
+    _vary(box=128),
+    _vary(snr=0.003),
+    _vary(structure="cftr"),
+    _vary(structure="c4channel"),
+    _vary(structure="emd3488"),
+    _vary(structure="cftr-z"),
+    _vary(noise="relion", snr=0.05),
+]
+#: Cells combining the hard factors (small box, sphere, elongated along the view, real maps).
+HARD = [
+    Cell("cftr-z", 48, "sphere", "tilt:20"),
+    Cell("cftr-z", 64, "sphere", "top"),
+    Cell("c4channel", 48, "sphere", "tilt:20"),
+    Cell("emd3488", 96, "tight", "side"),
+    Cell("cftr", 128, "sphere", "tilt:30"),
+    Cell("cftr-z", 48, "sphere", "tilt:20", noise="relion", snr=0.05),
+    Cell("c4channel", 64, "tight", "top+uniform:0.05", noise="relion", snr=0.02),
+    Cell("emd3488", 64, "sphere", "uniform", snr=0.003),
+]
+#: The CI subset (tiny preset, small boxes): a smoke test that the matrix still runs.
+CI = [
+    Cell("molecule", 32, "tight", "tilt:20"),
+    Cell("molecule", 32, "sphere", "uniform"),
+]
+SETS = {"core": CORE, "hard": HARD, "all": CORE + HARD, "ci": CI}
+
+
+def _overrides(items: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--override needs KEY=VALUE; got {item!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def summarise(rows: list[dict]) -> dict[str, object]:
+    """Acceptance figures and the trust check's rank correlation over finished cells."""
+    from scipy.stats import spearmanr
+
+    cone = [r for r in rows if r["missing_cone"]]
+    uniform = [r for r in rows if r["cell"]["distribution"] == "uniform"]
+    out: dict[str, object] = {"cells": len(rows)}
+    if cone:
+        gains = np.array([r["gain"] for r in cone])
+        weakest = cone[int(np.argmin(gains))]
+        out.update(
+            median_gain_missing_cone=float(np.median(gains)),
+            weakest_cell=weakest["name"],
+            weakest_gain=float(gains.min()),
+        )
+    if uniform:
+        out["min_gain_uniform"] = float(min(r["gain"] for r in uniform))
+    if rows:
+        worst = max(rows, key=lambda r: r["max_global_drop"])
+        out.update(max_global_drop=worst["max_global_drop"], max_drop_cell=worst["name"])
+    pairs = [(r["trust_score"], r["gain"]) for r in cone if r["trust_score"] is not None]
+    if len(pairs) >= 3:
+        rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
+        out.update(trust_spearman=float(rho.statistic), trust_pvalue=float(rho.pvalue))
+    out["trust_cells"] = len(pairs)
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """The matrix as a markdown table."""
+    lines = [
+        "| cell | cone raw | corrected | gain | max global drop | trust | time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        trust = "n/a" if r["trust_score"] is None else f"{r['trust_score']:.2f}"
+        lines.append(
+            f"| {r['name']} | {r['cone_raw']:.3f} | {r['cone_corrected']:.3f} | "
+            f"{r['gain']:+.3f} | {r['max_global_drop']:+.3f} | {trust} | "
+            f"{r['seconds']['correct']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the chosen cells (skipping finished ones), print the table and the summary."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="cpu", choices=["gpu", "cpu", "tiny"])
+    p.add_argument("--set", default="core", choices=sorted(SETS), dest="cell_set")
+    p.add_argument("--cells", default=None, help="comma-separated cell names (see --list)")
+    p.add_argument("--out", default="benchmarks/matrix_out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--list", action="store_true", help="print the cell names and exit")
+    args = p.parse_args(argv)
+    cells = SETS[args.cell_set]
+    if args.cells:
+        every = {c.name: c for c in CORE + HARD + CI}
+        unknown = [n for n in args.cells.split(",") if n not in every]
+        if unknown:
+            raise SystemExit(f"unknown cell(s): {', '.join(unknown)} (see --list)")
+        cells = [every[n] for n in args.cells.split(",")]
+    if args.list:
+        for c in cells:
+            print(c.name)
+        return []
+    overrides = _overrides(args.override)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"# bench_matrix {datetime.datetime.now().isoformat(timespec='minutes')} on "
+        f"{platform.node()} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}); "
+        f"preset {args.preset}; {len(cells)} cells; overrides {overrides or 'none'}",
+        flush=True,
+    )
+    print("# command: python " + " ".join(sys.argv), flush=True)
+    rows = []
+    for c in cells:
+        path = out / f"{c.name}__{args.preset}.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            if r.get("overrides", {}) == {k: v for k, v in overrides.items()}:
+                rows.append(r)
+                print(f"  {c.name}: done before (gain {r['gain']:+.3f})", flush=True)
+                continue
+        r = run_cell(c, args.preset, args.seed, **overrides)
+        from spisonet.report import write_json
+
+        write_json(path, r)
+        rows.append(r)
+        trust = "n/a" if r["trust_score"] is None else f"{r['trust_score']:.2f}"
+        print(
+            f"  {c.name}: cone {r['cone_raw']:.3f} → {r['cone_corrected']:.3f} "
+            f"(gain {r['gain']:+.3f}), max global drop {r['max_global_drop']:+.3f}, "
+            f"trust {trust}, {r['seconds']['correct']:.0f} s",
+            flush=True,
+        )
+    print()
+    print(table(rows))
+    print()
+    print(json.dumps(summarise(rows), indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
