@@ -208,7 +208,15 @@ def run_cell(cell: Cell, preset: str = "cpu", seed: int = 0, **overrides) -> dic
     t_sim = time.perf_counter() - t0
     settings = preset_settings(preset, seed=seed, **overrides)
     t0 = time.perf_counter()
-    result = correct_anisotropy(h1, h2, None, mask, apix, settings)
+    last = [time.perf_counter()]
+
+    def progress(stage: str, fraction: float, detail: object) -> None:
+        now = time.perf_counter()
+        if detail is not None and now - last[0] > 120:  # a line every 2 minutes of training
+            last[0] = now
+            print(f"    {cell.name}: {stage} {100 * fraction:.0f} %", flush=True)
+
+    result = correct_anisotropy(h1, h2, None, mask, apix, settings, progress=progress)
     t_corr = time.perf_counter() - t0
     raw = 0.5 * (h1 + h2)
     score = score_correction(truth, raw, result.average, mask)
@@ -230,7 +238,7 @@ def run_cell(cell: Cell, preset: str = "cpu", seed: int = 0, **overrides) -> dic
         "trust_verdict": None if trust is None else trust.verdict,
         "seconds": {"simulate": t_sim, "correct": t_corr, **result.timings},
         "notes": result.notes,
-        "final_loss": {k: v[-1] for k, v in result.histories[0].items()} if result.histories else {},
+        "final_loss": {k: v[-1] for k, v in (result.histories or [{}])[0].items()},
     }
 
 

@@ -110,7 +110,7 @@ def test_region_fsc_slow_statement():
 
 
 def test_identity_network_recovers_nothing():
-    s, h1, h2 = _signal_and_halves()
+    _s, h1, h2 = _signal_and_halves()
     w = _cone_weight(24, (1.0, 0.0, 0.0), 35.0)
     t = trust_check(h1, h2, w, lambda x: x)
     assert t.score == pytest.approx(0.0, abs=1e-6)
@@ -131,7 +131,7 @@ def test_a_network_returning_the_signal_recovers_all_of_it():
 
 
 def test_nothing_missing_is_not_applicable():
-    s, h1, h2 = _signal_and_halves()
+    _s, h1, h2 = _signal_and_halves()
     t = trust_check(h1, h2, np.ones((24, 24, 24), np.float32), lambda x: x)
     assert t.score is None
     assert t.verdict == "not applicable"
@@ -139,7 +139,7 @@ def test_nothing_missing_is_not_applicable():
 
 
 def test_single_map_and_mismatch():
-    s, h1, _ = _signal_and_halves()
+    _s, h1, _ = _signal_and_halves()
     w = _cone_weight(24, (1.0, 0.0, 0.0), 35.0)
     t = trust_check(h1, None, w, lambda x: x)
     assert t.data_fsc is None and t.score == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,47 @@
+"""The CI subset of the evaluation matrix (benchmarks/bench_matrix.py --set ci, tiny preset).
+
+Two small cells (box 32): a 20° preferred-view cone with a tight mask and uniform views
+with a spherical mask. The tiny network trains for seconds, so the figures are small;
+what must hold is that the matrix runs end to end, finds the missing cone where the
+simulation put it, scores every cell, runs the trust check, and that the correction
+never makes the map worse than the raw average by more than a small margin.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.slow
+def test_matrix_ci_subset_runs_and_does_no_harm(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_matrix
+
+    rows = bench_matrix.main(["--set", "ci", "--preset", "tiny", "--out", str(tmp_path)])
+    assert [r["cell"]["distribution"] for r in rows] == ["tilt:20", "uniform"]
+    files = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert len(files) == 2
+    cone, uniform = rows
+    # the worst cone of views within 20° of z lies along z (found from the truth)
+    assert abs(cone["worst_direction"][2]) > 0.85
+    assert cone["cone_raw"] < uniform["cone_raw"]
+    for r in rows:
+        assert np.isfinite(r["gain"]) and np.isfinite(r["max_global_drop"])
+        assert r["gain"] > -0.03, r["name"]
+        assert r["max_global_drop"] < 0.05, r["name"]
+    assert cone["trust_score"] is not None
+    assert cone["trust_verdict"] in ("good", "partial", "low")
+    # a rerun skips finished cells and reads the same figures back
+    again = bench_matrix.main(["--set", "ci", "--preset", "tiny", "--out", str(tmp_path)])
+    assert [r["gain"] for r in again] == [r["gain"] for r in rows]
+    summary = bench_matrix.summarise(rows)
+    assert summary["cells"] == 2 and summary["weakest_cell"] == cone["name"]
+    assert json.loads((tmp_path / files[0]).read_text())["name"] in {r["name"] for r in rows}
+    sys.modules.pop("bench_matrix", None)
