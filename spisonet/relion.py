@@ -1799,6 +1799,7 @@ class RelionCorrection:
             settings=cfg,
             pretrained=previous,
             checkpoints=(model,),
+            trust=False,  # one more prediction per iteration; RELION's log has the gates
         )
         t_train = time.perf_counter() - t
         net = result.filtered[0] if result.filtered is not None else result.corrected[0]
