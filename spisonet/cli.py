@@ -391,9 +391,9 @@ def demo_command(
         str,
         typer.Option(
             "--preset",
-            help="Correction preset: cpu (default; ~10 min on a quiet 2-core CPU, much "
-            "longer on a busy one), gpu (the published settings, for a GPU) or tiny (a "
-            "smoke run, ~1 min).",
+            help="Correction preset: cpu (default; ~10 min on a fast, quiet 2-core CPU, "
+            "hours on a slow or busy one), gpu (the published settings, for a GPU) or tiny "
+            "(a smoke run, ~1 min).",
         ),
     ] = "cpu",
     epochs: Annotated[
@@ -869,7 +869,8 @@ def reconstruct_command(
         str,
         typer.Option(
             "--preset",
-            help="gpu (published defaults) | cpu (~15 min on 2 cores) | tiny (tests) | "
+            help="gpu (published defaults) | cpu (~10 min at 64³ on a fast 2-core CPU, "
+            "hours on a slow or busy one) | tiny (tests) | "
             "auto (gpu when a CUDA GPU is present, else cpu).",
         ),
     ] = "auto",

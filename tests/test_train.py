@@ -78,9 +78,27 @@ def test_devices_and_amp() -> None:
     with pytest.raises(InvalidValueError, match="device must be 'auto', 'cpu' or 'cuda"):
         resolve_device("tpu")
     cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) is None  # float32 on the CPU unless asked
+    import spisonet.nn.train as train_module
+
+    fast = train_module.cpu_has_fast_bf16()
+    assert resolve_amp("auto", cpu) is (torch.bfloat16 if fast else None)
     assert resolve_amp("bf16", cpu) is torch.bfloat16
     assert resolve_amp("off", cpu) is None
+
+
+def test_auto_amp_on_cpu_follows_native_bf16(monkeypatch) -> None:
+    """Emulated bf16 (an AVX2-only CPU) is far slower than float32: auto picks float32 there."""
+    import spisonet.nn.train as train_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_amp("auto", cpu) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16  # asked for: honoured
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_amp("auto", cpu) is torch.bfloat16
+    from spisonet.correct import PRESETS
+
+    assert PRESETS["cpu"].amp == "auto"
 
 
 @pytest.mark.parametrize("n", [4, 3])  # 3 cubes: micro-batches of 2 and 1 in the last batch
