@@ -391,8 +391,8 @@ def demo_command(
         str,
         typer.Option(
             "--preset",
-            help="Correction preset: cpu (default; ~10 min on a fast, quiet 2-core CPU, "
-            "hours on a slow or busy one), gpu (the published settings, for a GPU) or tiny "
+            help="Correction preset: cpu (default; ~9 min on a quiet 2-core CPU with native "
+            "bf16, ~40 min on an AVX2-only one), gpu (the published settings, for a GPU) or tiny "
             "(a smoke run, ~1 min).",
         ),
     ] = "cpu",
@@ -424,7 +424,7 @@ def demo_command(
     console.print(
         "Simulating a 64³ test molecule at 2 Å/voxel from 2000 particles, all viewed within "
         f"20° of the z axis ({DEMO_DISTRIBUTION}): each view measures the Fourier plane "
-        "perpendicular to it, so the directions within ~60° of z are never measured (a "
+        "perpendicular to it, so the directions within 70° of z are never measured (a "
         "missing cone around z)..."
     )
     paths = _simulate_to(out, 64, 2.0, DEMO_DISTRIBUTION, 2000, 0.01, seed, None, None)
@@ -869,8 +869,8 @@ def reconstruct_command(
         str,
         typer.Option(
             "--preset",
-            help="gpu (published defaults) | cpu (~10 min at 64³ on a fast 2-core CPU, "
-            "hours on a slow or busy one) | tiny (tests) | "
+            help="gpu (published defaults) | cpu (64³: ~9 min on a quiet 2-core CPU with "
+            "native bf16, ~40 min on an AVX2-only one) | tiny (tests) | "
             "auto (gpu when a CUDA GPU is present, else cpu).",
         ),
     ] = "auto",

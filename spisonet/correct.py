@@ -178,8 +178,9 @@ class CorrectionSettings:
         return d
 
 
-#: ``gpu``: the published defaults. ``cpu``: the best we found for ~15 min on 2 CPU cores
-#: (a 4-level 16…128 network on 32³ cubes, bf16 where the CPU has it natively, one-cycle rate, 600 steps). Every preset
+#: ``gpu``: the published defaults. ``cpu``: the best we found for 2 CPU cores (a 4-level
+#: 16…128 network on 32³ cubes, bf16 where the CPU has it natively, one-cycle rate, 600
+#: steps: 9 min with native bf16, ~40 min in float32 on an AVX2-only CPU). Every preset
 #: gates W by measured power (:func:`power_presence`, threshold 0.1); 0 turns it off.
 #: ``tiny``: seconds, for tests.
 PRESETS: dict[str, CorrectionSettings] = {
@@ -694,6 +695,21 @@ def correct_anisotropy(
 
     # --- prediction
     t = time.perf_counter()
+
+    def run_network(model: Any, v: np.ndarray, cb: Any = None) -> np.ndarray:
+        return predict_map(
+            model,
+            v,
+            cube_size=s.cube_size,
+            crop_size=s.predict_crop_size,
+            edge=s.predict_edge,
+            batch_size=s.batch_size,
+            device=device,
+            amp_dtype=amp_dtype,
+            progress=cb,
+            world=current_world(),
+        )
+
     outs = []
     for i, z in enumerate(work):
         model = models[i if s.independent else 0]
@@ -702,20 +718,7 @@ def correct_anisotropy(
             cb2 = (lambda i0: lambda d, tot: progress("predict", (i0 + d / tot) / len(work), None))(
                 i
             )
-        outs.append(
-            predict_map(
-                model,
-                z,
-                cube_size=s.cube_size,
-                crop_size=s.predict_crop_size,
-                edge=s.predict_edge,
-                batch_size=s.batch_size,
-                device=device,
-                amp_dtype=amp_dtype,
-                progress=cb2,
-                world=current_world(),
-            )
-        )
+        outs.append(run_network(model, z, cb2))
     timings["predict"] = time.perf_counter() - t
 
     # --- trust check: hide measured data as W hides the missing cone; what comes back?
@@ -729,20 +732,10 @@ def correct_anisotropy(
             r_full = h1.shape[0] * voxel_size / s.ref_resolution
             w_full = np.where(frequency_radius(h1.shape[0]) <= r_full, 1.0, w_full)
 
-        def run_network(v: np.ndarray) -> np.ndarray:
-            return predict_map(
-                models[0],
-                v,
-                cube_size=s.cube_size,
-                crop_size=s.predict_crop_size,
-                edge=s.predict_edge,
-                batch_size=s.batch_size,
-                device=device,
-                amp_dtype=amp_dtype,
-                world=current_world(),
-            )
-
-        trust_result = trust_check(work[0], work[1] if len(work) > 1 else None, w_full, run_network)
+        second = work[1] if len(work) > 1 else None
+        trust_result = trust_check(
+            work[0], second, w_full, lambda v: run_network(models[0], v)
+        )
         if progress is not None:
             progress("trust", 1.0, None)
         notes.append(f"trust check: {trust_result.message}")

@@ -47,3 +47,19 @@ def noisy_pair():
         return h1.astype(np.float32), h2.astype(np.float32)
 
     return make
+
+
+def write_noisy_pair(folder, n: int, voxel_size: float) -> dict:
+    """Write h1.mrc, h2.mrc (blobs × 3 plus unit noise, offset 5) and mask.mrc (a soft
+    sphere of radius n/3) into ``folder``; returns {name: path}."""
+    from spisonet.io import write_map
+
+    r = np.random.default_rng(0)
+    s = blobs(n, 0) * 3
+    paths = {}
+    for name in ("h1", "h2"):
+        paths[name] = folder / f"{name}.mrc"
+        write_map(paths[name], (s + r.standard_normal(s.shape) + 5).astype(np.float32), voxel_size)
+    paths["mask"] = folder / "mask.mrc"
+    write_map(paths["mask"], soft_sphere_mask(n, n / 3), voxel_size)
+    return paths

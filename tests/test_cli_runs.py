@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blobs, soft_sphere_mask
+from conftest import write_noisy_pair
 from rich.console import Console
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -33,14 +33,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def maps(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("maps")
-    r = np.random.default_rng(0)
-    s = blobs(N, 0) * 3
-    paths = {}
-    for name in ("h1", "h2"):
-        paths[name] = folder / f"{name}.mrc"
-        write_map(paths[name], (s + r.standard_normal(s.shape) + 5).astype(np.float32), APIX)
-    paths["mask"] = folder / "mask.mrc"
-    write_map(paths["mask"], soft_sphere_mask(N, N / 3), APIX)
+    paths = write_noisy_pair(folder, N, APIX)
     k = np.abs(np.arange(N) - N // 2)
     fsc = np.clip(1.0 - k[:, None, None] / (N // 2) * np.ones((1, N, N)), 0, 1)
     paths["fsc"] = folder / "FSC3D.mrc"

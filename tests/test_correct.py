@@ -71,7 +71,7 @@ def test_presets() -> None:
         10.0,
     )
     c = PRESETS["cpu"]
-    assert c.amp == "bf16" and c.schedule == "onecycle"
+    assert c.amp == "auto" and c.schedule == "onecycle"  # bf16 only where native
     assert c.epochs * -(-c.n_subvolume // c.batch_size) == 600  # steps
     assert preset_settings("gpu", cube_size=96).predict_crop_size == 112  # tile follows cube
     with pytest.raises(InvalidValueError, match="unknown preset 'fast'; choose one of gpu"):

@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import blobs, soft_sphere_mask
+from conftest import write_noisy_pair
 
 from spisonet._outputs import (
     LOCK_NAME,
@@ -21,7 +20,6 @@ from spisonet._outputs import (
     output_lock,
 )
 from spisonet.errors import OutputLockedError, OutputPathError
-from spisonet.io import write_map
 
 N, APIX = 24, 2.0
 
@@ -51,14 +49,7 @@ def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
 @pytest.fixture(scope="module")
 def maps(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("maps")
-    r = np.random.default_rng(0)
-    s = blobs(N, 0) * 3
-    paths = {}
-    for name in ("h1", "h2"):
-        paths[name] = folder / f"{name}.mrc"
-        write_map(paths[name], (s + r.standard_normal(s.shape) + 5).astype(np.float32), APIX)
-    paths["mask"] = folder / "mask.mrc"
-    write_map(paths["mask"], soft_sphere_mask(N, N / 3), APIX)
+    paths = write_noisy_pair(folder, N, APIX)
     return paths
 
 
