@@ -831,7 +831,7 @@ def _run_reconstruct(console, **kwargs):
             )
     if res.trust is not None:
         colour = {"good": "green", "partial": "yellow", "low": "red"}.get(res.trust.verdict, "")
-        score = "n/a" if res.trust.score is None else f"{100 * res.trust.score:.0f} %"
+        score = "n/a" if res.trust.score is None else f"{round(100 * res.trust.score)} %"
         line = f"trust check: {score} ({res.trust.verdict})"
         console.print(f"  [bold {colour}]{line}[/] — {res.trust.message}" if colour else line)
     extra = [outputs.trust_figure] if outputs.trust_figure is not None else []

@@ -675,7 +675,7 @@ def trust_figure(trust: Any, voxel_size: float, box: int, path: str | os.PathLik
     fig = _new_figure(7.5, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     rec = np.asarray(trust.recovery, dtype=np.float64)
-    ok = np.isfinite(rec)
+    ok = np.isfinite(rec) & (shells >= 2)  # shells 0–1 hold a handful of voxels
     ax.plot(freq[ok], np.clip(rec[ok], -0.5, 1.5), "o-", ms=3, label="hidden signal recovered")
     if trust.data_fsc is not None:
         ax.plot(freq, trust.data_fsc, "--", color="grey", label="half maps' FSC in that region")
@@ -688,7 +688,7 @@ def trust_figure(trust: Any, voxel_size: float, box: int, path: str | os.PathLik
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("fraction recovered / FSC")
     _resolution_axis(ax)
-    score = "n/a" if trust.score is None else f"{100 * trust.score:.0f} %"
+    score = "n/a" if trust.score is None else f"{round(100 * trust.score)} %"
     ax.set_title(f"trust check: {score} recovered ({trust.verdict})", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")

@@ -172,7 +172,7 @@ def _verdict(score: float | None) -> tuple[str, str]:
             "the 3D FSC marks no part of Fourier space as unmeasured that measured data "
             "could be moved into: there is no missing cone to check the network on",
         )
-    pct = f"{100 * score:.0f} %"
+    pct = f"{round(100 * score)} %"  # round(): no "-0 %"
     if score >= GOOD_SCORE:
         return "good", f"the network restored {pct} of measured data hidden like the missing cone"
     if score >= PARTIAL_SCORE:
