@@ -45,9 +45,12 @@ __all__ = ["TrustCheck", "choose_hidden_rotation", "hidden_weights", "region_fsc
 MIN_SHELL_COVERAGE = 0.05
 #: Below this share of hidden weight in shells 2 … n/4 there is nothing to check.
 MIN_HIDDEN_FRACTION = 0.02
-#: Verdict thresholds on the score (fraction of the recoverable hidden signal returned).
-GOOD_SCORE = 0.6
-PARTIAL_SCORE = 0.3
+#: Verdict thresholds on the score (fraction of the hidden signal's power returned).
+#: Provisional, from two measured points until the evaluation matrix calibrates them: the
+#: demo (``tilt:20``, ``cpu`` preset, cone FSC with the truth 0.004 → 0.273) scores 0.13;
+#: a 128-step tiny network that made the cone worse (−0.11) scores 0.001.
+GOOD_SCORE = 0.3
+PARTIAL_SCORE = 0.1
 
 
 def _band(n: int) -> tuple[int, int]:
