@@ -37,7 +37,7 @@ import scipy.fft
 
 from ._cube import rotate_array, rotate_fourier
 from .errors import InvalidValueError, MapMismatchError, MapShapeError
-from .fourier import rfft_shells
+from .fourier import frequency_radius, rfft_shells
 
 __all__ = ["TrustCheck", "choose_hidden_rotation", "hidden_weights", "region_fsc", "trust_check"]
 
@@ -76,7 +76,7 @@ def choose_hidden_rotation(weight: np.ndarray) -> tuple[int, float]:
     w = np.asarray(weight)
     n = w.shape[0]
     lo, hi = _band(n)
-    r = np.rint(_radius(n))
+    r = np.rint(frequency_radius(n))
     band = (r >= lo) & (r <= hi)
     best, best_mass = 1, -1.0
     for index in range(1, 24):
@@ -84,11 +84,6 @@ def choose_hidden_rotation(weight: np.ndarray) -> tuple[int, float]:
         if mass > best_mass + 1e-9:
             best, best_mass = index, mass
     return best, best_mass / max(int(band.sum()), 1)
-
-
-def _radius(n: int) -> np.ndarray:
-    k = np.arange(n) - n // 2
-    return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
 
 
 def _shell_cross(fa: np.ndarray, fb: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
@@ -226,7 +221,7 @@ def trust_check(
     else:
         if not 1 <= int(rotation) < 24:
             raise InvalidValueError(f"rotation must be in 1 … 23; got {rotation}")
-        r = np.rint(_radius(n))
+        r = np.rint(frequency_radius(n))
         band = (r >= _band(n)[0]) & (r <= _band(n)[1])
         fraction = float(hidden_weights(w, rotation)[band].mean())
     h = hidden_weights(w, rotation)
@@ -252,7 +247,8 @@ def trust_check(
     recovery = np.full(n // 2 + 1, np.nan)
     np.divide(numer, denom, out=recovery, where=denom > 0)
     mass = _shell_cross(np.ones_like(f1), np.ones_like(f1), hh, n)
-    counts = np.bincount(np.rint(_radius(n)).astype(np.int64).ravel(), minlength=n // 2 + 1)
+    shell_of = np.rint(frequency_radius(n)).astype(np.int64).ravel()
+    counts = np.bincount(shell_of, minlength=n // 2 + 1)
     lo, hi = _band(n)
     agree = data_fsc if data_fsc is not None else np.ones(n // 2 + 1)
     shells = np.array(
