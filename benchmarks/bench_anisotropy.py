@@ -60,7 +60,7 @@ def main() -> None:
     stages: list[tuple[str, float]] = []
     t0 = time.perf_counter()
 
-    def progress(stage: str, fraction: float) -> None:
+    def progress(stage: str, done: float, total: float, info: object = None) -> None:
         stages.append((stage, time.perf_counter() - t0))
 
     report = analyse_anisotropy(

@@ -31,7 +31,7 @@ fsc3d(a[:16, :16, :16].copy(), b[:16, :16, :16].copy())  # warm-up: load compile
 times = []
 for _ in range(repeats):
     t = time.perf_counter()
-    fsc3d(a, b, voxel_size=1.0, limit_res=2.0, cone_sampling_angle=10.0)
+    fsc3d(a, b, voxel_size=1.0, limit_res=2.0, cone_angle=10.0)
     times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
 print(json.dumps({"n": n, "seconds": min(times), "all": times, "peak_gib": peak}))

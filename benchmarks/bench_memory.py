@@ -26,7 +26,7 @@ a = rng.standard_normal((n, n, n), dtype=np.float32)
 b = a + rng.standard_normal((n, n, n), dtype=np.float32)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 t = time.perf_counter()
-r = fsc3d(a, b, voxel_size=1.0, limit_res=2.0, cone_sampling_angle=10.0)
+r = fsc3d(a, b, voxel_size=1.0, limit_res=2.0, cone_angle=10.0)
 secs = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 print(json.dumps({"what": "fsc3d", "n": n, "seconds": secs, "peak_gib": peak,
@@ -58,7 +58,7 @@ print(json.dumps({"what": "predict", "n": n, "seconds": secs, "peak_gib": peak,
 PREPARE = r"""
 import json, resource, sys, time
 import numpy as np
-from spisonet.correct import power_presence
+from spisonet.weights import power_presence
 from spisonet.maps import zscore
 from spisonet.masks import spherical_mask
 from spisonet.nn.data import extract_cubes, sample_cube_centres

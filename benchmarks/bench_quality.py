@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from spisonet.correct import correct_anisotropy, ground_truth_metrics, preset_settings
+from spisonet.correction import correct_anisotropy, ground_truth_metrics, preset_settings
 from spisonet.fsc3d import fsc3d
 from spisonet.io import read_map
 from spisonet.simulate import fourier_crop, make_molecule, simulate_half_maps
@@ -73,7 +73,7 @@ def run_one(
     t0 = time.perf_counter()
     last = [0.0]
 
-    def progress(stage: str, fraction: float, detail: object) -> None:
+    def progress(stage: str, done: float, total: float, detail: object = None) -> None:
         now = time.perf_counter()
         if detail is not None and now - last[0] > 30:
             last[0] = now

@@ -78,7 +78,7 @@ def angular_errors(true_angles: np.ndarray, data_star: Path) -> dict[str, float]
 def map_metrics(final: Path, truth: np.ndarray, voxel: float) -> dict[str, float]:
     """Resolution (Å) at FSC 0.5 with the truth: global, and best/worst direction."""
     from spisonet.anisotropy import conical_fsc, directional_resolution, fibonacci_directions
-    from spisonet.fsc import fsc_curve, resolution_at
+    from spisonet.fsc_shells import fsc_curve, resolution_at
     from spisonet.io import read_map
     from spisonet.masks import spherical_mask
 
@@ -87,7 +87,7 @@ def map_metrics(final: Path, truth: np.ndarray, voxel: float) -> dict[str, float
     mask = spherical_mask(n, 0.42 * n, soft_edge_voxels=4)
     curve, _ = fsc_curve(m, truth, mask)
     dirs = fibonacci_directions(500)
-    cones = conical_fsc(m, truth, mask, dirs, cone_angle_deg=20.0)
+    cones = conical_fsc(m, truth, mask, dirs, cone_angle=20.0)
     res = directional_resolution(cones, 0.5, voxel, n)
     worst = int(np.nanargmax(res))
     area = np.nanmean(cones[:, 1 : n // 2], axis=1)

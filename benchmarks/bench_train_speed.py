@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from spisonet.correct import preset_settings
+from spisonet.correction import preset_settings
 from spisonet.nn.data import CubePairs
 from spisonet.nn.predict import predict_map
 from spisonet.nn.train import TrainSettings, build_model, train_network
@@ -51,7 +51,7 @@ def measure(preset: str, device: str, amp: str, steps: int, box: int) -> dict[st
     model = build_model(s.widths)
     times: list[float] = []
 
-    def tick(p) -> None:
+    def tick(stage: str, done: int, total: int, info: object = None) -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter())

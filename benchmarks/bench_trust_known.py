@@ -10,12 +10,12 @@ rescaled to the z-scored half map's units (should score ≈ 1 where that rescali
 import time
 
 from spisonet._cube import rotate_array
-from spisonet.correct import power_presence
+from spisonet.correction.trust import trust_check
 from spisonet.fsc3d import fsc3d
 from spisonet.maps import zscore
 from spisonet.nn.operators import prepare_sampling_weight
 from spisonet.simulate import make_molecule, simulate_half_maps
-from spisonet.trust import trust_check
+from spisonet.weights import power_presence
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from matrix_cells import Cell, _angles, cell_mask, ground_truth
 
-from spisonet.correct import power_presence
 from spisonet.fourier import frequency_axis, frequency_radius
 from spisonet.fsc3d import fsc3d
 from spisonet.nn.operators import prepare_sampling_weight
-from spisonet.simulate import simulate_half_maps, view_directions
+from spisonet.simulate import draw_view_directions, simulate_half_maps
+from spisonet.weights import power_presence
 
 CELLS = [
     Cell("molecule", 64, "tight", "tilt:20"),
@@ -48,7 +48,7 @@ def main() -> None:
     for c in CELLS:
         gt, apix = ground_truth(c.structure, c.box)
         m = cell_mask(c.mask, gt)
-        dirs = view_directions(c.distribution, c.n_views, seed=0)
+        dirs = draw_view_directions(c.distribution, c.n_views, seed=0)
         sim = simulate_half_maps(gt, apix, "star", snr=c.snr, seed=0, angles=_angles(dirs))
         res = fsc3d(sim.half1, sim.half2, voxel_size=apix, mask=m)
         gate = power_presence(sim.half1, sim.half2, m, 0.1)

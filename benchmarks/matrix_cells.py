@@ -5,7 +5,7 @@ tiny subset in CI). A cell is (structure, box, mask, distribution, SNR, noise mo
 it simulates half maps from a ground truth, runs ``correct_anisotropy`` as
 ``spisonet reconstruct`` would (the 3D FSC computed from the halves, with the cell's
 mask), and scores the result against the truth in the *worst cone*
-(:func:`spisonet.evaluate.score_correction`).
+(:func:`spisonet.correction.evaluate.score_correction`).
 
 Noise models:
 
@@ -182,9 +182,9 @@ def relion_half_maps(
 
 def run_cell(cell: Cell, preset: str = "cpu", seed: int = 0, **overrides) -> dict[str, object]:
     """Simulate, correct and score one cell; a JSON-ready dict of the figures."""
-    from spisonet.correct import correct_anisotropy, preset_settings
-    from spisonet.evaluate import score_correction
-    from spisonet.simulate import simulate_half_maps, view_directions
+    from spisonet.correction import correct_anisotropy, preset_settings
+    from spisonet.correction.evaluate import score_correction
+    from spisonet.simulate import draw_view_directions, simulate_half_maps
 
     t0 = time.perf_counter()
     truth, apix = ground_truth(cell.structure, cell.box, seed)
@@ -192,9 +192,9 @@ def run_cell(cell: Cell, preset: str = "cpu", seed: int = 0, **overrides) -> dic
     dist = cell.distribution
     if dist == "side":
         # views within 20° of the x axis (one side view): the missing cone lies along x
-        dirs = view_directions("tilt:20", cell.n_views, seed=seed)[:, [2, 1, 0]]
+        dirs = draw_view_directions("tilt:20", cell.n_views, seed=seed)[:, [2, 1, 0]]
     else:
-        dirs = view_directions(dist, cell.n_views, seed=seed)
+        dirs = draw_view_directions(dist, cell.n_views, seed=seed)
     if cell.noise == "fourier":
         sim = simulate_half_maps(truth, apix, "star", snr=cell.snr, seed=seed, angles=_angles(dirs))
         h1, h2 = sim.half1, sim.half2
@@ -210,11 +210,11 @@ def run_cell(cell: Cell, preset: str = "cpu", seed: int = 0, **overrides) -> dic
     t0 = time.perf_counter()
     last = [time.perf_counter()]
 
-    def progress(stage: str, fraction: float, detail: object) -> None:
+    def progress(stage: str, done: float, total: float, detail: object = None) -> None:
         now = time.perf_counter()
         if detail is not None and now - last[0] > 120:  # a line every 2 minutes of training
             last[0] = now
-            print(f"    {cell.name}: {stage} {100 * fraction:.0f} %", flush=True)
+            print(f"    {cell.name}: {stage} {100 * done / max(total, 1):.0f} %", flush=True)
 
     result = correct_anisotropy(h1, h2, None, mask, apix, settings, progress=progress)
     t_corr = time.perf_counter() - t0

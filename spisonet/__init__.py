@@ -1,7 +1,7 @@
 """spisonet: self-supervised correction of preferred-orientation anisotropy in cryo-EM.
 
 The public API is re-exported here. Modules that need torch (``spisonet.nn``,
-``spisonet.correct``) are imported lazily, on first use of their names, so that
+``spisonet.correction``) are imported lazily, on first use of their names, so that
 ``import spisonet`` and ``spisonet --help`` stay fast. The 3D FSC lives in its module
 (``from spisonet.fsc3d import fsc3d``): a package attribute of the same name as a
 submodule would change meaning once the submodule is imported.
@@ -10,16 +10,11 @@ submodule would change meaning once the submodule is imported.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("spisonet")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
-
+from ._version import __version__
 from .errors import SpisonetError
-from .fsc import FSCResult, fsc
+from .fsc_shells import FSCResult, fsc
 from .io import Map, read_map, read_star_angles, write_map
 
 #: name -> module for the lazily imported part of the API
@@ -39,7 +34,11 @@ _LAZY = {
     "simulate_half_maps": "spisonet.simulate",
     "simulate_dataset": "spisonet.simulate",
     "SimulatedData": "spisonet.simulate",
-    "correct_anisotropy": "spisonet.correct",
+    "correct_anisotropy": "spisonet.correction",
+    "CorrectionSettings": "spisonet.correction",
+    "CorrectionResult": "spisonet.correction",
+    "preset_settings": "spisonet.correction",
+    "reconstruct": "spisonet.correction",
 }
 
 __all__ = [

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FlatMapError, InvalidValueError
+from .errors import FlatMapError, InvalidValueError, MapShapeError, NonFiniteMapError
 
 __all__ = [
     "MASK_TOLERANCE",
+    "check_box",
+    "check_cone_angle",
     "check_contrast",
+    "check_cubic_map",
     "check_fsc3d_volume",
     "check_limit_res",
     "check_mask_values",
+    "check_nonnegative",
+    "check_positive",
+    "check_positive_int",
 ]
 
 #: Mask values may exceed [0, 1] by this much (round-off of soft-edged masks).
@@ -30,6 +36,75 @@ _FLAT_RTOL = 1e-5
 
 #: 3D FSC values may exceed [-1, 1] by this much (round-off, resampling).
 _FSC_TOLERANCE = 1e-3
+
+
+def check_cubic_map(volume: np.ndarray, name: str, dtype: type = np.float32) -> np.ndarray:
+    """``volume`` as a ``dtype`` (n, n, n) array of finite real numbers.
+
+    Raises
+    ------
+    MapShapeError
+        Not 3D, not cubic, or not real numbers.
+    NonFiniteMapError
+        NaN or infinite values (their count is in the message).
+    """
+    v = np.asarray(volume)
+    if v.ndim != 3 or len(set(v.shape)) != 1:
+        raise MapShapeError(f"{name}: expected a cubic 3D map (n×n×n); found shape {v.shape}")
+    if not np.issubdtype(v.dtype, np.number) or np.iscomplexobj(v):
+        raise MapShapeError(f"{name}: expected real numbers; found dtype {v.dtype}")
+    v = v.astype(dtype, copy=False)
+    finite = np.isfinite(v)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise NonFiniteMapError(f"{name}: contains {bad} NaN or infinite values; expected finite")
+    return v
+
+
+def check_positive(value: float, name: str, unit: str = "") -> float:
+    """``value`` as a float, finite and > 0; else :class:`InvalidValueError` naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (np.isfinite(v) and v > 0):
+        of = f" of {unit}" if unit else ""
+        raise InvalidValueError(f"{name} must be a positive number{of}, got {value!r}")
+    return v
+
+
+def check_nonnegative(value: float, name: str, unit: str = "") -> float:
+    """``value`` as a float, finite and ≥ 0; else :class:`InvalidValueError` naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (np.isfinite(v) and v >= 0):
+        of = f" ({unit})" if unit else ""
+        raise InvalidValueError(f"{name} must be a finite number ≥ 0{of}, got {value!r}")
+    return v
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` as an int ≥ 1 (bools and floats refused); else :class:`InvalidValueError`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InvalidValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def check_box(box: object, name: str = "box", minimum: int = 8) -> int:
+    """A box edge: an integer ≥ ``minimum`` voxels; else :class:`InvalidValueError`."""
+    ok = not isinstance(box, bool) and isinstance(box, int | float | np.integer | np.floating)
+    if not ok or int(box) != box or box < minimum:
+        raise InvalidValueError(f"{name} must be an integer ≥ {minimum} voxels, got {box!r}")
+    return int(box)
+
+
+def check_cone_angle(angle: float, name: str = "the cone half-angle") -> float:
+    """A cone half-angle in degrees, in (0, 90]; returned in radians."""
+    if not (np.isfinite(angle) and 0.0 < angle <= 90.0):
+        raise InvalidValueError(f"{name} must be in (0, 90] degrees, got {angle!r}")
+    return float(np.radians(float(angle)))
 
 
 def _weighted_moments(data: np.ndarray, weights: np.ndarray | None) -> tuple[float, float, float]:
@@ -115,8 +190,7 @@ def check_fsc3d_volume(volume: np.ndarray, name: str) -> None:
     )
     if lo < -1.0 - _FSC_TOLERANCE or hi > 1.0 + _FSC_TOLERANCE:
         raise InvalidValueError(
-            f"{name}: not a 3D FSC: values range from {lo:.4g} to {hi:.4g}, expected "
-            f"[-1, 1]. {how}"
+            f"{name}: not a 3D FSC: values range from {lo:.4g} to {hi:.4g}, expected [-1, 1]. {how}"
         )
     if hi - lo <= _FSC_TOLERANCE:
         raise FlatMapError(

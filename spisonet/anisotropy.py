@@ -20,7 +20,6 @@ tested (lists built with a safety margin, so the result is exact).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numba
@@ -29,7 +28,8 @@ import scipy.fft
 from numba import njit, prange
 from scipy import ndimage
 
-from ._checks import check_contrast, check_mask_values
+from ._checks import check_cone_angle, check_contrast, check_mask_values
+from ._compat import renamed_parameter
 from .errors import (
     EmptyMaskError,
     InvalidValueError,
@@ -37,7 +37,8 @@ from .errors import (
     MapShapeError,
     NonFiniteMapError,
 )
-from .fsc import FSCResult, fsc
+from .fsc_shells import FSCResult, fsc
+from .progress import Progress
 
 __all__ = [
     "SPHERICITY_THRESHOLD",
@@ -59,8 +60,6 @@ SPHERICITY_THRESHOLD = 0.5
 _N_ALPHA = 45
 _N_PHI = 180
 _MARGIN = 1e-9  # radians, covers rounding in the cell assignment
-
-Progress = Callable[[str, float], None]
 
 
 # --------------------------------------------------------------------------- directions
@@ -291,14 +290,6 @@ def _as_cubic_pair(
     return a, b
 
 
-def _check_cone_angle(cone_angle_deg: float) -> float:
-    if not (np.isfinite(cone_angle_deg) and 0.0 < cone_angle_deg <= 90.0):
-        raise InvalidValueError(
-            f"the cone half-angle must be in (0, 90] degrees, got {cone_angle_deg!r}"
-        )
-    return math.radians(float(cone_angle_deg))
-
-
 def _cos_cone(theta: float) -> float:
     """cos θ, exactly 0 for a 90° cone (which then holds every voxel)."""
     return 0.0 if theta >= 0.5 * math.pi else math.cos(theta)
@@ -313,12 +304,13 @@ def _cone_fsc_from_sums(total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, np.rint(count).astype(np.int64)
 
 
+@renamed_parameter("cone_angle_deg", "cone_angle")
 def conical_fsc(
     half1: np.ndarray,
     half2: np.ndarray,
     mask: np.ndarray | None = None,
     directions: np.ndarray | None = None,
-    cone_angle_deg: float = 20.0,
+    cone_angle: float = 20.0,
 ) -> np.ndarray:
     """Cone FSC of every direction and shell.
 
@@ -328,7 +320,7 @@ def conical_fsc(
     mask : optional (n, n, n) mask; both maps are multiplied by it first.
     directions : (m, 3) vectors (x, y, z), normalised here; default
         ``fibonacci_directions(500)``.
-    cone_angle_deg : cone half-angle θ in degrees, (0, 90]; a 90° cone holds every
+    cone_angle : cone half-angle θ in degrees, (0, 90]; a 90° cone holds every
         voxel (its curve is the global FSC).
 
     Returns
@@ -339,7 +331,7 @@ def conical_fsc(
     """
     a, b = _as_cubic_pair(half1, half2, mask)
     dirs = _check_directions(directions)
-    theta = _check_cone_angle(cone_angle_deg)
+    theta = check_cone_angle(cone_angle)
     return _conical_fsc(a, b, dirs, theta)[0]
 
 
@@ -370,7 +362,7 @@ def directional_resolution(
     """Resolution (Å) per direction: first shell s ≥ 1 where the cone FSC < ``threshold``.
 
     The resolution of shell s is ``box · voxel_size / s``; a direction whose curve never
-    falls below the threshold gets Nyquist, ``2 · voxel_size`` (as :func:`spisonet.fsc.fsc`).
+    falls below the threshold gets Nyquist, ``2 · voxel_size`` (as :func:`spisonet.fsc_shells.fsc`).
     NaN entries (empty cones) never count as a crossing.
 
     Parameters
@@ -564,7 +556,7 @@ class AnisotropyReport:
 
     voxel_size: float
     box: int
-    cone_angle_deg: float
+    cone_angle: float
     min_cone_voxels: int
     global_fsc: FSCResult = field(repr=False)
     directions: np.ndarray = field(repr=False)
@@ -657,7 +649,7 @@ class AnisotropyReport:
             "version": self.version,
             "voxel_size_A": float(self.voxel_size),
             "box": int(self.box),
-            "cone_angle_deg": float(self.cone_angle_deg),
+            "cone_angle_deg": float(self.cone_angle),
             "n_directions": self.n_directions,
             "min_cone_voxels": int(self.min_cone_voxels),
             "global_resolution_0143_A": float(self.global_fsc.resolution_0143),
@@ -712,13 +704,14 @@ def _rank(smoothed_areas: np.ndarray) -> tuple[int, int]:
     return int(np.argmin(smoothed_areas)), int(np.argmax(smoothed_areas))
 
 
+@renamed_parameter("cone_angle_deg", "cone_angle")
 def analyse_anisotropy(
     half1: np.ndarray,
     half2: np.ndarray,
     voxel_size: float,
     mask: np.ndarray | None = None,
     n_directions: int = 500,
-    cone_angle_deg: float = 20.0,
+    cone_angle: float = 20.0,
     progress: Progress | None = None,
     min_cone_voxels: int = 10,
 ) -> AnisotropyReport:
@@ -747,8 +740,9 @@ def analyse_anisotropy(
     voxel_size : Å per voxel (> 0).
     mask : optional (n, n, n) mask applied to both maps.
     n_directions : number of directions (≥ 1).
-    cone_angle_deg : cone half-angle in degrees.
-    progress : optional callback ``progress(stage, fraction)`` with fraction in [0, 1].
+    cone_angle : cone half-angle in degrees.
+    progress : optional :class:`spisonet.progress.Progress`; called as
+        ``(stage, percent done, 100)`` as the steps go.
     min_cone_voxels : a cone holding fewer Fourier voxels of a shell than this (only
         at the lowest shells: a 20° cone holds ≈ 0.76 s² voxels of shell s) takes the
         global FSC of the shell instead, so that a correlation of one or two voxels
@@ -767,14 +761,14 @@ def analyse_anisotropy(
 
     def report(stage: str, fraction: float) -> None:
         if progress is not None:
-            progress(stage, fraction)
+            progress(stage, round(100 * fraction), 100)
 
     a, b = _as_cubic_pair(half1, half2, mask)
     # a flat map (inside the mask) would give confident, meaningless figures
     check_contrast(half1, "half map 1", mask)
     check_contrast(half2, "half map 2", mask)
     dirs = fibonacci_directions(n_directions)
-    theta = _check_cone_angle(cone_angle_deg)
+    theta = check_cone_angle(cone_angle)
     n = a.shape[0]
     report("global FSC", 0.0)
     glob = fsc(a, b, voxel_size)
@@ -791,12 +785,12 @@ def analyse_anisotropy(
     report("sphericity", 0.8)
     max_shell = n * voxel_size / glob.resolution_0143
     sph = sphericity(volume, SPHERICITY_THRESHOLD, max_shell)
-    from . import __version__
+    from ._version import __version__
 
     rep = AnisotropyReport(
         voxel_size=float(voxel_size),
         box=int(n),
-        cone_angle_deg=float(cone_angle_deg),
+        cone_angle=float(cone_angle),
         min_cone_voxels=int(min_cone_voxels),
         global_fsc=glob,
         directions=dirs,

@@ -41,7 +41,6 @@ float32 rounding of the output).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +48,10 @@ import scipy.fft
 from numba import njit, prange
 
 from ._checks import check_contrast, check_limit_res, check_mask_values
+from ._compat import renamed_parameter
 from .errors import InvalidValueError
 from .fourier import frequency_radius
+from .progress import Progress
 
 __all__ = [
     "FSC3DResult",
@@ -60,8 +61,6 @@ __all__ = [
     "limit_radius",
     "phase_agreement",
 ]
-
-Progress = Callable[[float], None]
 
 
 @dataclass(frozen=True)
@@ -667,11 +666,11 @@ def _average(layout: _Layout, progress: Progress | None = None, kernel=None) -> 
                     64,
                 )
             if progress is not None:
-                progress((j + 1) / (len(edges) - 1))
+                progress("fsc3d", j + 1, len(edges) - 1)
     if layout.limit_r > 1:
         _fill_mirrored(out, layout.limit_r, layout.tables[0].astype(np.int64))
     if progress is not None:
-        progress(1.0)
+        progress("fsc3d", 1, 1)
     return out
 
 
@@ -686,13 +685,14 @@ def _neighbourhood_average(
     return _average(_prepare(agreement, limit_r, angle_deg), progress, kernel)
 
 
+@renamed_parameter("cone_sampling_angle", "cone_angle")
 def fsc3d(
     half1: np.ndarray,
     half2: np.ndarray,
     voxel_size: float = 1.0,
     mask: np.ndarray | None = None,
     limit_res: float | None = None,
-    cone_sampling_angle: float = 10.0,
+    cone_angle: float = 10.0,
     keep_highres: bool = False,
     progress: Progress | None = None,
 ) -> FSC3DResult:
@@ -705,9 +705,11 @@ def fsc3d(
     mask : (n, n, n) soft mask applied after z-scoring (None: all ones).
     limit_res : Å; shells finer than this are left at 0 (None: the 0.143 rule); from
         Nyquist (2·voxel_size) to the box (n·voxel_size), else InvalidValueError.
-    cone_sampling_angle : θ in degrees; neighbours within the chord s·2·sin(θ/2).
+    cone_angle : θ, the cone half-angle in degrees (the public tool's
+        ``cone_sampling_angle``); neighbours within the chord s·2·sin(θ/2).
     keep_highres : set the region beyond the limit to 1 (soft edge), step 6.
-    progress : called with the fraction done (0–1) during the neighbourhood averaging.
+    progress : :class:`spisonet.progress.Progress`, called as ``("fsc3d", done, total)``
+        during the neighbourhood averaging.
 
     Returns
     -------
@@ -719,10 +721,8 @@ def fsc3d(
         )
     if mask is not None and mask.shape != half1.shape:
         raise InvalidValueError(f"mask shape {mask.shape} differs from the maps' {half1.shape}")
-    if not 0.0 < cone_sampling_angle <= 180.0:
-        raise InvalidValueError(
-            f"cone_sampling_angle must be in (0, 180] degrees, got {cone_sampling_angle}"
-        )
+    if not 0.0 < cone_angle <= 180.0:
+        raise InvalidValueError(f"cone_angle must be in (0, 180] degrees, got {cone_angle}")
     n = half1.shape[0]
     if limit_res is not None:  # the same rule as reconstruct: 2·voxel ≤ limit_res ≤ n·voxel
         limit_res = check_limit_res(limit_res, voxel_size, n)
@@ -736,7 +736,7 @@ def fsc3d(
     if limit_res is None:
         limit_res = default_res
     limit_r = limit_radius(limit_res, voxel_size, n)
-    layout = _prepare(agreement, limit_r, cone_sampling_angle)
+    layout = _prepare(agreement, limit_r, cone_angle)
     del agreement  # the layout holds what the kernel needs; free ~n³ doubles before it runs
     out = _average(layout, progress)
     del layout

@@ -45,9 +45,9 @@ from .symmetry import group_order, point_group
 __all__ = [
     "DirectionHistogram",
     "direction_histogram",
+    "directions_from_angles",
     "fourier_shell_density",
     "scf_curve",
-    "view_directions",
 ]
 
 #: Up to this many (particle × symmetry) views the planes are rasterised one by one.
@@ -67,7 +67,7 @@ def _as_angles(angles_deg: np.ndarray) -> np.ndarray:
     return a
 
 
-def view_directions(angles_deg: np.ndarray) -> np.ndarray:
+def directions_from_angles(angles_deg: np.ndarray) -> np.ndarray:
     """RELION projection directions (N, 3) (x, y, z unit vectors) of Euler angles.
 
     ``angles_deg`` is (N, 3) rot, tilt, psi or (N, 2) rot, tilt in degrees;
@@ -296,7 +296,7 @@ def fourier_shell_density(
     maximum is 1 (a shell no view reaches stays 0).
     """
     group_order(sym)  # parse (and size-check) the point group before any work
-    dirs = view_directions(angles_deg)
+    dirs = directions_from_angles(angles_deg)
     box = int(box)
     if box < 2:
         raise InvalidValueError(f"box must be at least 2 voxels, got {box}")
@@ -407,7 +407,7 @@ def direction_histogram(
     if int(n_directions) < 1:
         raise InvalidValueError(f"n_directions must be ≥ 1, got {n_directions}")
     m = int(n_directions)
-    dirs = view_directions(angles_deg)
+    dirs = directions_from_angles(angles_deg)
     group = point_group(sym)
     centres, weights = _bin_directions(_expand(dirs, sym), np.deg2rad(0.25))
     fib = _fibonacci_half_sphere(m)

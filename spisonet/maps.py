@@ -13,7 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import InvalidValueError, MapMismatchError, MapShapeError, NonFiniteMapError
+from ._checks import check_cubic_map, check_positive
+from .errors import InvalidValueError, MapMismatchError, NonFiniteMapError
 from .fourier import rfft_shells
 
 __all__ = [
@@ -28,15 +29,8 @@ __all__ = [
 
 # --------------------------------------------------------------------------- checks
 def _as_volume(volume: np.ndarray, name: str = "map") -> np.ndarray:
-    """Return ``volume`` as a float64 array after checking it is a finite cube."""
-    a = np.asarray(volume)
-    if a.ndim != 3 or len(set(a.shape)) != 1:
-        raise MapShapeError(f"{name}: expected a cubic 3D map (n×n×n), found shape {a.shape}")
-    a = a.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(a)):
-        bad = int(np.count_nonzero(~np.isfinite(a)))
-        raise NonFiniteMapError(f"{name}: contains {bad} NaN or infinite values; expected finite")
-    return a
+    """``volume`` as float64 after checking it is a finite cube."""
+    return check_cubic_map(volume, name, np.float64)
 
 
 def _as_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -49,13 +43,6 @@ def _as_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | No
     if not np.all(np.isfinite(m)):
         raise NonFiniteMapError("mask: contains NaN or infinite values; expected finite")
     return m
-
-
-def _check_positive(value: float, name: str) -> float:
-    v = float(value)
-    if not np.isfinite(v) or v <= 0:
-        raise InvalidValueError(f"{name} must be a positive number, got {value!r}")
-    return v
 
 
 # --------------------------------------------------------------------------- Fourier helpers
@@ -160,9 +147,9 @@ def whiten(
     """
     a = _as_volume(volume)
     m = _as_mask(mask, a.shape)
-    voxel_size = _check_positive(voxel_size, "voxel_size")
-    low_res = _check_positive(low_res, "low_res")
-    high_res = _check_positive(high_res, "high_res")
+    voxel_size = check_positive(voxel_size, "voxel_size")
+    low_res = check_positive(low_res, "low_res")
+    high_res = check_positive(high_res, "high_res")
     if high_res >= low_res:
         raise InvalidValueError(
             f"whitening needs low_res > high_res (Å), got low_res={low_res} and high_res={high_res}"
@@ -232,8 +219,8 @@ def combine_map(
     if lo.shape != hi.shape:
         raise MapMismatchError(f"low map shape {lo.shape} differs from high map shape {hi.shape}")
     m = _as_mask(mask, lo.shape)
-    threshold_res = _check_positive(threshold_res, "threshold_res")
-    voxel_size = _check_positive(voxel_size, "voxel_size")
+    threshold_res = check_positive(threshold_res, "threshold_res")
+    voxel_size = check_positive(voxel_size, "voxel_size")
     n = lo.shape[0]
     rad = n * voxel_size / threshold_res
     if rad < 1.0:
@@ -288,7 +275,7 @@ def fsc_weight(
     Parameters
     ----------
     volume : (n, n, n) real map.
-    fsc_curve : (m,) FSC indexed by shell (as :func:`spisonet.fsc.fsc_curve` returns).
+    fsc_curve : (m,) FSC indexed by shell (as :func:`spisonet.fsc_shells.fsc_curve` returns).
     mode : ``'relion'`` or ``'rosenthal'``.
 
     Returns

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ._checks import check_nonnegative
 from .errors import InvalidValueError, MapShapeError, NonFiniteMapError
 
 __all__ = ["DEFAULT_THRESHOLD_FRACTION", "soft_mask", "spherical_mask"]
@@ -25,13 +26,6 @@ def _cosine_edge(distance: np.ndarray, dilate: float, soft_edge: float) -> np.nd
         return (distance <= dilate).astype(np.float32)
     t = np.clip((distance - dilate) / soft_edge, 0.0, 1.0)
     return (0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)
-
-
-def _check_nonnegative(name: str, value: float) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value < 0:
-        raise InvalidValueError(f"{name} must be a finite number ≥ 0 (voxels), got {value}")
-    return value
 
 
 def soft_mask(
@@ -74,9 +68,9 @@ def soft_mask(
         raise MapShapeError(f"soft_mask needs a 3D map, got an array of shape {vol.shape}")
     if not np.all(np.isfinite(vol)):
         raise NonFiniteMapError("soft_mask: the map contains NaN or infinite values")
-    dilate = _check_nonnegative("dilate_voxels", dilate_voxels)
-    edge = _check_nonnegative("soft_edge_voxels", soft_edge_voxels)
-    sigma = _check_nonnegative("lowpass_voxels", lowpass_voxels)
+    dilate = check_nonnegative(dilate_voxels, "dilate_voxels", "voxels")
+    edge = check_nonnegative(soft_edge_voxels, "soft_edge_voxels", "voxels")
+    sigma = check_nonnegative(lowpass_voxels, "lowpass_voxels", "voxels")
 
     smooth = vol.astype(np.float32)
     if sigma > 0:
@@ -123,7 +117,7 @@ def spherical_mask(n: int, radius: float, soft_edge_voxels: float = 5.0) -> np.n
     radius = float(radius)
     if not np.isfinite(radius) or radius <= 0:
         raise InvalidValueError(f"spherical_mask: radius must be > 0 voxels, got {radius}")
-    edge = _check_nonnegative("soft_edge_voxels", soft_edge_voxels)
+    edge = check_nonnegative(soft_edge_voxels, "soft_edge_voxels", "voxels")
     n = int(n)
     k = (np.arange(n) - n // 2).astype(np.float32)
     r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)

@@ -158,7 +158,7 @@ def test_conical_fsc_equals_definition_random(n, n_dir, theta, masked):
     a, b = random_pair(n, seed=n + n_dir)
     mask = soft_mask(n) if masked else None
     dirs = fibonacci_directions(n_dir)
-    fast = conical_fsc(a, b, mask=mask, directions=dirs, cone_angle_deg=theta)
+    fast = conical_fsc(a, b, mask=mask, directions=dirs, cone_angle=theta)
     slow = slow_conical_fsc(a, b, mask, dirs, theta)
     assert fast.shape == (n_dir, n // 2 + 1)
     np.testing.assert_array_equal(np.isnan(fast), np.isnan(slow))
@@ -173,7 +173,7 @@ def test_conical_fsc_equals_definition_structured(n, theta):
     dirs = np.vstack(
         [np.eye(3), [[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1], [1, -1, 0]], [[2, 1, 0]]]
     )
-    fast = conical_fsc(a, b, mask=soft_mask(n), directions=dirs, cone_angle_deg=theta)
+    fast = conical_fsc(a, b, mask=soft_mask(n), directions=dirs, cone_angle=theta)
     slow = slow_conical_fsc(a, b, soft_mask(n), dirs, theta)
     np.testing.assert_allclose(fast, slow, atol=1e-5, rtol=0, equal_nan=True)
 
@@ -186,14 +186,14 @@ def test_conical_fsc_equals_definition_simulated(distribution, n_dir, theta):
 
     d = simulate_half_maps(make_molecule(24, 2.0, seed=3), 2.0, distribution, 500, seed=3)
     dirs = fibonacci_directions(n_dir)
-    fast = conical_fsc(d.half1, d.half2, mask=d.mask, directions=dirs, cone_angle_deg=theta)
+    fast = conical_fsc(d.half1, d.half2, mask=d.mask, directions=dirs, cone_angle=theta)
     slow = slow_conical_fsc(d.half1, d.half2, d.mask, dirs, theta)
     np.testing.assert_allclose(fast, slow, atol=1e-5, rtol=0, equal_nan=True)
 
 
 def test_conical_fsc_of_identical_maps_is_one():
     a, _ = random_pair(20)
-    c = conical_fsc(a, a, directions=fibonacci_directions(30), cone_angle_deg=20.0)
+    c = conical_fsc(a, a, directions=fibonacci_directions(30), cone_angle=20.0)
     np.testing.assert_allclose(c[~np.isnan(c)], 1.0, atol=1e-12)
     # a 20° cone around a generic direction holds no voxel of shell 1 (axes and face
     # diagonals only), but every cone holds voxels beyond shell 3
@@ -201,10 +201,10 @@ def test_conical_fsc_of_identical_maps_is_one():
 
 
 def test_conical_fsc_of_90_degree_cone_is_the_global_fsc():
-    from spisonet.fsc import fsc_curve
+    from spisonet.fsc_shells import fsc_curve
 
     a, b = random_pair(17, seed=3)
-    c = conical_fsc(a, b, directions=fibonacci_directions(5), cone_angle_deg=90.0)
+    c = conical_fsc(a, b, directions=fibonacci_directions(5), cone_angle=90.0)
     glob, _ = fsc_curve(a, b)
     np.testing.assert_allclose(c, np.broadcast_to(glob, c.shape), atol=1e-10)
 
@@ -236,7 +236,7 @@ def test_conical_fsc_errors():
     with pytest.raises(NonFiniteMapError, match="mask contains NaN"):
         conical_fsc(a, a, mask=bad)
     with pytest.raises(InvalidValueError, match=r"cone half-angle must be in \(0, 90\]"):
-        conical_fsc(a, a, cone_angle_deg=0.0)
+        conical_fsc(a, a, cone_angle=0.0)
     with pytest.raises(InvalidValueError, match=r"directions must be an \(m, 3\) array"):
         conical_fsc(a, a, directions=np.ones((4, 2)))
     with pytest.raises(InvalidValueError, match="finite, non-zero vectors"):
@@ -426,9 +426,22 @@ def test_min_cone_voxels_only_touches_sparse_low_shells():
 def test_analyse_progress_and_errors():
     a, b = random_pair(16)
     seen = []
-    analyse_anisotropy(a, b, 1.0, n_directions=20, progress=lambda s, f: seen.append(f))
+    analyse_anisotropy(
+        a, b, 1.0, n_directions=20, progress=lambda s, d, t, i=None: seen.append(d / t)
+    )
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
     with pytest.raises(InvalidValueError, match="voxel size must be a positive number"):
         analyse_anisotropy(a, b, 0.0)
     with pytest.raises(InvalidValueError, match="min_cone_voxels must be an integer ≥ 1"):
         analyse_anisotropy(a, b, 1.0, min_cone_voxels=0)
+
+
+def test_old_cone_angle_keyword_still_works_with_a_warning():
+    a, b = random_pair(16)
+    dirs = fibonacci_directions(5)
+    new = conical_fsc(a, b, directions=dirs, cone_angle=30.0)
+    with pytest.warns(DeprecationWarning, match=r"cone_angle_deg=\.\.\.\) is deprecated"):
+        old = conical_fsc(a, b, directions=dirs, cone_angle_deg=30.0)
+    np.testing.assert_array_equal(new, old)
+    with pytest.raises(TypeError, match="got both"):
+        conical_fsc(a, b, directions=dirs, cone_angle=30.0, cone_angle_deg=30.0)

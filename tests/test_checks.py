@@ -11,13 +11,14 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import blobs, soft_sphere_mask
+from helpers import blobs, soft_sphere_mask
 
 import spisonet.nn.train as train_mod
 from spisonet._checks import check_limit_res
 from spisonet.anisotropy import analyse_anisotropy
-from spisonet.cli import _anisotropy_table, main
-from spisonet.correct import correct_anisotropy, preset_settings
+from spisonet.cli import main
+from spisonet.cli.anisotropy import anisotropy_table as _anisotropy_table
+from spisonet.correction import correct_anisotropy, preset_settings
 from spisonet.errors import FlatMapError, InvalidValueError
 from spisonet.fsc3d import fsc3d
 from spisonet.io import Map, check_mask, write_map

@@ -37,18 +37,6 @@ def test_world_slices_partition_the_batch(n, size):
     assert covered == list(range(n))
 
 
-def test_argv_without_drops_options_and_values():
-    from spisonet.cli import _argv_without
-
-    argv = ["reconstruct", "a.mrc", "--gpus", "0,1", "--epochs", "2", "--processes=2"]
-    assert _argv_without(argv, ("--gpus", "--processes")) == [
-        "reconstruct",
-        "a.mrc",
-        "--epochs",
-        "2",
-    ]
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     from spisonet.fsc3d import fsc3d

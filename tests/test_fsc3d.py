@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import blobs, soft_sphere_mask
 from fsc3d_reference import reference_fsc3d
+from helpers import blobs, soft_sphere_mask
 
 from spisonet import fsc3d as fsc3d_module
 from spisonet.errors import InvalidValueError
@@ -27,7 +27,7 @@ def _check(h1, h2, voxel=1.0, mask=None, limit_res=None, angle=10.0, keep_highre
         voxel_size=voxel,
         mask=mask,
         limit_res=limit_res,
-        cone_sampling_angle=angle,
+        cone_angle=angle,
         keep_highres=keep_highres,
     )
     ref, ref_limit, ref_r = reference_fsc3d(h1, h2, voxel, mask, limit_res, angle, keep_highres)
@@ -120,7 +120,7 @@ def test_identical_halves_give_one_inside_the_limit():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cone_sampling_angle": 0.0}, r"cone_sampling_angle must be in \(0, 180\]"),
+        ({"cone_angle": 0.0}, r"cone_angle must be in \(0, 180\]"),
         ({"limit_res": -3.0}, r"limit_res must be a positive resolution"),
         ({"mask": np.ones((8, 8, 8))}, r"mask shape \(8, 8, 8\) differs"),
     ],

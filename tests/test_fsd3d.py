@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spisonet.errors import InvalidValueError, StarFormatError
+from spisonet.errors import InvalidValueError
 from spisonet.fsd3d import (
     _bin_directions,
     _rasterize_planes,
     direction_histogram,
+    directions_from_angles,
     fourier_shell_density,
     scf_curve,
-    view_directions,
 )
 from spisonet.io import read_star_angles
 from spisonet.symmetry import point_group
@@ -71,18 +71,20 @@ def slow_normalise(raw: np.ndarray, s_low: int, s_high: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- directions
-def test_view_directions_relion_convention() -> None:
+def test_directions_from_angles_relion_convention() -> None:
     ang = np.array([[0, 0, 0], [0, 90, 10], [90, 90, 0], [30, 60, 0], [-45, 180, 5]], float)
-    d = view_directions(ang)
+    d = directions_from_angles(ang)
     np.testing.assert_allclose(d[0], [0, 0, 1], atol=1e-15)
     np.testing.assert_allclose(d[1], [1, 0, 0], atol=1e-15)
     np.testing.assert_allclose(d[2], [0, 1, 0], atol=1e-15)
     t, r = np.deg2rad(60), np.deg2rad(30)
     np.testing.assert_allclose(d[3], [np.cos(r) * np.sin(t), np.sin(r) * np.sin(t), np.cos(t)])
     np.testing.assert_allclose(d[4], [0, 0, -1], atol=1e-15)
-    np.testing.assert_allclose(np.linalg.norm(view_directions(random_angles(50, 0)), axis=1), 1)
+    np.testing.assert_allclose(
+        np.linalg.norm(directions_from_angles(random_angles(50, 0)), axis=1), 1
+    )
     # (N, 2) rot/tilt is accepted and psi plays no part
-    np.testing.assert_array_equal(view_directions(ang[:, :2]), d)
+    np.testing.assert_array_equal(directions_from_angles(ang[:, :2]), d)
 
 
 # --------------------------------------------------------------------------- definition
@@ -109,7 +111,7 @@ def test_normalised_density_matches_slow_definition() -> None:
 
 def test_kernel_py_func_matches_compiled() -> None:
     n = 9
-    d = view_directions(random_angles(5, seed=9))
+    d = directions_from_angles(random_angles(5, seed=9))
     w = np.arange(1.0, 6.0)
     a = _rasterize_planes(d, w, n, 1.0, np.inf, np.zeros((n, n, n)))
     b = _rasterize_planes.py_func(d, w, n, 1.0, np.inf, np.zeros((n, n, n)))
@@ -124,7 +126,7 @@ def test_kernel_py_func_matches_compiled() -> None:
 
 @pytest.mark.parametrize("step_deg", [0.3, 1.0, 4.0])
 def test_bin_centres_are_close_to_their_directions(step_deg: float) -> None:
-    d = view_directions(random_angles(300, seed=6))
+    d = directions_from_angles(random_angles(300, seed=6))
     for v in d:
         centres, counts = _bin_directions(v[None], np.deg2rad(step_deg))
         assert centres.shape == (1, 3) and counts[0] == 1.0
@@ -318,28 +320,6 @@ _rlnOpticsGroup #5
 000003@Extract/job007/a.mrcs 45.000000 2.000000 -90.000000 1
 """
 
-STAR_30 = """
-data_
-
-loop_
-_rlnImageName #1
-_rlnDefocusU #2
-_rlnAngleRot #3
-_rlnAngleTilt #4
-_rlnAnglePsi #5
-000001@Particles/a.mrcs 10000.0 10.0 90.0 5.0
-000002@Particles/a.mrcs 12000.0 20.0 80.0 6.0
-"""
-
-STAR_NO_ANGLES = """
-data_particles
-
-loop_
-_rlnImageName #1
-_rlnDefocusU #2
-000001@Particles/a.mrcs 10000.0
-"""
-
 
 def test_read_star_relion31_and_fsd(tmp_path: Path) -> None:
     p = tmp_path / "run_data.star"
@@ -351,19 +331,6 @@ def test_read_star_relion31_and_fsd(tmp_path: Path) -> None:
     c = 8
     assert out[c, c, c + 5] == 1.0
     assert out[c + 5, c, c] == 0.0
-
-
-def test_read_star_relion30(tmp_path: Path) -> None:
-    p = tmp_path / "old.star"
-    p.write_text(STAR_30)
-    np.testing.assert_allclose(read_star_angles(p), [[10, 90, 5], [20, 80, 6]])
-
-
-def test_star_without_angles(tmp_path: Path) -> None:
-    p = tmp_path / "noangles.star"
-    p.write_text(STAR_NO_ANGLES)
-    with pytest.raises(StarFormatError, match=r"no block with rlnAngleRot and rlnAngleTilt"):
-        read_star_angles(p)
 
 
 # --------------------------------------------------------------------------- errors

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spisonet.errors import InvalidValueError, MapMismatchError, MapShapeError, NonFiniteMapError
-from spisonet.fsc import fsc_curve
+from spisonet.fsc_shells import fsc_curve
 from spisonet.maps import (
     combine_map,
     fsc_weight,

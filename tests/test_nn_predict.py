@@ -87,7 +87,7 @@ def test_progress_callback_and_streaming_batches() -> None:
 
     vol = np.zeros((40, 40, 40), dtype=np.float32)
     predict_map(Spy(), vol, cube_size=16, crop_size=24, edge=4, batch_size=4,
-                progress=lambda d, t: calls.append((d, t)))  # fmt: skip
+                progress=lambda s, d, t, i=None: calls.append((d, t)))  # fmt: skip
     assert calls[-1] == (27, 27) and [c[0] for c in calls] == sorted({c[0] for c in calls})
     assert max(seen) <= 4 and sum(seen) == 27 and len(calls) == len(seen)
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_noisy_pair
+from helpers import write_noisy_pair
 
 from spisonet._outputs import (
     LOCK_NAME,

@@ -263,14 +263,58 @@ def test_refinement_with_correction_converges(dataset):
     print(f"refinement with correction: {seconds:.0f} s, corrected iterations {sorted(its)}")
 
 
-def test_refinement_survives_a_failing_correction(dataset):
+#: Test side only (the package has no test hook): a ``sitecustomize.py`` that every Python
+#: started with it on PYTHONPATH imports, so the ``spisonet-relion`` processes RELION runs
+#: get a correction whose n-th corrected call per half raises after its rendezvous (both
+#: halves have met, so neither waits for the other). Calls are counted per half in files
+#: of the test's own tmp folder.
+_FAILING_CORRECTION = """
+import os
+from pathlib import Path
+
+import spisonet.relion.correction
+
+_call = spisonet.relion.correction.RelionCorrection.__call__
+
+
+def _failing_call(self, job, plain, pixel_size):
+    out = _call(self, job, plain, pixel_size)
+    if out is None:  # RELION's map kept: not a corrected call
+        return out
+    half = spisonet.relion.parse_job_name(job.name).half
+    counter = Path(os.environ["SPISONET_E2E_COUNTS"]) / f"half{half}"
+    calls = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    if calls == int(os.environ["SPISONET_E2E_FAIL_ON"]):
+        raise RuntimeError(f"test hook: corrected call {calls} of half {half} fails")
+    return out
+
+
+spisonet.relion.correction.RelionCorrection.__call__ = _failing_call
+"""
+
+
+def test_refinement_survives_a_failing_correction(dataset, tmp_path):
     folder = dataset["folder"]
-    env = dict(CORRECTION_ENV, SPISONET_TEST_RAISE_ON_CALL="2")
+    (tmp_path / "sitecustomize.py").write_text(_FAILING_CORRECTION, encoding="utf-8")
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = dict(
+        CORRECTION_ENV,
+        PYTHONPATH=pythonpath,
+        SPISONET_E2E_COUNTS=str(counts),
+        SPISONET_E2E_FAIL_ON="2",
+    )
     proc, seconds = refine(folder, "Fail/run", external=True, env=env)
     lines = _log_lines(folder / "Fail")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _final_written(folder, "Fail/run"), proc.stdout[-3000:]
     failed = [ln for ln in lines if "correction failed" in ln and "test hook" in ln]
     assert failed, "\n".join(lines[-40:])
+    for ln in failed:  # RELION's plain map was written for that job, and RELION went on
+        job = re.search(r"(\S+_it\d{3,}_half\d+_class\d{3,}): correction failed", ln).group(1)
+        assert any(f"{job}: plain (correction failed) map" in x for x in lines), job
     assert _corrected_iterations(lines), "\n".join(lines[-40:])
+    assert not list(folder.glob("Fail/*test*"))  # nothing of the test in RELION's folder
     print(f"refinement with a failing correction: {seconds:.0f} s")

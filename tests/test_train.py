@@ -96,7 +96,7 @@ def test_auto_amp_on_cpu_follows_native_bf16(monkeypatch) -> None:
     assert resolve_amp("bf16", cpu) is torch.bfloat16  # asked for: honoured
     monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: True)
     assert resolve_amp("auto", cpu) is torch.bfloat16
-    from spisonet.correct import PRESETS
+    from spisonet.correction import PRESETS
 
     assert PRESETS["cpu"].amp == "auto"
 
@@ -138,7 +138,14 @@ def test_one_step_matches_a_hand_written_adamw_step() -> None:
 def test_history_progress_and_single_map() -> None:
     seen: list[TrainProgress] = []
     s = TrainSettings(**{**TINY, "epochs": 2})
-    res = train_network(_pairs(n=4, paired=False), _weight(), s, progress=seen.append)
+    calls: list[tuple[str, int, int]] = []
+
+    def record(stage: str, done: int, total: int, info: TrainProgress) -> None:
+        calls.append((stage, done, total))
+        seen.append(info)
+
+    res = train_network(_pairs(n=4, paired=False), _weight(), s, progress=record)
+    assert calls == [("train", k, 4) for k in (1, 2, 3, 4)]
     assert [(p.epoch, p.step) for p in seen] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert seen[-1].fraction == pytest.approx(1.0) and seen[0].fraction == pytest.approx(0.25)
     assert all(p.steps_per_epoch == 2 and p.epochs == 2 and p.steps_per_second > 0 for p in seen)
@@ -174,7 +181,7 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, schedule) -
     class Killed(Exception):
         pass
 
-    def kill_in_epoch_2(p: TrainProgress) -> None:
+    def kill_in_epoch_2(stage: str, done: int, total: int, p: TrainProgress) -> None:
         if p.epoch == 2:
             raise Killed
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import check_positive_int
 from ..errors import (
     EmptyMaskError,
     InvalidValueError,
@@ -29,12 +30,6 @@ from ..errors import (
 __all__ = ["CubeBatch", "CubePairs", "extract_cubes", "sample_cube_centres"]
 
 RngLike = np.random.Generator | int | None
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise InvalidValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
 
 
 def _check_cube_fits(shape: tuple[int, ...], cube_size: int) -> None:
@@ -80,8 +75,8 @@ def sample_cube_centres(
     m = np.asarray(mask)
     if m.ndim != 3:
         raise MapShapeError(f"the mask must be a 3D array; found shape {m.shape}")
-    n = _check_positive_int("n_subvolume", n)
-    d = _check_positive_int("cube_size", cube_size)
+    n = check_positive_int(n, "n_subvolume")
+    d = check_positive_int(cube_size, "cube_size")
     _check_cube_fits(m.shape, d)
     if not np.all(np.isfinite(m)):
         raise NonFiniteMapError("the mask contains NaN or infinite values")
@@ -130,7 +125,7 @@ def extract_cubes(volume: np.ndarray, centres: np.ndarray, cube_size: int) -> np
     v = np.asarray(volume)
     if v.ndim != 3:
         raise MapShapeError(f"the map must be a 3D array; found shape {v.shape}")
-    d = _check_positive_int("cube_size", cube_size)
+    d = check_positive_int(cube_size, "cube_size")
     _check_cube_fits(v.shape, d)
     c = np.asarray(centres)
     if c.ndim != 2 or c.shape[1] != 3 or not np.issubdtype(c.dtype, np.integer):
@@ -198,7 +193,7 @@ class CubeBatch:
 
         Empty parts (more parts than samples) are left out.
         """
-        parts = _check_positive_int("acc_batches", parts)
+        parts = check_positive_int(parts, "acc_batches")
         bounds = np.linspace(0, len(self), parts + 1).round().astype(int)
         return [self.select(slice(a, b)) for a, b in itertools.pairwise(bounds) if b > a]
 
@@ -257,7 +252,7 @@ class CubePairs:
 
     def n_batches(self, batch_size: int, drop_last: bool = False) -> int:
         """Number of batches in one epoch."""
-        b = _check_positive_int("batch_size", batch_size)
+        b = check_positive_int(batch_size, "batch_size")
         return len(self) // b if drop_last else -(-len(self) // b)
 
     def batches(
@@ -280,7 +275,7 @@ class CubePairs:
         ------
         CubeBatch, tensors on the CPU (move them with :meth:`CubeBatch.to`).
         """
-        b = _check_positive_int("batch_size", batch_size)
+        b = check_positive_int(batch_size, "batch_size")
         n = len(self)
         gen = np.random.default_rng([self.seed, int(epoch)])
         order = gen.permutation(n)

@@ -15,7 +15,6 @@ time; tiles stream through the network ``batch_size`` at a time.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import InvalidValueError, MapShapeError, NonFiniteMapError
+from ..progress import Progress
 from .distributed import World, all_reduce_sum_
 
 __all__ = ["blend_ramp", "predict_map"]
@@ -71,7 +71,7 @@ def predict_map(
     batch_size: int = 4,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     world: World | None = None,
 ) -> np.ndarray:
     """Apply ``model`` to a whole map tile by tile and blend the tiles.
@@ -95,7 +95,8 @@ def predict_map(
         Where the network runs; default: where the model's parameters are.
     amp_dtype : torch dtype, optional
         Run the forward pass under ``torch.autocast`` with this dtype (e.g. bfloat16).
-    progress : callable ``(tiles_done, tiles_total)``, optional
+    progress : :class:`spisonet.progress.Progress`, optional
+        Called as ``("predict", tiles done, tiles in all)``.
         Called after every batch.
     world : World, optional
         Several processes (:mod:`spisonet.nn.distributed`): each predicts every
@@ -179,7 +180,7 @@ def predict_map(
                     )
                     acc[_box((z, y, x), s, s + 2 * e)] += tile * w
                 if progress is not None:
-                    progress(min(b0 + len(chunk), total), total)
+                    progress("predict", min(b0 + len(chunk), total), total)
     finally:
         model.train(was_training)
     if world is not None and world.distributed:

@@ -17,7 +17,7 @@ devices that support it and float32 on the CPU. Measured on the 2-core developme
 (shared with other jobs, so ±30 %): a (16, 32, 64, 128) network on 32³ cubes, batch 4,
 took 1.43 s per step in float32 and 0.90 s under bf16 (1.6× faster); the tiny (8, 16, 32)
 network on 16³ cubes gained nothing. Hence the ``cpu`` preset of
-:mod:`spisonet.correct` asks for bf16 explicitly and ``tiny`` does not.
+:mod:`spisonet.correction.settings` asks for bf16 explicitly and ``tiny`` does not.
 
 Checkpoints: after every epoch a file with the model, optimiser and scheduler states, the
 epoch, the loss history, the settings and the RNG state is written atomically; ``resume``
@@ -31,9 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,13 @@ import torch
 from torch import nn
 
 from ..errors import InvalidValueError, ModelFileError
-from ..io import atomic_path
+from ..progress import Progress
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from .data import CubePairs
 from .distributed import (
     all_reduce_sum_,
@@ -69,11 +73,9 @@ __all__ = [
     "resolve_amp",
     "resolve_device",
     "save_checkpoint",
+    "set_cpu_threads",
     "train_network",
 ]
-
-#: Marker stored in every checkpoint written here.
-CHECKPOINT_FORMAT = "spisonet-checkpoint-v1"
 
 #: Settings that must agree between a checkpoint and the run that resumes it.
 _RESUME_KEYS = (
@@ -192,10 +194,19 @@ class TrainProgress:
     checkpoint: str | None = None
 
     @property
+    def steps_done(self) -> int:
+        """Optimiser steps done in the whole run (epochs resumed from included)."""
+        return (self.epoch - 1) * self.steps_per_epoch + self.step
+
+    @property
+    def steps_total(self) -> int:
+        """Optimiser steps of the whole run."""
+        return self.epochs * self.steps_per_epoch
+
+    @property
     def fraction(self) -> float:
         """Fraction of all steps done (0–1)."""
-        total = self.epochs * self.steps_per_epoch
-        return ((self.epoch - 1) * self.steps_per_epoch + self.step) / max(total, 1)
+        return self.steps_done / max(self.steps_total, 1)
 
 
 @dataclass
@@ -263,6 +274,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def set_cpu_threads(n: int) -> None:
+    """Let torch use ``n`` CPU threads in this process (intra-op parallelism).
+
+    For callers that must not import torch themselves (the RELION step, whose two half
+    processes share the machine's cores).
+    """
+    if n < 1:
+        raise InvalidValueError(f"CPU threads must be >= 1; got {n}")
+    torch.set_num_threads(int(n))
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU runs bfloat16 convolutions natively (oneDNN's own test).
 
@@ -306,83 +328,6 @@ def build_model(widths: tuple[int, ...], seed: int = 0) -> UNet3D:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write a checkpoint dict atomically (temporary file, then rename).
-
-    ``state`` must hold only tensors, numbers, strings, lists, tuples and dicts so that
-    :func:`load_checkpoint` can read it with ``weights_only=True``.
-    """
-    final = Path(path)
-    payload = {"format": CHECKPOINT_FORMAT, **state}
-    with atomic_path(final) as tmp:
-        torch.save(payload, tmp)
-    return final
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, safely.
-
-    Uses ``torch.load(weights_only=True)`` on the CPU: only tensors and plain containers
-    are unpickled, so a crafted file cannot execute code.
-
-    Raises
-    ------
-    ModelFileError
-        The file is missing, not a PyTorch file, holds anything but weights (e.g. a
-        pickle that would run code), or is not a spisonet checkpoint.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"{p}: model file not found")
-    with open(p, "rb") as f:
-        head = f.read(1024)
-    # torch.save writes a zip archive (PK..), older versions a pickle (0x80 protocol byte)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        raise ModelFileError(
-            f"{p}: not a PyTorch model file (expected a checkpoint such as the "
-            f"model_<half>.pt that spisonet reconstruct writes); found {_describe_file(head)}"
-        )
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, pickle.UnpicklingError) and "weights only" in first.lower():
-            raise ModelFileError(
-                f"{p}: refused to load: it holds Python objects besides weights, and "
-                "unpickling them could run code (only tensors and plain containers are "
-                "loaded); use a checkpoint written by spisonet"
-            ) from exc
-        raise ModelFileError(
-            f"{p}: a PyTorch file that cannot be read (truncated or corrupt?): {first}"
-        ) from exc
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(
-            f"{p}: not a spisonet checkpoint (expected a dict with format "
-            f"{CHECKPOINT_FORMAT!r}); found {type(obj).__name__}"
-        )
-    for key in ("model", "settings", "epoch"):
-        if key not in obj:
-            raise ModelFileError(f"{p}: checkpoint lacks its '{key}' entry")
-    return obj
-
-
-def _describe_file(head: bytes) -> str:
-    """What the first bytes of a file say it is (for error messages)."""
-    if not head:
-        return "an empty file"
-    if len(head) >= 212 and head[208:211] == b"MAP":
-        return "an MRC map"
-    if head.startswith(b"\x1f\x8b"):
-        return "a gzip-compressed file"
-    if head.startswith(b"\x89HDF"):
-        return "an HDF5 file"
-    if b"\x00" in head:
-        return f"a binary file of another format (starts with {head[:8].hex(' ')})"
-    text = head.decode("utf-8", "replace")
-    first = text.strip().splitlines()[0][:40] if text.strip() else ""
-    return f"a text file (starting {first!r})"
-
-
 def _check_resumable(saved: dict[str, Any], settings: TrainSettings, path: Path) -> None:
     mine = settings.to_dict()
     diff = [k for k in _RESUME_KEYS if k in saved and _norm(saved[k]) != _norm(mine[k])]
@@ -402,17 +347,6 @@ def _norm(v: Any) -> Any:
     if isinstance(v, float):
         return round(v, 12)
     return v
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "<checkpoint>") -> UNet3D:
-    """Build the network stored in a loaded checkpoint (widths from its settings)."""
-    widths = tuple(int(w) for w in ckpt["settings"].get("widths", WIDTH_PRESETS["large"]))
-    model = UNet3D(widths)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ModelFileError(f"{path}: the weights do not fit a U-Net of widths {widths}") from exc
-    return model
 
 
 # --------------------------------------------------------------------------- training
@@ -447,7 +381,7 @@ def train_network(
     model: nn.Module | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
-    progress: Callable[[TrainProgress], None] | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train the correction network on paired (or single) training cubes.
 
@@ -467,8 +401,9 @@ def train_network(
         Written (atomically) after every epoch.
     resume : bool
         Continue from ``checkpoint`` (it must exist and match the settings).
-    progress : callable ``(TrainProgress)``, optional
-        Called after every optimiser step.
+    progress : :class:`spisonet.progress.Progress`, optional
+        Called after every optimiser step as ``("train", steps done, steps in all,
+        TrainProgress)``.
 
     Returns
     -------
@@ -586,19 +521,18 @@ def train_network(
             n_seen += len(global_batch)
             if progress is not None and world.is_main:
                 elapsed = time.perf_counter() - t0
-                progress(
-                    TrainProgress(
-                        epoch=epoch + 1,
-                        epochs=settings.epochs,
-                        step=k + 1,
-                        steps_per_epoch=steps_per_epoch,
-                        loss=values["total"],
-                        steps_per_second=steps_run / elapsed if elapsed > 0 else 0.0,
-                        elapsed=elapsed,
-                        resumed_from_epoch=start_epoch,
-                        checkpoint=None if ckpt_path is None else str(ckpt_path),
-                    )
+                info = TrainProgress(
+                    epoch=epoch + 1,
+                    epochs=settings.epochs,
+                    step=k + 1,
+                    steps_per_epoch=steps_per_epoch,
+                    loss=values["total"],
+                    steps_per_second=steps_run / elapsed if elapsed > 0 else 0.0,
+                    elapsed=elapsed,
+                    resumed_from_epoch=start_epoch,
+                    checkpoint=None if ckpt_path is None else str(ckpt_path),
                 )
+                progress("train", info.steps_done, info.steps_total, info)
         for name, s in sums.items():
             history.setdefault(name, []).append(s / max(n_seen, 1))
         if ckpt_path is not None and world.is_main:

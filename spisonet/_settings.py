@@ -1,0 +1,228 @@
+"""The settings model: each setting is declared once, as a dataclass field with metadata.
+
+A field declared with :func:`setting` carries its help text, unit, command-line spellings
+and environment-variable name. From that one declaration:
+
+- the CLI builds its options (:func:`spisonet.cli._options.setting_option`),
+- the RELION hook reads its environment variables (:func:`from_environment`),
+- ``reconstruct.json`` records the values (``dataclasses.asdict``),
+- ``docs/settings.md`` is generated (:func:`markdown_table`; a test keeps it in step).
+
+Pure Python: no torch, no files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidValueError
+
+__all__ = [
+    "SettingInfo",
+    "from_environment",
+    "info",
+    "markdown_table",
+    "parse_text",
+    "setting",
+    "setting_fields",
+]
+
+_KEY = "spisonet"
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """What a setting means, beside its name, type and default (which the field holds).
+
+    Attributes
+    ----------
+    help : one sentence for ``--help`` and the docs.
+    unit : e.g. ``"Å"``, ``"s"`` (empty: none).
+    cli : the command-line spellings, documented one first (empty: no option).
+    env : environment-variable suffix read as ``SPISONET_<env>`` or ``ISONET_<env>``
+        (None: not read from the environment).
+    choices : the allowed values of a text setting (empty: any).
+    """
+
+    help: str
+    unit: str = ""
+    cli: tuple[str, ...] = ()
+    env: str | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def help_with_unit(self) -> str:
+        """The help text with the unit appended (for ``--help``)."""
+        return f"{self.help} [{self.unit}]" if self.unit else self.help
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    unit: str = "",
+    cli: tuple[str, ...] = (),
+    env: str | None = None,
+    choices: tuple[str, ...] = (),
+    compare: bool = True,
+) -> Any:
+    """A dataclass field that carries its :class:`SettingInfo`."""
+    meta = {_KEY: SettingInfo(help, unit, tuple(cli), env, tuple(choices))}
+    if isinstance(default, list | dict | set):
+        raise TypeError("settings defaults must be immutable (use a tuple)")
+    return dataclasses.field(default=default, metadata=meta, compare=compare)
+
+
+def info(cls: type, name: str) -> SettingInfo:
+    """The :class:`SettingInfo` of field ``name`` of settings class ``cls``."""
+    for f in dataclasses.fields(cls):
+        if f.name == name and _KEY in f.metadata:
+            return f.metadata[_KEY]
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
+def setting_fields(cls: type) -> list[tuple[dataclasses.Field, SettingInfo]]:
+    """The declared settings of ``cls`` (fields made with :func:`setting`), in order."""
+    return [(f, f.metadata[_KEY]) for f in dataclasses.fields(cls) if _KEY in f.metadata]
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(the scalar type, whether None is allowed) of a field annotation."""
+    tp = annotation
+    if isinstance(tp, str):
+        tp = eval(tp, {"tuple": tuple, "int": int, "float": float, "str": str, "bool": bool})
+    optional = False
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    if typing.get_origin(tp) is tuple:
+        return tuple, optional
+    return tp, optional
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def parse_text(raw: str, annotation: Any, where: str) -> Any:
+    """A setting's value from text (an environment variable), by the field's type.
+
+    ``where`` names the source in the error (e.g. ``"SPISONET_EPOCHS='x'"``). Booleans
+    take 1/0, true/false, yes/no, on/off; ``none`` gives None where None is allowed;
+    tuples are comma-separated integers.
+
+    Raises
+    ------
+    InvalidValueError
+        The text does not parse as the field's type.
+    """
+    tp, optional = _base_type(annotation)
+    text = raw.strip()
+    if optional and text.lower() == "none":
+        return None
+    if tp is bool:
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise InvalidValueError(f"{where}: expected a boolean (1/0, true/false, yes/no)")
+    if tp is int:
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidValueError(f"{where}: expected an integer") from None
+        if not math.isfinite(value) or value != int(value):
+            raise InvalidValueError(f"{where}: expected an integer")
+        return int(value)
+    if tp is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidValueError(f"{where}: expected a number") from None
+        if not math.isfinite(value):
+            raise InvalidValueError(f"{where}: expected a finite number")
+        return value
+    if tp is tuple:
+        try:
+            return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+        except ValueError:
+            raise InvalidValueError(f"{where}: expected comma-separated integers") from None
+    return text
+
+
+def from_environment(
+    cls: type,
+    environ: Mapping[str, str],
+    prefixes: tuple[str, ...] = ("SPISONET_", "ISONET_"),
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Values of ``cls``'s settings that have an ``env`` name, read from ``environ``.
+
+    For each such setting the first prefix whose variable is set and not blank wins.
+    Returns ``(values by field name, variable name by field name)``.
+
+    Raises
+    ------
+    InvalidValueError
+        A value that does not parse (the variable and its value are in the message), or a
+        text setting outside its ``choices``.
+    """
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for f, meta in setting_fields(cls):
+        if meta.env is None:
+            continue
+        for prefix in prefixes:
+            name = prefix + meta.env
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            value = parse_text(raw, hints[f.name], f"{name}={raw!r}")
+            if meta.choices and value is not None and value not in meta.choices:
+                raise InvalidValueError(
+                    f"{name}={raw!r}: expected one of {', '.join(meta.choices)}"
+                )
+            values[f.name] = value
+            sources[f.name] = name
+            break
+    return values, sources
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+_BAR = " \\| "  # a "|" inside a Markdown table cell
+
+
+def markdown_table(cls: type, *, defaults: Mapping[str, Any] | None = None) -> str:
+    """A Markdown table of ``cls``'s settings: name, option, variable, default, unit, help.
+
+    ``defaults`` replaces the field defaults in the table (e.g. a preset's values).
+    """
+    rows = [
+        "| setting | option | variable | default | unit | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f, meta in setting_fields(cls):
+        default = (defaults or {}).get(f.name, f.default)
+        option = f"`{meta.cli[0]}`" if meta.cli else ""
+        env = f"`SPISONET_{meta.env}`" if meta.env else ""
+        text = meta.help + (f" ({_BAR.join(meta.choices)})" if meta.choices else "")
+        rows.append(f"| `{f.name}` | {option} | {env} | {_show(default)} | {meta.unit} | {text} |")
+    return "\n".join(rows) + "\n"

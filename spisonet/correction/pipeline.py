@@ -1,0 +1,677 @@
+"""The anisotropy-correction pipeline on arrays (ALGORITHM.md §3).
+
+:func:`correct_anisotropy` runs five named steps, each a function with a typed result:
+
+1. :func:`check_inputs` – every input checked before any work (shapes, voxel size, mask,
+   3D FSC box, sizes).
+2. :func:`prepare_maps` – ``reference`` (optional): both halves' content below
+   ``ref_resolution`` is replaced by the reference's (:func:`spisonet.maps.combine_map`);
+   ``limit_res`` (optional): both halves low-passed to it (3-shell linear fall-off); then
+   each is z-scored.
+3. :func:`sampling_weight` – W: the 3D FSC (given, or computed from the two halves with
+   :func:`spisonet.fsc3d.fsc3d`), gated by measured power
+   (:func:`spisonet.weights.power_presence`, with ``presence_threshold``), resized to the
+   cube, negatives to 0, min-max scaled; 1 inside the reference's sphere; a single map
+   without a 3D FSC gets W = 1 (denoising only).
+4. :func:`train_networks` – training cubes at the same mask-drawn centres in both halves;
+   one network trained on both halves (Noise2Noise terms on), or with ``independent`` one
+   network per half, each seeing only its own half.
+5. :func:`predict_maps` and :func:`restore_units` – tiled prediction of each prepared
+   half; outputs back in the input's units (unlike the public tool, which leaves z-scores):
+   with ``limit_res``, ``filtered`` is the network output at the low-passed input's
+   mean/std and ``corrected`` is ``combine_map(network output, original, limit_res)``;
+   without, ``corrected`` is the network output at the original's mean/std.
+
+After training, the trust check (:mod:`spisonet.correction.trust`) hides measured data as W
+hides the missing cone and scores what the network restores. This module writes nothing
+but the training checkpoints it is given paths for; :mod:`spisonet.correction.files` reads
+and writes the files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .._checks import (
+    check_contrast,
+    check_cubic_map,
+    check_fsc3d_volume,
+    check_limit_res,
+    check_mask_values,
+)
+from ..errors import (
+    EmptyMaskError,
+    InvalidValueError,
+    MapMismatchError,
+    NonFiniteMapError,
+)
+from ..fourier import frequency_radius, lowpass
+from ..progress import Progress, relabel, report
+from ..weights import power_presence
+from .settings import PRESETS, CorrectionSettings
+
+__all__ = [
+    "CheckedInputs",
+    "CorrectionResult",
+    "PreparedMaps",
+    "SamplingWeight",
+    "TrainSummary",
+    "check_inputs",
+    "correct_anisotropy",
+    "predict_maps",
+    "prepare_maps",
+    "restore_units",
+    "sampling_weight",
+    "train_networks",
+]
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """How one network's training went.
+
+    Attributes
+    ----------
+    steps : optimiser steps run here (0: prediction only, or every epoch already done).
+    seconds : wall time of the training (s).
+    steps_per_second : ``steps / seconds``.
+    device : where it ran (``"cpu"``, ``"cuda:0"`` …).
+    dtype : the autocast dtype (``"bfloat16"``) or ``"float32"``.
+    resumed_from_epoch : epochs done in the checkpoint this run resumed from (0: none).
+    n_cubes : training cubes.
+    paired : both half maps in each cube pair (Noise2Noise terms on).
+    """
+
+    steps: int
+    seconds: float
+    device: str
+    steps_per_second: float = 0.0
+    dtype: str = "float32"
+    resumed_from_epoch: int = 0
+    n_cubes: int = 0
+    paired: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-safe)."""
+        return asdict(self)
+
+
+@dataclass
+class CorrectionResult:
+    """Outcome of :func:`correct_anisotropy`.
+
+    Attributes
+    ----------
+    corrected : list of (n, n, n) float32 corrected maps, one per input half, in the
+        input's units.
+    filtered : list of the network outputs (low-passed band) with ``limit_res``, else None.
+    weight : (D, D, D) float32, the sampling weight W used (fftshift-ed).
+    fsc3d_volume : (n, n, n) float32 3D FSC used (None when W = 1).
+    histories : per-epoch loss history of each network (one, or two when independent).
+    train : per-network :class:`TrainSummary`.
+    timings : seconds per step.
+    notes : human-readable decisions taken (what was computed, what was assumed).
+    settings : the settings used.
+    models : the trained networks (torch modules), one or two.
+    trust : the :class:`spisonet.correction.trust.TrustCheck` of the (first) network;
+        None when it was not run (``trust=False``, or W = 1).
+    """
+
+    corrected: list[np.ndarray]
+    filtered: list[np.ndarray] | None
+    weight: np.ndarray
+    fsc3d_volume: np.ndarray | None
+    histories: list[dict[str, list[float]]]
+    train: list[TrainSummary]
+    timings: dict[str, float]
+    notes: list[str]
+    settings: CorrectionSettings
+    models: list[Any] = field(default_factory=list)
+    trust: Any = None
+
+    @property
+    def average(self) -> np.ndarray:
+        """Mean of the corrected maps (the corrected map itself for a single input)."""
+        return np.mean(self.corrected, axis=0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- 1. inputs
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """The inputs of a correction, checked: float32 arrays, or None where not given."""
+
+    halves: list[np.ndarray]
+    mask: np.ndarray | None
+    reference: np.ndarray | None
+    fsc3d_volume: np.ndarray | None
+
+
+def check_inputs(
+    half1: np.ndarray,
+    half2: np.ndarray | None,
+    fsc3d_volume: np.ndarray | None,
+    mask: np.ndarray | None,
+    reference: np.ndarray | None,
+    voxel_size: float,
+    s: CorrectionSettings,
+) -> CheckedInputs:
+    """Check every input of :func:`correct_anisotropy` before any work.
+
+    Raises
+    ------
+    MapShapeError, MapMismatchError, NonFiniteMapError, EmptyMaskError, InvalidValueError
+        Naming the input, what was expected and what was found.
+    """
+    h1 = check_cubic_map(half1, "half map 1")
+    n = h1.shape[0]
+    h2 = None
+    if half2 is not None:
+        h2 = check_cubic_map(half2, "half map 2")
+        if h2.shape != h1.shape:
+            raise MapMismatchError(
+                f"half map 2 has shape {h2.shape} but half map 1 has {h1.shape}; "
+                "both half maps must have the same box"
+            )
+    if s.independent and h2 is None:
+        raise InvalidValueError("independent needs two half maps; only one was given")
+    if not (np.isfinite(voxel_size) and voxel_size > 0):
+        raise InvalidValueError(f"voxel_size must be > 0 Å; got {voxel_size}")
+    f = None
+    if fsc3d_volume is not None:
+        f = np.asarray(fsc3d_volume)
+        if f.shape != h1.shape:
+            raise MapMismatchError(
+                f"the 3D FSC (aniso file) has shape {f.shape} but the half maps have "
+                f"{h1.shape}; compute it from these half maps"
+            )
+        if not np.all(np.isfinite(f)):
+            raise NonFiniteMapError("the 3D FSC (aniso file) contains NaN or infinite values")
+        check_fsc3d_volume(f, "the 3D FSC (aniso file)")
+    m = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != h1.shape:
+            raise MapMismatchError(
+                f"the mask has shape {m.shape} but the half maps have {h1.shape}"
+            )
+        if not np.all(np.isfinite(m)):
+            raise NonFiniteMapError("the mask contains NaN or infinite values")
+        if not np.any(m > 0):
+            raise EmptyMaskError("the mask is zero everywhere; expected a non-empty mask")
+        check_mask_values(m, "the mask")
+    if s.cube_size > n:
+        raise InvalidValueError(
+            f"cube_size {s.cube_size} is larger than the {n}³ map; choose a cube_size of at "
+            f"most {n - n % 2 ** (len(s.widths) - 1)}"
+        )
+    if m is not None:
+        lo, d = s.cube_size // 2, s.cube_size
+        inner = m[lo : n - d + lo + 1, lo : n - d + lo + 1, lo : n - d + lo + 1]
+        if not np.any(inner > 0):
+            raise EmptyMaskError(
+                f"no mask voxel lies where a whole {d}³ training cube fits in the {n}³ map; "
+                "use a smaller cube_size or a larger mask"
+            )
+    for h, name in ((h1, "half map 1"), (h2, "half map 2")):
+        if h is not None:
+            check_contrast(h, name, m)
+    ref = None
+    if reference is not None:
+        ref = check_cubic_map(reference, "reference")
+        if ref.shape != h1.shape:
+            raise MapMismatchError(
+                f"the reference has shape {ref.shape} but the half maps have {h1.shape}"
+            )
+        if n * voxel_size / s.ref_resolution < 1:
+            raise InvalidValueError(
+                f"ref_resolution {s.ref_resolution} Å is coarser than the box "
+                f"({n * voxel_size:.1f} Å): nothing would be taken from the reference"
+            )
+    if s.limit_res is not None:  # the same rule as fsc3d: 2·voxel ≤ limit_res ≤ n·voxel
+        check_limit_res(s.limit_res, voxel_size, n)
+    return CheckedInputs([h1] if h2 is None else [h1, h2], m, ref, f)
+
+
+# --------------------------------------------------------------------------- 2. maps
+
+
+@dataclass(frozen=True)
+class PreparedMaps:
+    """The halves at each stage of the preparation (one entry per half).
+
+    Attributes
+    ----------
+    originals : as given (float32).
+    lowpassed : after the reference and ``limit_res`` steps (the originals when neither).
+    network_input : ``lowpassed`` z-scored: what the network trains on and predicts.
+    """
+
+    originals: list[np.ndarray]
+    lowpassed: list[np.ndarray]
+    network_input: list[np.ndarray]
+
+
+def prepare_maps(
+    inputs: CheckedInputs, voxel_size: float, s: CorrectionSettings, notes: list[str]
+) -> PreparedMaps:
+    """Reference swap, ``limit_res`` low-pass and z-scoring of each half (step 2)."""
+    from ..maps import combine_map, zscore
+
+    if inputs.mask is None:
+        notes.append("no mask given: training cubes are drawn from the whole box")
+    work = list(inputs.halves)
+    if inputs.reference is not None:
+        work = [
+            combine_map(inputs.reference, h, s.ref_resolution, voxel_size, inputs.mask)
+            for h in work
+        ]
+        notes.append(f"content below {s.ref_resolution} Å replaced by the reference; W = 1 there")
+    if s.limit_res is not None:
+        work = [lowpass(h, s.limit_res, voxel_size, falloff=3) for h in work]
+        notes.append(
+            f"correction limited to {s.limit_res} Å: the maps were low-passed before "
+            "training and the original's higher frequencies are kept"
+        )
+    return PreparedMaps(list(inputs.halves), work, [zscore(h) for h in work])
+
+
+# --------------------------------------------------------------------------- 3. W
+
+
+@dataclass(frozen=True)
+class SamplingWeight:
+    """The sampling weight W and where it came from.
+
+    Attributes
+    ----------
+    cube : (D, D, D) float32 W at the training-cube size (fftshift-ed), what training uses.
+    fsc3d_volume : (n, n, n) 3D FSC used (given or computed here); None when W = 1.
+    gated : (n, n, n) 3D FSC times the measured-power gate (None when W = 1): the source
+        of W at any size (:func:`full_box`).
+    """
+
+    cube: np.ndarray
+    fsc3d_volume: np.ndarray | None
+    gated: np.ndarray | None
+
+    def full_box(self, n: int, voxel_size: float, s: CorrectionSettings, reference: bool):
+        """W at the map's box (n, n, n), as training's W (1 inside the reference sphere)."""
+        from ..nn.operators import prepare_sampling_weight
+
+        if self.gated is None:
+            return np.ones((n, n, n), dtype=np.float32)
+        w = prepare_sampling_weight(self.gated, n)
+        if reference:
+            w = np.where(frequency_radius(n) <= n * voxel_size / s.ref_resolution, 1.0, w)
+        return w.astype(np.float32)
+
+
+def sampling_weight(
+    inputs: CheckedInputs,
+    voxel_size: float,
+    s: CorrectionSettings,
+    notes: list[str],
+    progress: Progress | None = None,
+) -> SamplingWeight:
+    """W from the given or computed 3D FSC, gated by measured power (step 3)."""
+    from ..fsc3d import fsc3d
+    from ..nn.operators import prepare_sampling_weight
+
+    h1 = inputs.halves[0]
+    h2 = inputs.halves[1] if len(inputs.halves) > 1 else None
+    m = inputs.mask
+    fvol = inputs.fsc3d_volume
+    if fvol is None and h2 is not None:
+        notes.append(
+            "no 3D FSC given: computed from the two half maps (spIsoNet flavour, "
+            f"cone {s.fsc3d_cone_angle:g}°, 0.143 limit)"
+        )
+        fvol = fsc3d(
+            h1,
+            h2,
+            voxel_size=voxel_size,
+            mask=None if m is None else m.astype(np.float32),
+            cone_angle=s.fsc3d_cone_angle,
+            progress=progress,
+        ).volume
+    if fvol is None:
+        notes.append("single map without a 3D FSC: W = 1 (denoising only)")
+        return SamplingWeight(np.ones((s.cube_size,) * 3, dtype=np.float32), None, None)
+    gated = np.asarray(fvol)
+    if s.presence_threshold:
+        gate = power_presence(h1, h2, m, s.presence_threshold)
+        gated = gated * gate
+        notes.append(
+            "W gated by measured power (presence threshold "
+            f"{s.presence_threshold:g}): {100 * float(np.mean(gate < 0.5)):.0f} % of "
+            "Fourier space reads as unmeasured"
+        )
+    cube = prepare_sampling_weight(gated, s.cube_size)
+    if inputs.reference is not None:
+        r_cube = s.cube_size * voxel_size / s.ref_resolution
+        cube = np.where(frequency_radius(s.cube_size) <= r_cube, 1.0, cube).astype(np.float32)
+    return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated)
+
+
+# --------------------------------------------------------------------------- 4. training
+
+
+@dataclass
+class TrainedNetworks:
+    """The networks of a run (one, or two when independent) and how training went."""
+
+    models: list[Any]
+    histories: list[dict[str, list[float]]]
+    summaries: list[TrainSummary]
+    settings: CorrectionSettings  # widths may come from the pretrained model
+
+
+def train_networks(
+    maps: PreparedMaps,
+    mask: np.ndarray | None,
+    weight: SamplingWeight,
+    s: CorrectionSettings,
+    notes: list[str],
+    *,
+    pretrained: str | os.PathLike | None = None,
+    checkpoints: tuple[str | os.PathLike, ...] | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> TrainedNetworks:
+    """Cut the training cubes and train (or load) the network(s) (step 4)."""
+    from ..nn.data import CubePairs, extract_cubes, sample_cube_centres
+    from ..nn.train import (
+        build_model,
+        load_checkpoint,
+        model_from_checkpoint,
+        resolve_device,
+        train_network,
+    )
+
+    n_nets = 2 if s.independent else 1
+    if checkpoints is not None and len(checkpoints) != n_nets:
+        raise InvalidValueError(f"need {n_nets} checkpoint path(s); got {len(checkpoints)}")
+    if resume and s.epochs == 0:
+        raise InvalidValueError("resume needs epochs > 0 (nothing to continue with epochs 0)")
+    if resume and checkpoints is None:
+        raise InvalidValueError("resume needs the checkpoint path(s) of the interrupted run")
+    device = resolve_device(s.device)
+    pre_model = None
+    if pretrained is not None:
+        pre_model = model_from_checkpoint(load_checkpoint(pretrained), pretrained)
+        if tuple(pre_model.widths) != s.widths:
+            notes.append(
+                f"widths {list(pre_model.widths)} taken from the pretrained model "
+                f"(settings said {list(s.widths)})"
+            )
+            s = replace(s, widths=tuple(pre_model.widths))
+        notes.append(f"started from the pretrained model {pretrained}")
+    elif s.epochs == 0:
+        raise InvalidValueError("epochs 0 (prediction only) needs a pretrained model")
+
+    work = maps.network_input
+    sample_mask = mask if mask is not None else np.ones(work[0].shape, dtype=np.float32)
+    centres = sample_cube_centres(sample_mask, s.n_subvolume, s.cube_size, rng=s.seed)
+    cubes = [extract_cubes(w, centres, s.cube_size) for w in work]
+    if s.independent:
+        datasets = [CubePairs(c, None, seed=s.seed) for c in cubes]
+    else:
+        datasets = [CubePairs(cubes[0], cubes[1] if len(cubes) > 1 else None, seed=s.seed)]
+
+    ts = s.train_settings()
+    out = TrainedNetworks([], [], [], s)
+    for i, pairs in enumerate(datasets):
+        stage = "train" if i == 0 else "train half 2"
+        if pre_model is not None and not resume:
+            model = model_from_checkpoint(load_checkpoint(pretrained), pretrained)
+        else:
+            model = build_model(s.widths, s.seed) if not resume else None
+        if s.epochs == 0:
+            assert model is not None
+            out.models.append(model.to(device).eval())
+            out.histories.append({})
+            out.summaries.append(TrainSummary(steps=0, seconds=0.0, device=str(device)))
+            continue
+        run = train_network(
+            pairs,
+            weight.cube,
+            ts,
+            model=model,
+            checkpoint=None if checkpoints is None else checkpoints[i],
+            resume=resume,
+            progress=relabel(progress, stage),
+        )
+        out.models.append(run.model)
+        out.histories.append(run.history)
+        out.summaries.append(
+            TrainSummary(
+                steps=run.steps_run,
+                seconds=run.seconds,
+                steps_per_second=run.steps_per_second,
+                device=str(run.device),
+                dtype=str(run.amp_dtype),
+                resumed_from_epoch=run.resumed_from_epoch,
+                n_cubes=len(pairs),
+                paired=pairs.paired,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- 5. prediction
+
+
+def network_on_map(model: Any, s: CorrectionSettings, progress: Progress | None = None):
+    """A function running ``model`` tile by tile on a whole (n, n, n) map."""
+    from ..nn.distributed import current_world
+    from ..nn.predict import predict_map
+    from ..nn.train import resolve_amp, resolve_device
+
+    device = resolve_device(s.device)
+    amp_dtype = resolve_amp(s.amp, device)
+
+    def run(volume: np.ndarray) -> np.ndarray:
+        return predict_map(
+            model,
+            volume,
+            cube_size=s.cube_size,
+            crop_size=s.predict_crop_size,
+            edge=s.predict_edge,
+            batch_size=s.batch_size,
+            device=device,
+            amp_dtype=amp_dtype,
+            progress=progress,
+            world=current_world(),
+        )
+
+    return run
+
+
+def predict_maps(
+    maps: PreparedMaps, nets: TrainedNetworks, progress: Progress | None = None
+) -> list[np.ndarray]:
+    """Each prepared half through its network (step 5); z-score units."""
+    s = nets.settings
+    k = len(maps.network_input)
+    outs = []
+    for i, z in enumerate(maps.network_input):
+        model = nets.models[i if s.independent else 0]
+
+        def per_half(stage: str, done: float, total: float, info: Any = None, i0: int = i):
+            # the two halves share one bar: half i covers [i/k, (i+1)/k] of it
+            report(progress, "predict", i0 * total + done, k * total)
+
+        outs.append(network_on_map(model, s, per_half if progress else None)(z))
+    return outs
+
+
+def restore_units(
+    outputs: list[np.ndarray],
+    maps: PreparedMaps,
+    mask: np.ndarray | None,
+    voxel_size: float,
+    s: CorrectionSettings,
+    notes: list[str],
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """``(corrected, filtered)`` in the input's units (see the module docstring)."""
+    from ..maps import combine_map, match_mean_std
+
+    if s.limit_res is not None:
+        filtered = [match_mean_std(o, lp) for o, lp in zip(outputs, maps.lowpassed, strict=True)]
+        corrected = [
+            combine_map(o, orig, s.limit_res, voxel_size, mask)
+            for o, orig in zip(outputs, maps.originals, strict=True)
+        ]
+    else:
+        filtered = None
+        corrected = [
+            match_mean_std(o, orig) for o, orig in zip(outputs, maps.originals, strict=True)
+        ]
+    notes.append("outputs rescaled to the input maps' mean and standard deviation")
+    return corrected, filtered
+
+
+# --------------------------------------------------------------------------- the whole
+
+
+def correct_anisotropy(
+    half1: np.ndarray,
+    half2: np.ndarray | None = None,
+    fsc3d_volume: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    voxel_size: float = 1.0,
+    settings: CorrectionSettings | None = None,
+    *,
+    reference: np.ndarray | None = None,
+    pretrained: str | os.PathLike | None = None,
+    checkpoints: tuple[str | os.PathLike, ...] | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    trust: bool = True,
+) -> CorrectionResult:
+    """Correct the anisotropy of one map or a pair of half maps.
+
+    Parameters
+    ----------
+    half1 : (n, n, n) array
+        Half map 1 (or the single map).
+    half2 : (n, n, n) array, optional
+        Half map 2; enables the Noise2Noise terms (or, with ``independent``, its own
+        network). Without it the single map is corrected alone.
+    fsc3d_volume : (n, n, n) array, optional
+        The 3D FSC (fftshift-ed, e.g. ``FSC3D.mrc``). None: computed here from the two
+        halves with :func:`spisonet.fsc3d.fsc3d`; for a single map W = 1 (denoising only).
+    mask : (n, n, n) array, optional
+        Where training cubes are cut (voxels > 0). None: the whole box. The output is
+        never masked.
+    voxel_size : float
+        Å per voxel.
+    settings : CorrectionSettings
+        Default: the ``gpu`` preset (the published defaults).
+    reference : (n, n, n) array, optional
+        Replaces the halves' content below ``settings.ref_resolution``.
+    pretrained : path, optional
+        A model file to start from (its widths are used); with ``epochs = 0`` it only
+        predicts. With ``independent`` both networks start from it.
+    checkpoints : paths, optional
+        Where each network's checkpoint is written after every epoch (one path, two when
+        independent).
+    resume : bool
+        Continue an interrupted run from ``checkpoints``.
+    progress : :class:`spisonet.progress.Progress`, optional
+        Stages ``"fsc3d"``, ``"train"`` (info: a :class:`spisonet.nn.train.TrainProgress`;
+        ``"train half 2"`` for the second independent network), ``"predict"``, ``"trust"``.
+    trust : bool
+        Run the trust check after training (one more prediction of the whole map);
+        skipped when W = 1.
+
+    Returns
+    -------
+    CorrectionResult
+
+    Raises
+    ------
+    MapShapeError, MapMismatchError, NonFiniteMapError, EmptyMaskError, InvalidValueError
+        Bad input, reported before any training starts.
+    ModelFileError
+        An unreadable, unsafe or mismatched ``pretrained`` model or checkpoint.
+    """
+    s = settings if settings is not None else PRESETS["gpu"]
+    s.train_settings()  # validates the training settings before any work
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+
+    def timed(name: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - t
+        return value
+
+    inputs = check_inputs(half1, half2, fsc3d_volume, mask, reference, voxel_size, s)
+    ckpts = tuple(checkpoints) if checkpoints is not None else None
+    maps = timed("prepare", prepare_maps, inputs, voxel_size, s, notes)
+    weight = timed("fsc3d", sampling_weight, inputs, voxel_size, s, notes, progress)
+    nets = timed(
+        "train",
+        train_networks,
+        maps,
+        inputs.mask,
+        weight,
+        s,
+        notes,
+        pretrained=pretrained,
+        checkpoints=ckpts,
+        resume=resume,
+        progress=progress,
+    )
+    s = nets.settings
+    outputs = timed("predict", predict_maps, maps, nets, progress)
+    trust_result = None
+    if trust and weight.gated is not None:
+        trust_result = timed("trust", _trust, maps, inputs, weight, nets, voxel_size, progress)
+        notes.append(f"trust check: {trust_result.message}")
+    corrected, filtered = timed(
+        "combine", restore_units, outputs, maps, inputs.mask, voxel_size, s, notes
+    )
+    timings["total"] = time.perf_counter() - t_start
+    return CorrectionResult(
+        corrected=corrected,
+        filtered=filtered,
+        weight=weight.cube,
+        fsc3d_volume=weight.fsc3d_volume,
+        histories=nets.histories,
+        train=nets.summaries,
+        timings=timings,
+        notes=notes,
+        settings=s,
+        models=nets.models,
+        trust=trust_result,
+    )
+
+
+def _trust(
+    maps: PreparedMaps,
+    inputs: CheckedInputs,
+    weight: SamplingWeight,
+    nets: TrainedNetworks,
+    voxel_size: float,
+    progress: Progress | None,
+):
+    """The trust check of the first network at the map's box."""
+    from .trust import trust_check
+
+    work = maps.network_input
+    n = work[0].shape[0]
+    w_full = weight.full_box(n, voxel_size, nets.settings, inputs.reference is not None)
+    second = work[1] if len(work) > 1 else None
+    result = trust_check(work[0], second, w_full, network_on_map(nets.models[0], nets.settings))
+    report(progress, "trust", 1, 1)
+    return result

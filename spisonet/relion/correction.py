@@ -1,0 +1,386 @@
+"""The misalignment correction inside RELION (ALGORITHM.md §5): :class:`RelionCorrection`.
+
+Called by :func:`spisonet.relion.runner.run_external_reconstruct` for each half of each
+iteration with RELION's plain map. Gates (healpix order, current resolution), the
+rendezvous of the two halves (:mod:`.rendezvous`), the 3D FSC of the unregularised halves,
+one network per half (:func:`spisonet.correction.correct_anisotropy`, continuing the
+previous iteration's model), then the output is low-passed, given RELION's radial
+amplitudes and RELION's own coefficients where Fourier space was measured. Torch is
+reached only through :mod:`spisonet.correction` and :mod:`spisonet.nn`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..correction import CorrectionSettings, correct_anisotropy, preset_settings, resolve_preset
+from ..errors import MapShapeError, SpisonetError
+from ..fourier import fourier_blend, frequency_radius, lowpass, rfft_shells
+from ..fsc3d import fsc3d
+from ..fsc_shells import fsc_curve
+from ..io import read_map, write_map
+from ..io.relion_runs import (
+    JobName,
+    healpix_order_of_run,
+    newest_iteration_file,
+    optimiser_command_option,
+    parse_job_name,
+    positive_number,
+    read_star_value,
+)
+from ..maps import _apply_radial, _shell_mean_amplitude, combine_map, fsc_weight, whiten
+from ..masks import spherical_mask
+from ..weights import measured_weight
+from .job import ExternalReconstructJob, current_resolution, log_line, reconstruct, resolve_input
+from .rendezvous import (
+    HalfFiles,
+    RendezvousResult,
+    half_files,
+    publish_lock,
+    release_lock,
+    remove_earlier_files,
+    wait_for_partner,
+)
+from .settings import RelionCorrectionSettings
+
+__all__ = ["RelionCorrection"]
+
+
+def _match_radial_amplitude(
+    volume: np.ndarray, reference: np.ndarray, max_shell: float
+) -> np.ndarray:
+    """Scale each Fourier shell s <= max_shell of ``volume`` so its mean |F| equals the
+    reference's; shells beyond are left as they are (float32)."""
+    n = volume.shape[0]
+    shells, weights = rfft_shells(n)
+    fv = np.fft.rfftn(volume.astype(np.float64))
+    av = _shell_mean_amplitude(fv, shells, weights)
+    ar = _shell_mean_amplitude(np.fft.rfftn(reference.astype(np.float64)), shells, weights)
+    scale = np.ones(av.size)
+    ok = (np.arange(av.size) <= max_shell) & (av > 1e-12 * max(float(av.max()), 1e-300))
+    scale[ok] = ar[ok] / av[ok]
+    return _apply_radial(fv, scale, shells, n).astype(np.float32)
+
+
+class RelionCorrection:
+    """The misalignment correction, called by
+    :func:`~spisonet.relion.runner.run_external_reconstruct` for each half of each
+    iteration (one process per half, both at the same time).
+
+    Per call: the last joined iteration and closed gates keep RELION's map (the reason is
+    logged). Otherwise each half reconstructs its data without the Wiener term
+    (unregularised), shares it with the other half through
+    :func:`~spisonet.relion.rendezvous.wait_for_partner`, computes the 3D FSC of the two,
+    whitens and FSC-weights its own map (optional), trains its own network on its own half
+    (independent networks: the halves stay independent, as RELION's gold standard needs),
+    continuing the previous iteration's model, and returns the network output low-passed
+    to the current resolution, with RELION's own map's radial amplitudes, and
+    (``keep_measured``) RELION's own Fourier coefficients wherever the data were measured
+    (:func:`spisonet.weights.measured_weight`), so that the network only fills the
+    missing cone. Returns None to keep RELION's map; ``summary`` says why or what was
+    done; every step goes to ``spisonet_relion.log``.
+    """
+
+    def __init__(self, settings: RelionCorrectionSettings | None = None) -> None:
+        self.settings = settings if settings is not None else RelionCorrectionSettings()
+        self.summary = ""
+
+    def _log(self, job: ExternalReconstructJob, message: str) -> None:
+        log_line(job.star_path, f"{job.name}: {message}", echo=False)
+
+    def _keep(self, job: ExternalReconstructJob, reason: str) -> None:
+        """Keep RELION's map; the reason goes to ``summary`` (the runner logs it)."""
+        self.summary = reason
+        return None
+
+    def __call__(
+        self, job: ExternalReconstructJob, plain: np.ndarray, pixel_size: float
+    ) -> np.ndarray | None:
+        """The corrected (box, box, box) float32 map, or None to keep ``plain``."""
+        self.summary = ""
+        jn = parse_job_name(job.name)
+        if jn is None:
+            return self._keep(job, f"{job.name} does not follow RELION's iteration naming")
+        remove_earlier_files(job.star_path.parent, jn)
+        if jn.half is None:
+            return self._keep(job, "last joined iteration keeps RELION's map")
+        if jn.half not in (1, 2):
+            return self._keep(job, f"half {jn.half}: only halves 1 and 2 are paired")
+        folder = job.star_path.parent
+        t0 = time.perf_counter()
+        shared = self._share_own_half(job, half_files(folder, job.name), pixel_size)
+        if isinstance(shared, str):
+            return self._keep(job, shared)
+        unreg, res = shared
+        t_unreg = time.perf_counter() - t0
+        meet = self._meet(job, half_files(folder, jn.name(half=3 - jn.half)))
+        self._log(
+            job,
+            f"unregularised reconstruction {t_unreg:.1f} s; waited {meet.waited:.2f} s for "
+            f"half {3 - jn.half}: {meet.reason}",
+        )
+        if meet.volume is None:
+            return self._keep(job, f"no correction: {meet.reason}")
+        if meet.volume.shape != unreg.shape:
+            raise MapShapeError(
+                f"the other half's map has shape {meet.volume.shape}, this one {unreg.shape}"
+            )
+        return self._train(job, jn, unreg, meet.volume, plain, pixel_size, res, t0)
+
+    # -- gates and rendezvous
+
+    def _gates(
+        self, job: ExternalReconstructJob, pixel_size: float
+    ) -> tuple[list[str], str, float]:
+        """(what keeps the gates closed, both values with their sources, resolution in Å)."""
+        s = self.settings
+        order, order_src = healpix_order_of_run(job.star_path)
+        res = current_resolution(job, pixel_size)
+        res_text = f"{res:.2f} Å" if math.isfinite(res) else "unknown"
+        gates = (
+            f"healpix order {order if order is not None else '?'} ({order_src}; start "
+            f"{s.start_healpix}), resolution {res_text} (rlnGoldStandardFsc; start "
+            f"{s.start_resolution:g} Å)"
+        )
+        closed = []
+        if order is None or order < s.start_healpix:
+            closed.append("healpix order below start")
+        if not res < s.start_resolution:
+            closed.append("resolution not better than start")
+        return closed, gates, res
+
+    def _share_own_half(
+        self, job: ExternalReconstructJob, own: HalfFiles, pixel_size: float
+    ) -> tuple[np.ndarray, float] | str:
+        """Publish the lock, check the gates, write the unregularised map, release.
+
+        Returns (the unregularised map, the current resolution in Å), or why the gates are
+        closed. The lock is published before the gates are read, so that the other half
+        waits for this one's decision instead of giving up early.
+        """
+        with contextlib.suppress(OSError):
+            own.unreg.unlink()  # stale, from an interrupted earlier run
+        fd = publish_lock(own.lock)
+        try:
+            closed, gates, res = self._gates(job, pixel_size)
+            if closed:
+                return f"gate closed, {' and '.join(closed)}: {gates}"
+            self._log(job, f"gates open: {gates}")
+            unreg = reconstruct(job, wiener=False)
+            write_map(own.unreg, unreg, voxel_size=pixel_size)
+            return unreg, res
+        finally:
+            release_lock(fd)
+
+    def _meet(self, job: ExternalReconstructJob, other: HalfFiles) -> RendezvousResult:
+        """Wait for the other half's map; then delete its files (only this half reads them)."""
+        not_before = job.star_path.stat().st_mtime - 60.0
+        meet = wait_for_partner(
+            other.lock, other.unreg, not_before=not_before, timeout=self.settings.wait_timeout
+        )
+        with contextlib.suppress(OSError):
+            other.lock.unlink()
+        if meet.volume is not None:
+            with contextlib.suppress(OSError):
+                other.unreg.unlink()
+        return meet
+
+    # -- the training step
+
+    def _mask(self, folder: Path, jn: JobName, voxel: float, n: int) -> np.ndarray | None:
+        """A soft sphere of RELION's particle diameter (``_optimiser.star``), else None."""
+        optimiser = newest_iteration_file(folder, jn, "_optimiser.star", before=True)
+        diameter = positive_number(
+            read_star_value(optimiser, "rlnParticleDiameter") if optimiser else None
+        )
+        if diameter is None:
+            return None
+        radius = min(0.5 * diameter / voxel, n / 2 - 1)
+        return spherical_mask(n, radius, soft_edge_voxels=min(5.0, n / 8))
+
+    def _network_input(
+        self,
+        own: np.ndarray,
+        curve: np.ndarray,
+        voxel: float,
+        mask: np.ndarray | None,
+        limit: float,
+    ) -> tuple[np.ndarray, list[str]]:
+        """This half's map whitened and FSC-weighted as the settings ask, and what was done."""
+        s = self.settings
+        x = own
+        steps = []
+        if s.whitening and s.whitening_low > limit:
+            x = whiten(x, voxel, mask, low_res=s.whitening_low, high_res=limit)
+            steps.append(f"whitened {s.whitening_low:g}-{limit:.1f} Å")
+        if s.fsc_weighting:
+            x = fsc_weight(x, curve, "relion")
+            steps.append("FSC-weighted")
+        return x, steps
+
+    def _training_settings(
+        self, n: int, voxel: float, limit: float
+    ) -> tuple[str, CorrectionSettings]:
+        """(the preset used, its settings with this step's overrides) for an n³ box."""
+        s = self.settings
+        preset, _ = resolve_preset(s.preset)
+        overrides: dict[str, object] = {
+            "epochs": s.epochs,
+            "alpha": s.alpha,
+            "beta": s.beta,
+            "acc_batches": s.acc_batches,
+            "limit_res": limit if n * voxel / limit >= 1 else None,
+        }
+        cfg = preset_settings(preset, **overrides)
+        if cfg.cube_size > n:  # a small box: the largest cube the network's depth allows
+            mult = 2 ** (len(cfg.widths) - 1)
+            cfg = preset_settings(preset, **overrides, cube_size=(n // mult) * mult)
+        return preset, cfg
+
+    def _train(
+        self,
+        job: ExternalReconstructJob,
+        jn: JobName,
+        own: np.ndarray,
+        other: np.ndarray,
+        plain: np.ndarray,
+        voxel: float,
+        res: float,
+        t0: float,
+    ) -> np.ndarray | None:
+        """Train this half's network on its own map and return the corrected map."""
+        from ..nn.train import set_cpu_threads
+
+        s = self.settings
+        n = own.shape[0]
+        folder = job.star_path.parent
+        half1, half2 = (own, other) if jn.half == 1 else (other, own)
+        mask = self._mask(folder, jn, voxel, n)
+        t = time.perf_counter()
+        limit = max(res, 2.0 * voxel)
+        f3d = fsc3d(half1, half2, voxel_size=voxel, mask=mask, limit_res=limit).volume
+        curve, _ = fsc_curve(half1, half2, mask)
+        t_fsc = time.perf_counter() - t
+        x, steps = self._network_input(own, curve, voxel, mask, limit)
+        preset, cfg = self._training_settings(n, voxel, limit)
+        # the other half map trains in the other process: each takes half the cores
+        threads = s.threads or max(1, (os.cpu_count() or 2) // 2)
+        set_cpu_threads(threads)
+        model = folder / f"{job.name}_spisonet.pt"
+        previous = None
+        if not s.retrain_each_iter:
+            tail = f"_half{jn.half}_{jn.kind}{jn.number}_spisonet.pt"
+            previous = newest_iteration_file(folder, jn, tail, before=True)
+        if previous is not None:
+            self._log(job, f"continuing the model {previous.name}")
+        elif cfg.epochs == 0:
+            return self._keep(job, "epochs 0 and no previous model: nothing to predict with")
+        else:
+            self._log(job, "training a new model" + (" (retrain each iteration)" if
+                      s.retrain_each_iter else ""))  # fmt: skip
+        self._log(
+            job,
+            f"training: preset {preset}, {cfg.epochs} epochs, cube {cfg.cube_size}, "
+            f"{cfg.n_subvolume} cubes, limit {limit:.2f} Å, {threads} threads, "
+            f"{', '.join(steps) or 'no whitening/weighting'}; independent network for half "
+            f"{jn.half}" + (" (beta unused: no Noise2Noise pair)" if s.beta is not None else ""),
+        )
+        t = time.perf_counter()
+        result = correct_anisotropy(
+            x,
+            None,
+            fsc3d_volume=f3d,
+            mask=mask,
+            voxel_size=voxel,
+            settings=cfg,
+            pretrained=previous,
+            checkpoints=(model,),
+            trust=False,  # one more prediction per iteration; RELION's log has the gates
+        )
+        t_train = time.perf_counter() - t
+        net = result.filtered[0] if result.filtered is not None else result.corrected[0]
+        out, kept = self._finish(job, jn, net, plain, f3d, half1, half2, mask, voxel, limit)
+        loss = result.histories[0].get("loss") if result.histories else None
+        loss_text = f", loss {loss[-1]:.4g}" if loss else ""
+        self._log(
+            job,
+            f"3D FSC {t_fsc:.1f} s, training {t_train:.1f} s ({result.train[0].steps} "
+            f"steps on {result.train[0].device}{loss_text}); output low-passed "
+            f"to {limit:.2f} Å, radial amplitudes of RELION's map"
+            + kept
+            + (", RELION's map beyond" if s.keep_highres else "")
+            + f"; model -> {model.name}",
+        )
+        self.summary = (
+            f"network {cfg.epochs} epochs, {t_train:.0f} s, "
+            + ("RELION's map beyond " if s.keep_highres else "low-passed to ")
+            + f"{limit:.1f} Å, "
+            f"step {time.perf_counter() - t0:.0f} s"
+        )
+        return out
+
+    def _finish(
+        self,
+        job: ExternalReconstructJob,
+        jn: JobName,
+        net: np.ndarray,
+        plain: np.ndarray,
+        f3d: np.ndarray,
+        half1: np.ndarray,
+        half2: np.ndarray,
+        mask: np.ndarray | None,
+        voxel: float,
+        limit: float,
+    ) -> tuple[np.ndarray, str]:
+        """The network's map low-passed to ``limit`` Å with RELION's radial amplitudes and
+        what the settings keep of RELION's map; and the log text of what was kept."""
+        s = self.settings
+        n = net.shape[0]
+        out = lowpass(net, limit, voxel, falloff=3)
+        out = _match_radial_amplitude(out, plain, n * voxel / limit)
+        plain_low = lowpass(plain, limit, voxel, falloff=3)
+        kept = ""
+        if s.keep_measured:
+            measured = measured_weight(f3d, half1, half2, mask)
+            out = fourier_blend(out, plain_low, measured)
+            inside = frequency_radius(n) <= n * voxel / limit
+            share = 100 * float(np.mean(measured[inside] > 0.5))
+            kept = (
+                f", RELION's map kept where measured (weight > 0.5 in {share:.0f} % of the "
+                f"sphere up to {limit:.1f} Å)"
+            )
+        if s.keep_highres:  # RELION's map beyond the current resolution, the same soft edge
+            out = out + (plain - plain_low)
+        if s.keep_lowres:
+            out = self._keep_lowres(job, jn, out, voxel)
+        return out, kept
+
+    def _keep_lowres(
+        self, job: ExternalReconstructJob, jn: JobName, volume: np.ndarray, voxel: float
+    ) -> np.ndarray:
+        """Take the content below ``--ini_high`` from the initial reference (``--ref``)."""
+        folder = job.star_path.parent
+        optimiser = newest_iteration_file(folder, jn, "_optimiser.star", before=True)
+        if optimiser is None:
+            raise SpisonetError("ISONET_KEEP_LOWRES: no _optimiser.star beside the job")
+        ref = optimiser_command_option(optimiser, "--ref")
+        ini_high = optimiser_command_option(optimiser, "--ini_high")
+        if ref is None or positive_number(ini_high) is None:
+            raise SpisonetError(
+                f"ISONET_KEEP_LOWRES: --ref or --ini_high not found in {optimiser.name}'s "
+                "command line"
+            )
+        path = resolve_input(ref, job.star_path)
+        reference = read_map(path, voxel_size=voxel).data  # sampled like the map
+        if reference.shape != volume.shape:
+            raise MapShapeError(
+                f"ISONET_KEEP_LOWRES: {path} has shape {reference.shape}, the map {volume.shape}"
+            )
+        self._log(job, f"kept the content below {float(ini_high):g} Å from {path.name}")
+        return combine_map(reference, volume, float(ini_high), voxel)

@@ -1,0 +1,125 @@
+"""The sampling weight's numerics: where Fourier space holds measured power.
+
+Pure functions on arrays (no files, no torch). :func:`power_presence` gates the 3D FSC
+by measured amplitude (ALGORITHM.md §3, our fix of the published W);
+:func:`shell_percentile` is the per-shell reference both gates divide by;
+:func:`measured_weight` is the blend weight of the RELION correction step (keep the
+measured data, take the network only where nothing was measured).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_cubic_map
+from .errors import InvalidValueError
+from .fourier import frequency_radius
+
+__all__ = ["measured_weight", "power_presence", "shell_percentile"]
+
+
+def power_presence(
+    half1: np.ndarray,
+    half2: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    threshold: float = 0.1,
+    percentile: float = 90.0,
+) -> np.ndarray:
+    """Where Fourier space holds measured power: a gate in [0, 1] for the sampling weight W.
+
+    The per-voxel phase agreement behind the 3D FSC is blind to amplitude. Where no view
+    sampled a frequency, both masked half maps hold only what the mask leaks there from
+    sampled neighbours, and that leak is the same signal in both halves, so the 3D FSC
+    reads high (≈ 0.7 inside a simulated 20° missing cone) although nothing was measured.
+    This gate looks at the amplitude instead: P(k) = |F1(k)|·|F2(k)| (|F1|² for a single
+    map) of the z-scored, masked maps, averaged over the 3×3×3 Fourier neighbourhood, is
+    divided by the ``percentile``-th percentile of P on its shell (round(|k|)), and the
+    ratio is ramped linearly to 1 at ``threshold``. Measured regions give 1 (also for
+    isotropic data); unmeasured ones, whose leaked power is 10⁻² … 10⁻⁴ of the shell's,
+    give ≈ 0.
+
+    Parameters
+    ----------
+    half1, half2 : (n, n, n) maps (half2 optional).
+    mask : (n, n, n) soft mask applied after z-scoring, as for the 3D FSC (None: none).
+    threshold : ratio to the shell's reference power at which the gate reaches 1, (0, 1].
+    percentile : which percentile of the shell's power is the reference, (0, 100].
+
+    Returns
+    -------
+    (n, n, n) float32, fftshift-ed like the 3D FSC.
+    """
+    import scipy.fft
+    from scipy.ndimage import uniform_filter
+
+    h1 = check_cubic_map(half1, "half map 1")
+    n = h1.shape[0]
+    if not 0 < threshold <= 1:
+        raise InvalidValueError(f"threshold must be in (0, 1]; got {threshold}")
+    if not 0 < percentile <= 100:
+        raise InvalidValueError(f"percentile must be in (0, 100]; got {percentile}")
+    m = None if mask is None else np.asarray(mask, dtype=np.float32)
+
+    def amplitude(v: np.ndarray) -> np.ndarray:
+        z = v.astype(np.float32)
+        sd = float(z.std())
+        z = (z - z.mean()) / (sd if sd > 0 else 1.0)
+        if m is not None:
+            z = z * m
+        return np.abs(scipy.fft.rfftn(z, workers=-1)).astype(np.float32)
+
+    p = amplitude(h1)
+    p = p * (amplitude(check_cubic_map(half2, "half map 2")) if half2 is not None else p)
+    # Friedel-expand the half spectrum to the full grid (fft order), then smooth and shift
+    neg = p[np.r_[0, n - 1 : 0 : -1]][:, np.r_[0, n - 1 : 0 : -1]]
+    full = np.empty((n, n, n), dtype=np.float32)
+    full[:, :, : p.shape[2]] = p
+    full[:, :, n // 2 + 1 :] = neg[:, :, n - n // 2 - 1 : 0 : -1]
+    del p, neg
+    full = np.fft.fftshift(uniform_filter(full, size=3, mode="wrap"))
+    gate = shell_percentile(full, percentile)
+    gate *= threshold
+    np.divide(full, gate, out=gate)
+    return np.clip(gate, 0.0, 1.0, out=gate)
+
+
+def shell_percentile(volume: np.ndarray, percentile: float) -> np.ndarray:
+    """The ``percentile``-th percentile of ``volume`` over each Fourier shell, per voxel.
+
+    ``volume`` is an fftshift-ed (n, n, n) grid; shells are round(|k|). Returns an
+    (n, n, n) float32 grid whose every voxel holds its shell's percentile (computed in
+    float64), floored at the smallest positive float32 so it can divide.
+    """
+    n = volume.shape[0]
+    # int16 shells (|k| < 32768 for any box we accept) keep a 512³ grid's labels at 0.25 GiB
+    shell = np.rint(frequency_radius(n, np.float32)).astype(np.int16).ravel()
+    order = np.argsort(shell, kind="stable")
+    counts = np.bincount(shell)
+    ref = np.empty(counts.size, dtype=np.float64)
+    flat = np.asarray(volume).ravel()[order]
+    del order
+    start = 0
+    for i, c in enumerate(counts):
+        ref[i] = np.percentile(flat[start : start + c], percentile) if c else 1.0
+        start += c
+    del flat
+    ref = np.maximum(ref, np.finfo(np.float32).tiny).astype(np.float32)
+    return ref[shell].reshape(volume.shape)
+
+
+def measured_weight(
+    fsc3d_volume: np.ndarray,
+    half1: np.ndarray,
+    half2: np.ndarray,
+    mask: np.ndarray | None,
+    percentile: float = 95.0,
+) -> np.ndarray:
+    """Where Fourier space was measured, relative to the best directions of each shell.
+
+    ``clip(g / P95_shell(g), 0, 1)`` with ``g = clip(3D FSC, 0, 1) ·`` the measured-power
+    gate of :func:`power_presence`: 1 along the shell's well-measured
+    directions, falling towards 0 in the missing cone. (n, n, n) float32, fftshift-ed.
+    """
+    g = np.clip(np.asarray(fsc3d_volume, dtype=np.float64), 0.0, 1.0)
+    g = g * power_presence(half1, half2, mask, 0.1)
+    return np.clip(g / shell_percentile(g, percentile), 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,409 @@
+"""Tests of spisonet.correction (the correction pipeline) and the `reconstruct` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import blobs, soft_sphere_mask
+
+import spisonet.nn.train as train_mod
+from spisonet.correction import (
+    PRESETS,
+    CorrectionSettings,
+    correct_anisotropy,
+    preset_settings,
+    reconstruct,
+)
+from spisonet.errors import (
+    EmptyMaskError,
+    InvalidValueError,
+    MapMismatchError,
+    MapShapeError,
+    NonFiniteMapError,
+)
+from spisonet.io import read_map, write_map
+from spisonet.nn.train import ModelFileError
+
+N = 24
+APIX = 2.0
+
+
+def _pair(seed: int = 0, n: int = N) -> tuple[np.ndarray, np.ndarray]:
+    r = np.random.default_rng(seed)
+    s = blobs(n, seed) * 3
+    return (
+        (s + r.standard_normal(s.shape) + 5).astype(np.float32),
+        (s + r.standard_normal(s.shape) + 5).astype(np.float32),
+    )
+
+
+def _fsc3d(n: int = N) -> np.ndarray:
+    k = np.arange(n) - n // 2
+    z = np.abs(k)[:, None, None] * np.ones((1, n, n))
+    return np.clip(1.0 - z / (n // 2), 0, 1).astype(np.float32)  # poor along z
+
+
+def _tiny(**kw) -> CorrectionSettings:
+    return preset_settings("tiny", **kw)
+
+
+MASK = soft_sphere_mask(N, N / 3)
+
+
+def test_presets() -> None:
+    g = PRESETS["gpu"]
+    assert (g.widths, g.cube_size, g.predict_crop_size, g.n_subvolume) == (
+        (64, 128, 256, 320),
+        64,
+        80,
+        1000,
+    )
+    assert (g.epochs, g.batch_size, g.acc_batches, g.learning_rate) == (30, 4, 2, 3e-4)
+    assert (g.alpha, g.beta, g.schedule, g.limit_res, g.ref_resolution) == (
+        1.0,
+        0.5,
+        "constant",
+        None,
+        10.0,
+    )
+    c = PRESETS["cpu"]
+    assert c.amp == "auto" and c.schedule == "onecycle"  # bf16 only where native
+    assert c.epochs * -(-c.n_subvolume // c.batch_size) == 600  # steps
+    assert preset_settings("gpu", cube_size=96).predict_crop_size == 112  # tile follows cube
+    with pytest.raises(InvalidValueError, match="unknown preset 'fast'; choose one of gpu"):
+        preset_settings("fast")
+    with pytest.raises(InvalidValueError, match=r"unknown setting\(s\) colour"):
+        preset_settings("gpu", colour=1)
+    with pytest.raises(InvalidValueError, match="cube_size must be a multiple of 4"):
+        preset_settings("tiny", cube_size=18)
+    with pytest.raises(InvalidValueError, match="predict_crop_size must be at least"):
+        preset_settings("tiny", predict_crop_size=16)
+    with pytest.raises(InvalidValueError, match=r"acc_batches \(4\) cannot exceed batch_size"):
+        preset_settings("tiny", acc_batches=4)
+    bad = CorrectionSettings(preset="x", schedule="cosine")  # direct construction
+    with pytest.raises(InvalidValueError, match="schedule must be 'constant' or 'onecycle'"):
+        correct_anisotropy(np.ones((N, N, N), np.float32), settings=bad)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail loudly if training starts: input errors must come first."""
+
+    def boom(*a, **k):
+        raise AssertionError("training started before the inputs were checked")
+
+    monkeypatch.setattr(train_mod, "train_network", boom)
+
+
+@pytest.mark.usefixtures("no_training")
+def test_bad_inputs_fail_before_training(tmp_path) -> None:
+    h1, h2 = _pair()
+    s = _tiny()
+    with pytest.raises(MapMismatchError, match=r"half map 2 has shape \(20, 20, 20\)"):
+        correct_anisotropy(h1, h2[:20, :20, :20], settings=s)
+    with pytest.raises(MapMismatchError, match=r"the 3D FSC \(aniso file\) has shape \(16, 16"):
+        correct_anisotropy(h1, h2, _fsc3d(16), settings=s)
+    with pytest.raises(EmptyMaskError, match="the mask is zero everywhere"):
+        correct_anisotropy(h1, h2, mask=np.zeros_like(h1), settings=s)
+    with pytest.raises(InvalidValueError, match=r"cube_size 32 is larger than the 24³ map"):
+        correct_anisotropy(h1, h2, settings=_tiny(cube_size=32))
+    edge_mask = np.zeros_like(h1)
+    edge_mask[0, 0, 0] = 1
+    with pytest.raises(EmptyMaskError, match="no mask voxel lies where a whole 16³"):
+        correct_anisotropy(h1, h2, mask=edge_mask, settings=s)
+    with pytest.raises(InvalidValueError, match="independent needs two half maps"):
+        correct_anisotropy(h1, settings=_tiny(independent=True))
+    with pytest.raises(InvalidValueError, match=r"epochs 0 \(prediction only\) needs a pretrained"):
+        correct_anisotropy(h1, h2, settings=_tiny(epochs=0))
+    with pytest.raises(MapShapeError, match=r"half map 1: expected a cubic 3D map"):
+        correct_anisotropy(h1[:, :, :20], settings=s)
+    bad = h1.copy()
+    bad[3, 3, 3] = np.nan
+    with pytest.raises(NonFiniteMapError, match="half map 2: contains 1 NaN or infinite"):
+        correct_anisotropy(h1, bad, settings=s)
+    with pytest.raises(MapMismatchError, match=r"the reference has shape \(20, 20, 20\)"):
+        correct_anisotropy(h1, h2, reference=h1[:20, :20, :20], settings=s)
+    with pytest.raises(InvalidValueError, match=r"limit_res 100\.0 Å is coarser than the box"):
+        correct_anisotropy(h1, h2, settings=_tiny(limit_res=100.0), voxel_size=APIX)
+    with pytest.raises(ModelFileError, match="model file not found"):
+        correct_anisotropy(h1, h2, settings=s, pretrained=tmp_path / "none.pt")
+
+
+def test_paired_run_restores_units_and_uses_noise2noise() -> None:
+    h1, h2 = _pair()
+    r = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny())
+    assert len(r.corrected) == 2 and r.filtered is None
+    for c, h in zip(r.corrected, (h1, h2), strict=True):
+        assert c.shape == h.shape and c.dtype == np.float32
+        assert c.mean() == pytest.approx(h.mean(), rel=1e-4)
+        assert c.std() == pytest.approx(h.std(), rel=1e-4)
+        assert not np.allclose(c, h)  # the network changed something
+    assert len(r.histories) == 1 and "consistency2" in r.histories[0]
+    assert r.train[0].paired and r.train[0].n_cubes == 4
+    assert r.weight.shape == (16, 16, 16) and r.weight.min() == 0 and r.weight.max() == 1
+    assert set(r.timings) >= {"prepare", "fsc3d", "train", "predict", "total"}
+    np.testing.assert_allclose(r.average, (r.corrected[0] + r.corrected[1]) / 2, rtol=1e-6)
+
+
+def test_limit_res_keeps_the_original_above_it() -> None:
+    h1, h2 = _pair()
+    limit = 8.0  # shell N·APIX/8 = 6
+    r = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny(limit_res=limit))
+    assert r.filtered is not None and len(r.filtered) == 2
+    k = np.fft.fftfreq(N) * N
+    rad = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    high = np.rint(rad) >= N * APIX / limit  # combine_map's sphere is 0 from shell 6 on
+    fc, fo = np.fft.fftn(r.corrected[0])[high], np.fft.fftn(h1)[high]
+    scale = np.vdot(fo, fc).real / np.vdot(fo, fo).real
+    np.testing.assert_allclose(fc, scale * fo, atol=1e-3 * np.abs(fo).max())
+    assert r.corrected[0].std() == pytest.approx(h1.std(), rel=1e-4)
+    # the filtered map has (almost) nothing above limit_res + the 3-shell fall-off
+    ff = np.fft.fftn(r.filtered[0])
+    assert np.abs(ff[rad > N * APIX / limit + 3.5]).max() < 1e-3 * np.abs(ff).max()
+
+
+def test_single_map_without_fsc3d_is_denoised_with_w_one() -> None:
+    h1, _ = _pair()
+    r = correct_anisotropy(h1, None, None, MASK, APIX, _tiny())
+    assert np.all(r.weight == 1) and r.fsc3d_volume is None
+    assert any("W = 1 (denoising only)" in note for note in r.notes)
+    assert len(r.corrected) == 1 and "consistency2" not in r.histories[0]
+
+
+def test_fsc3d_is_computed_from_the_halves_when_missing() -> None:
+    from spisonet.fsc3d import fsc3d
+
+    h1, h2 = _pair()
+    r = correct_anisotropy(h1, h2, None, MASK, APIX, _tiny())
+    expected = fsc3d(h1, h2, voxel_size=APIX, mask=MASK).volume
+    np.testing.assert_array_equal(r.fsc3d_volume, expected)
+    assert any("computed from the two half maps" in note for note in r.notes)
+
+
+def test_independent_half2_network_never_sees_half1(monkeypatch) -> None:
+    seen = []
+    real = train_mod.train_network
+
+    def spy(pairs, *a, **k):
+        seen.append(pairs)
+        return real(pairs, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_network", spy)
+    h1, h2 = _pair(0)
+    other1, _ = _pair(7)
+    s = _tiny(independent=True)
+    a = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, s)
+    b = correct_anisotropy(other1, h2, _fsc3d(), MASK, APIX, s)
+    # black box: changing half 1 changes nothing in the corrected half 2
+    np.testing.assert_array_equal(a.corrected[1], b.corrected[1])
+    assert not np.allclose(a.corrected[0], b.corrected[0])
+    # white box: two single-map trainings, the second on half 2's cubes only
+    from spisonet.maps import zscore
+    from spisonet.nn.data import extract_cubes, sample_cube_centres
+
+    assert len(seen) == 4 and not any(p.paired for p in seen)
+    centres = sample_cube_centres(MASK, s.n_subvolume, s.cube_size, rng=s.seed)
+    cubes2 = extract_cubes(zscore(h2), centres, s.cube_size)
+    cubes1 = extract_cubes(zscore(h1), centres, s.cube_size)
+    for batch in seen[1].batches(0, 4):
+        for i, x in zip(batch.indices, batch.x1[:, 0].numpy(), strict=True):
+            np.testing.assert_array_equal(x, cubes2[i])
+            assert not np.allclose(x, cubes1[i])
+    assert len(a.histories) == 2 and all("consistency2" not in h for h in a.histories)
+
+
+def test_reference_sets_w_to_one_inside_its_resolution() -> None:
+    h1, h2 = _pair()
+    s = _tiny(ref_resolution=12.0)
+    r = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, s, reference=blobs(N, 0))
+    k = np.arange(16) - 8
+    rad = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    inside = rad <= 16 * APIX / 12.0
+    assert np.all(r.weight[inside] == 1) and r.weight[~inside].min() < 0.5
+    assert any("replaced by the reference" in note for note in r.notes)
+
+
+def _write_inputs(tmp_path):
+    h1, h2 = _pair()
+    paths = {name: tmp_path / f"{name}.mrc" for name in ("h1", "h2", "mask", "fsc")}
+    for name, arr in zip(paths, (h1, h2, MASK, _fsc3d()), strict=True):
+        write_map(paths[name], arr, voxel_size=APIX)
+    return paths
+
+
+def test_reconstruct_files_resume_and_pretrained(tmp_path) -> None:
+    p = _write_inputs(tmp_path)
+    kw = dict(aniso_file=p["fsc"], mask=p["mask"])
+    full = reconstruct(p["h1"], p["h2"], output_dir=tmp_path / "a", settings=_tiny(epochs=2), **kw)
+    names = sorted(x.name for x in (tmp_path / "a").iterdir())
+    assert names == [
+        "corrected_h1.mrc",
+        "corrected_h2.mrc",
+        "loss_h1.png",
+        "model_h1.pt",
+        "reconstruct.json",
+        "trust.png",
+    ]
+    assert full.trust_figure == tmp_path / "a" / "trust.png"
+    m = read_map(full.corrected[0])
+    assert m.voxel_size == pytest.approx(APIX)
+    report = json.loads(full.report.read_text())
+    assert report["settings"]["preset"] == "tiny" and report["settings"]["epochs"] == 2
+    assert report["inputs"]["box"] == N and report["timings_s"]["train"] > 0
+    assert len(report["loss_history"][0]["total"]) == 2
+    trust = report["trust_check"]
+    assert trust["verdict"] in ("good", "partial", "low", "not applicable")
+    assert len(trust["recovery"]) == N // 2 + 1 and report["outputs"]["trust_figure"]
+    # interrupted after epoch 1, resumed to 2: same maps as the uninterrupted run
+    reconstruct(p["h1"], p["h2"], output_dir=tmp_path / "b", settings=_tiny(epochs=1), **kw)
+    res = reconstruct(
+        p["h1"], p["h2"], output_dir=tmp_path / "b", settings=_tiny(epochs=2), resume=True, **kw
+    )
+    assert res.result.train[0].resumed_from_epoch == 1
+    np.testing.assert_array_equal(res.result.corrected[0], full.result.corrected[0])
+    # the saved model with epochs 0 only predicts: the same maps again
+    pred = reconstruct(
+        p["h1"],
+        p["h2"],
+        output_dir=tmp_path / "c",
+        settings=_tiny(epochs=0),
+        pretrained_model=full.models[0],
+        **kw,
+    )
+    np.testing.assert_array_equal(pred.result.corrected[1], full.result.corrected[1])
+    assert pred.models == [] and pred.losses == []
+
+
+def test_reconstruct_independent_and_limit_res_names(tmp_path) -> None:
+    p = _write_inputs(tmp_path)
+    out = reconstruct(
+        p["h1"],
+        p["h2"],
+        mask=p["mask"],
+        output_dir=tmp_path / "o",
+        settings=_tiny(independent=True, limit_res=8.0),
+    )
+    names = sorted(x.name for x in (tmp_path / "o").iterdir())
+    assert names == [
+        "FSC3D.mrc",  # computed here, kept
+        "corrected_h1.mrc",
+        "corrected_h1_filtered.mrc",
+        "corrected_h2.mrc",
+        "corrected_h2_filtered.mrc",
+        "loss_h1.png",
+        "loss_h2.png",
+        "model_h1.pt",
+        "model_h2.pt",
+        "reconstruct.json",
+        "trust.png",
+    ]
+    assert len(out.models) == 2
+
+
+def test_cli_reconstruct_both_spellings(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from spisonet.cli import app
+
+    p = _write_inputs(tmp_path)
+    args = [
+        "reconstruct",
+        str(p["h1"]),
+        str(p["h2"]),
+        "--aniso_file",
+        str(p["fsc"]),
+        "--mask",
+        str(p["mask"]),
+        "--preset",
+        "tiny",
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--limit_res",
+        "8",
+        "--n-subvolume",
+        "6",
+        "--batch_size",
+        "3",
+        "--learning-rate",
+        "0.002",
+        "--seed",
+        "5",
+        "--presence_threshold",
+        "0",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "reconstruct.json").read_text())
+    s = report["settings"]
+    assert (s["limit_res"], s["n_subvolume"], s["batch_size"]) == (8.0, 6, 3)
+    assert (s["learning_rate"], s["seed"], s["preset"]) == (0.002, 5, "tiny")
+    assert s["presence_threshold"] == 0  # the public tool's W; every preset's default is 0.1
+    assert all(p.presence_threshold == 0.1 for p in PRESETS.values())
+    assert (tmp_path / "o" / "corrected_h1_filtered.mrc").exists()
+    assert "trained 2 steps" in result.output
+
+
+def test_cli_error_is_one_line_with_exit_code_2(tmp_path) -> None:
+    p = _write_inputs(tmp_path)
+    small = tmp_path / "small.mrc"
+    write_map(small, np.zeros((16, 16, 16), np.float32), voxel_size=APIX)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spisonet", "reconstruct", str(p["h1"]), str(p["h2"]),
+         "--aniso-file", str(small), "--preset", "tiny", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and "3D FSC shape (16, 16, 16)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # nothing written before the check
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny networks run fastest on one thread; on a loaded 2-core machine, two threads
+    spin-waiting on each other made these tests 10× slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_before_after_figure_compares_like_with_like(tmp_path) -> None:
+    from spisonet.correction import ground_truth_metrics
+    from spisonet.report import FSC_THRESHOLD_LABELS, before_after_figure
+
+    n, cutoff = 32, 8.0  # 8 Å at 2 Å/voxel: shell 8; the soft edge ends before shell 11
+    gt = blobs(n, seed=3)
+    r = np.random.default_rng(0)
+    raw = gt + 0.5 * r.standard_normal(gt.shape).astype(np.float32)
+    corrected = gt + 0.1 * r.standard_normal(gt.shape).astype(np.float32)
+    mask = soft_sphere_mask(n, n / 3)
+    maps = {"raw": raw, "corrected": corrected}
+    metrics = ground_truth_metrics(gt, maps, APIX, mask, n_directions=20)
+    fig = before_after_figure(
+        gt, raw, corrected, metrics, APIX, tmp_path / "ba.png", mask=mask, lowpass_resolution=cutoff
+    )
+    assert (tmp_path / "ba.png").read_bytes()[:4] == b"\x89PNG"
+    images = [im for ax in fig.axes for im in ax.images]
+    assert len(images) == 6  # truth, before, after: two slices each
+    k = np.fft.fftshift(np.fft.fftfreq(n, 1.0 / n))
+    beyond = np.hypot(k[:, None], k[None, :]) >= 11.5
+    for im in images:  # every map shown through the same low-pass filter (and grey scale)
+        power = np.abs(np.fft.fftshift(np.fft.fft2(np.asarray(im.get_array())))) ** 2
+        assert power[beyond].sum() < 1e-6 * power.sum()
+        assert im.get_clim() == images[0].get_clim()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    labels = [t.get_text() for legend in legends for t in legend.get_texts()]
+    for level in (0.143, 0.5):  # the thresholds are named in the legend
+        assert FSC_THRESHOLD_LABELS[level] in labels and str(level) in FSC_THRESHOLD_LABELS[level]
+    assert "before (raw average)" in labels and "after (corrected)" in labels

@@ -1,0 +1,121 @@
+"""The worst-cone finder and the correction score against slow statements of their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spisonet.correction.evaluate import (
+    cone_mean,
+    hemisphere_directions,
+    score_correction,
+    worst_cone,
+)
+from spisonet.errors import MapShapeError
+
+
+def _slow_cone_means(a: np.ndarray, b: np.ndarray, dirs: np.ndarray, theta_deg: float):
+    """For each direction: mean over shells 2 … n/4 of Re ΣF1F2*/sqrt(Σ|F1|²Σ|F2|²) over the
+    voxels of shell round(|k|) within θ of ±u, written voxel by voxel."""
+    n = a.shape[0]
+    f1 = np.fft.fftshift(np.fft.fftn(a.astype(np.float64)))
+    f2 = np.fft.fftshift(np.fft.fftn(b.astype(np.float64)))
+    c = n // 2
+    cos_t = np.cos(np.deg2rad(theta_deg))
+    means = []
+    for u in dirs:
+        u = u / np.linalg.norm(u)
+        acc = {}
+        for z in range(n):
+            for y in range(n):
+                for x in range(n):
+                    k = np.array([x - c, y - c, z - c], dtype=float)  # (x, y, z)
+                    r = np.sqrt(k @ k)
+                    s = int(np.rint(r))
+                    if s < 2 or s > n // 4:
+                        continue
+                    if abs(k @ u) < cos_t * r:
+                        continue
+                    e = acc.setdefault(s, [0.0, 0.0, 0.0])
+                    e[0] += (f1[z, y, x] * np.conj(f2[z, y, x])).real
+                    e[1] += abs(f1[z, y, x]) ** 2
+                    e[2] += abs(f2[z, y, x]) ** 2
+        vals = [e[0] / np.sqrt(e[1] * e[2]) for e in acc.values() if e[1] * e[2] > 0]
+        means.append(np.mean(vals))
+    return np.array(means)
+
+
+def _missing_cone(volume: np.ndarray, axis_xyz: np.ndarray, half_angle_deg: float) -> np.ndarray:
+    """The map with its Fourier content within the cone around ±axis removed."""
+    n = volume.shape[0]
+    k = np.fft.fftfreq(n) * n
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    r = np.sqrt(kx**2 + ky**2 + kz**2)
+    u = axis_xyz / np.linalg.norm(axis_xyz)
+    dot = np.abs(kx * u[0] + ky * u[1] + kz * u[2])
+    inside = dot >= np.cos(np.deg2rad(half_angle_deg)) * r
+    inside[0, 0, 0] = False
+    return np.fft.ifftn(np.fft.fftn(volume) * ~inside).real.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def structured():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+    truth = gaussian_filter(rng.standard_normal((24, 24, 24)), 1.0).astype(np.float32)
+    return truth
+
+
+def test_hemisphere_directions_are_unit_and_upper():
+    d = hemisphere_directions(50)
+    assert d.shape == (50, 3)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-12)
+    assert np.all(d[:, 2] >= 0)
+
+
+def test_worst_cone_equals_slow_statement_on_random_data():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((16, 16, 16)).astype(np.float32)
+    b = (a + 2 * rng.standard_normal(a.shape)).astype(np.float32)
+    dirs = hemisphere_directions(12)
+    slow = _slow_cone_means(a, b, dirs, 25.0)
+    u, value = worst_cone(a, b, None, 25.0, dirs)
+    i = int(np.argmin(slow))
+    np.testing.assert_allclose(u, dirs[i] / np.linalg.norm(dirs[i]), atol=1e-12)
+    assert value == pytest.approx(slow[i], abs=1e-6)
+
+
+def test_worst_cone_finds_a_cone_missing_along_x(structured):
+    raw = _missing_cone(structured, np.array([1.0, 0.0, 0.0]), 30.0)
+    u, value = worst_cone(raw, structured, None, 20.0)
+    assert abs(u[0]) > 0.9, u  # along x, not z
+    slow = _slow_cone_means(raw, structured, np.array([u, [0.0, 0.0, 1.0]]), 20.0)
+    assert value == pytest.approx(slow[0], abs=1e-6)
+    assert value < 0.2
+    assert slow[1] > 0.99  # z was measured
+
+
+def test_score_correction_gain_and_drop(structured):
+    raw = _missing_cone(structured, np.array([0.0, 0.0, 1.0]), 30.0)
+    s_perfect = score_correction(structured, raw, structured)
+    assert s_perfect.gain > 0.5
+    assert s_perfect.cone_corrected == pytest.approx(1.0, abs=1e-6)
+    assert s_perfect.max_global_drop <= 1e-9
+    s_same = score_correction(structured, raw, raw)
+    assert s_same.gain == pytest.approx(0.0, abs=1e-12)
+    # a correction that wipes the high frequencies shows as a global drop
+    from spisonet.fourier import lowpass
+
+    blurred = lowpass(raw, 6.0, 1.0)
+    assert score_correction(structured, raw, blurred).max_global_drop > 0.3
+
+
+def test_cone_mean_ignores_empty_shells():
+    curves = np.array([[1.0, 1.0, 0.2, np.nan, 0.4, 0.9, 0.9]])
+    assert cone_mean(curves, 16)[0] == pytest.approx(0.3)
+
+
+def test_worst_cone_rejects_mismatched_maps():
+    with pytest.raises(MapShapeError, match="differ in shape"):
+        worst_cone(np.zeros((8, 8, 8)), np.zeros((10, 10, 10)))

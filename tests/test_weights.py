@@ -1,0 +1,96 @@
+"""spisonet.weights: the measured-power gate of W and the blend weight of the RELION step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spisonet.errors import InvalidValueError
+from spisonet.weights import measured_weight, power_presence
+
+
+def _slow(h1, h2, mask, t, q):
+    n = h1.shape[0]
+
+    def amp(v):
+        z = (v - v.mean()) / v.std()
+        if mask is not None:
+            z = z * mask
+        return np.abs(np.fft.fftshift(np.fft.fftn(z)))
+
+    p = amp(h1) * (amp(h2) if h2 is not None else amp(h1))
+    sm = np.zeros_like(p)
+    for dz in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                sm += np.roll(p, (dz, dy, dx), axis=(0, 1, 2))
+    sm /= 27
+    k = np.arange(n) - n // 2
+    shell = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2))
+    out = np.empty_like(sm)
+    for s in np.unique(shell):
+        sel = shell == s
+        out[sel] = sm[sel] / (t * np.percentile(sm[sel], q))
+    return np.clip(out, 0, 1)
+
+
+@pytest.mark.parametrize("n", [12, 13])
+def test_power_presence_matches_definition(n):
+    rng = np.random.default_rng(n)
+    h1, h2 = rng.normal(size=(2, n, n, n)).astype(np.float32)
+    mask = rng.uniform(0.2, 1, size=(n, n, n)).astype(np.float32)
+    got = power_presence(h1, h2, mask, 0.3, 80.0)
+    np.testing.assert_allclose(got, _slow(h1, h2, mask, 0.3, 80.0), atol=2e-5)
+    got1 = power_presence(h1, None, None, 0.5, 90.0)
+    np.testing.assert_allclose(got1, _slow(h1, None, None, 0.5, 90.0), atol=2e-5)
+
+
+def test_power_presence_zeroes_an_empty_cone_only():
+    n = 24
+    rng = np.random.default_rng(0)
+    k = np.fft.fftfreq(n) * n
+    kz = k[:, None, None] * np.ones((n, n, n))
+    r = np.sqrt(kz**2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    missing = np.abs(kz) > 0.7 * np.maximum(r, 1e-9)  # a missing cone around z
+    g = np.fft.fftn(rng.normal(size=(n, n, n)))
+    h = [
+        np.fft.ifftn(np.where(missing, 0, g + 0.3 * np.fft.fftn(rng.normal(size=(n, n, n))))).real
+        for _ in range(2)
+    ]
+    gate = np.fft.ifftshift(power_presence(h[0], h[1]))
+    deep = missing & (r > 6) & (np.abs(kz) > 0.95 * r)  # away from the cone edge
+    assert gate[deep].max() < 0.05
+    assert gate[~missing & (r > 2)].mean() > 0.95
+    iso = power_presence(*rng.normal(size=(2, n, n, n)))
+    assert np.mean(iso == 1) > 0.8  # isotropic data: W is left as it is almost everywhere
+    with pytest.raises(InvalidValueError, match=r"threshold must be in \(0, 1\]"):
+        power_presence(h[0], h[1], threshold=0)
+
+
+def test_measured_weight_follows_the_sampling():
+    """On a tilt:20 simulation (no views beyond 20° of z: kz is the missing direction)
+    the weight is high across z and low along it; on uniform data it is high everywhere."""
+    from spisonet.fourier import frequency_axis
+    from spisonet.fsc3d import fsc3d
+    from spisonet.simulate import make_molecule, simulate_half_maps
+
+    n = 48
+    gt = make_molecule(n, 2.0, seed=0)
+    k = frequency_axis(n).astype(float)
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    r = np.sqrt(kz**2 + ky**2 + kx**2)
+    band = (r >= 3) & (r <= n / 4)
+    cos_z = np.abs(kz) / np.maximum(r, 1e-9)
+    along_z = band & (cos_z > np.cos(np.deg2rad(20)))
+    across = band & (cos_z < np.sin(np.deg2rad(20)))
+    means = {}
+    for dist in ("tilt:20", "uniform"):
+        sim = simulate_half_maps(gt, 2.0, dist, 1500, 0.05, seed=1)
+        f3d = fsc3d(sim.half1, sim.half2, 2.0, sim.mask).volume
+        w = measured_weight(f3d, sim.half1, sim.half2, sim.mask)
+        assert w.shape == (n, n, n) and w.min() >= 0 and w.max() <= 1
+        means[dist] = (float(w[along_z].mean()), float(w[across].mean()))
+    z_tilt, x_tilt = means["tilt:20"]
+    z_uni, x_uni = means["uniform"]
+    assert x_tilt > 0.7 and z_tilt < 0.3, means
+    assert z_uni > 0.7 and x_uni > 0.7, means
