@@ -1,6 +1,6 @@
 """Plain RELION vs RELION + spisonet (external reconstruct) on a preferred-orientation stack.
 
-The stack is the e2e test's (``tests/test_relion_e2e.py:make_dataset``): a pseudo-atomic
+The stack is the e2e test's (``tests/relion/test_relion_e2e.py:make_dataset``): a pseudo-atomic
 molecule (box 64, 2 Å), ~90 % of the views within 15° of the z axis, white noise (SNR 1),
 projected by ``relion_project`` (deterministic) with numpy noise from a seed. Both runs use
 the same RELION arguments and random seed; the second adds ``--external_reconstruct`` with
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "relion"))
 
 from test_relion_e2e import make_dataset, refine
 

@@ -37,14 +37,13 @@ def relion_reconstruct_command(
     """Reconstruct one RELION external-reconstruction job (what relion_refine calls).
 
     Writes the map RELION reads back, exactly as relion_external_reconstruct would (plus
-    the correction, when enabled). Exit code 0 unless even the plain map failed.
+    the correction, when enabled). Exit codes as ``spisonet-relion`` (docs/relion.md): 0
+    when a map was written, 2 for bad input, 1 for other failures, 130 when interrupted.
     """
     # the RELION side is a subsystem of its own (settings from the environment, its
     # runner); loaded only for this command
-    from ..relion import resolve_correction, run_external_reconstruct
+    from ..relion import run_job
 
-    run_external_reconstruct(
-        star,
-        correction=None if no_correction else resolve_correction(True),
-        keep_inputs=keep_inputs,
-    )
+    code = run_job(star, correct=not no_correction, keep_inputs=keep_inputs)
+    if code:
+        raise typer.Exit(code)

@@ -39,7 +39,13 @@ from .job import (
     write_result_star,
 )
 from .rendezvous import RendezvousResult, wait_for_partner
-from .runner import Correction, console_main, resolve_correction, run_external_reconstruct
+from .runner import (
+    Correction,
+    console_main,
+    resolve_correction,
+    run_external_reconstruct,
+    run_job,
+)
 from .settings import RelionCorrectionSettings, correction_settings_from_env
 
 __all__ = [
@@ -62,6 +68,7 @@ __all__ = [
     "reconstruct_arrays",
     "resolve_correction",
     "run_external_reconstruct",
+    "run_job",
     "wait_for_partner",
     "write_result_star",
 ]

@@ -196,12 +196,20 @@ def console_main(argv: list[str] | None = None) -> int:
         args = _parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return EXIT_USER_ERROR if exc.code not in (0, None) else EXIT_OK
-    star = Path(args.star)
+    return run_job(Path(args.star), correct=not args.no_correction, keep_inputs=args.keep_inputs)
+
+
+def run_job(star: Path, *, correct: bool = True, keep_inputs: bool = False) -> int:
+    """One external reconstruction with its error handling; returns the exit code.
+
+    What ``spisonet-relion`` and ``spisonet relion-reconstruct`` both run: 0 when a map was
+    written (plain or corrected); otherwise one ``spisonet-relion: error:`` line on stderr,
+    a ``FAILED`` line in the run's log, and 2 (a :class:`~spisonet.errors.SpisonetError`:
+    the input), 1 (anything else) or 130 (interrupted).
+    """
     try:
         run_external_reconstruct(
-            star,
-            correction=resolve_correction(not args.no_correction),
-            keep_inputs=args.keep_inputs,
+            star, correction=resolve_correction(correct), keep_inputs=keep_inputs
         )
     except KeyboardInterrupt:
         print("spisonet-relion: interrupted", file=sys.stderr, flush=True)

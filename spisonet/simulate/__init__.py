@@ -42,10 +42,6 @@ from .views import (
     sampling_density,
 )
 
-#: The old name of :func:`draw_view_directions`, kept so that existing scripts run; not in
-#: ``__all__`` (``spisonet.fsd3d`` has a function of another meaning by a similar name).
-view_directions = draw_view_directions
-
 __all__ = [
     "CA_STEP",
     "DEFAULT_SNR",
@@ -68,3 +64,18 @@ __all__ = [
     "simulate_dataset",
     "simulate_half_maps",
 ]
+
+
+def __getattr__(name: str):
+    # the old name of draw_view_directions (spisonet.fsd3d had another function of the
+    # same name), kept so that existing scripts run
+    if name == "view_directions":
+        import warnings
+
+        warnings.warn(
+            "spisonet.simulate.view_directions is deprecated; use draw_view_directions",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return draw_view_directions
+    raise AttributeError(f"module 'spisonet.simulate' has no attribute {name!r}")

@@ -135,8 +135,8 @@ def test_sampling_density_errors() -> None:
 
 
 def test_old_name_of_draw_view_directions_still_works() -> None:
-    # scripts (and the RELION end-to-end test) import the name the function had before
-    from spisonet.simulate import view_directions
+    with pytest.warns(DeprecationWarning, match="use draw_view_directions"):
+        from spisonet.simulate import view_directions
 
     assert view_directions is S.draw_view_directions
     assert "view_directions" not in S.__all__

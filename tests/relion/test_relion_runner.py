@@ -166,3 +166,18 @@ def test_cli_relion_reconstruct(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     job = read_external_star(star)
     assert job.result.exists() and not job.weight.exists()
+
+
+def test_cli_relion_reconstruct_fails_like_spisonet_relion(tmp_path, monkeypatch):
+    """Both entries share one runner: same exit code, same FAILED line in the run's log."""
+    from typer.testing import CliRunner
+
+    from spisonet.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    star = make_job(tmp_path / "job", ori=8, pad=2)
+    read_external_star(star).data_real.unlink()  # RELION's data file is gone: bad input
+    result = CliRunner().invoke(app, ["relion-reconstruct", str(star), "--no-correction"])
+    assert result.exit_code == 2, result.output
+    logs = list((tmp_path / "job").glob("spisonet_relion.log"))
+    assert logs and "FAILED" in logs[0].read_text()

@@ -2,7 +2,7 @@
 like a Unix tool's, the commands in order, ``--version``, ``python -m spisonet``, user
 errors as one line with exit code 2, and no torch for ``--help``.
 
-Each command has its own test module, tests/test_cli_<command>.py.
+Each command has its own test module, tests/cli/test_cli_<command>.py.
 """
 
 from __future__ import annotations

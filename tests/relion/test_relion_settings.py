@@ -14,7 +14,7 @@ from spisonet.errors import InvalidValueError
 from spisonet.relion import RelionCorrectionSettings, correction_settings_from_env
 from spisonet.relion.settings import settings_markdown
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "relion.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "relion.md"
 
 
 def test_env_defaults():

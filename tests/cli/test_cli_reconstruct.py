@@ -2,7 +2,7 @@
 Ctrl-C says how to resume), what it says about presets and a GPU out of memory, and the
 messages users notice (issue 13, points 8 and 10).
 
-Its options and the settings they set: tests/test_cli_settings.py."""
+Its options and the settings they set: tests/cli/test_cli_settings.py."""
 
 from __future__ import annotations
 

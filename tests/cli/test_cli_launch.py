@@ -1,6 +1,6 @@
 """``--gpus`` / ``--processes`` (spisonet/cli/launch.py): the command line the ranks run
 again, and the values refused before any rank starts. The multi-process runs themselves
-are in tests/test_distributed.py."""
+are in tests/nn/test_nn_distributed.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """End to end: RELION 3.1 auto-refine with ``spisonet-relion`` as the external reconstructor.
 
 Marked ``relion`` and skipped where ``relion_refine_mpi`` (or ``mpirun``) is absent. Run it
-with ``python -m pytest -m relion tests/test_relion_e2e.py``. The particle stack is made
+with ``python -m pytest -m relion tests/relion/test_relion_e2e.py``. The particle stack is made
 here, reproducibly: RELION's ``relion_project`` (deterministic without ``--add_noise``)
 projects a pseudo-atomic molecule at known, strongly preferred orientations, and the noise
 is added with numpy from a seed.
@@ -89,7 +89,7 @@ def make_dataset(
     from spisonet.anisotropy import direction_to_relion
     from spisonet.fourier import lowpass
     from spisonet.io import write_map
-    from spisonet.simulate import make_molecule, view_directions
+    from spisonet.simulate import draw_view_directions, make_molecule
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -101,8 +101,8 @@ def make_dataset(
     n_pref = round(preferred_fraction * n_particles)
     dirs = np.concatenate(
         [
-            view_directions(f"tilt:{cone_deg:g}", n_pref, seed=seed),
-            view_directions("uniform", n_particles - n_pref, seed=seed + 1),
+            draw_view_directions(f"tilt:{cone_deg:g}", n_pref, seed=seed),
+            draw_view_directions("uniform", n_particles - n_pref, seed=seed + 1),
         ]
     )
     dirs = dirs[rng.permutation(n_particles)]
