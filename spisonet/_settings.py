@@ -59,7 +59,7 @@ class SettingInfo:
     @property
     def help_with_unit(self) -> str:
         """The help text with the unit appended (for ``--help``)."""
-        return f"{self.help} [{self.unit}]" if self.unit else self.help
+        return f"{self.help} ({self.unit})" if self.unit else self.help
 
 
 def setting(

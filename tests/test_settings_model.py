@@ -43,7 +43,7 @@ def test_declarations_are_read_back():
     names = [f.name for f, _ in setting_fields(_Example)]
     assert names == ["count", "scale", "on", "sizes", "mode"]
     meta = info(_Example, "count")
-    assert meta.cli == ("--count",) and meta.help_with_unit == "how many [items]"
+    assert meta.cli == ("--count",) and meta.help_with_unit == "how many (items)"
     with pytest.raises(KeyError):
         info(_Example, "plain")
 

@@ -12,10 +12,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .._checks import check_contrast, check_fsc3d_volume
+from .._outputs import check_output_dir
 from ..errors import MapMismatchError
+from ..io import Map, check_half_maps, check_mask, read_map, write_map
 from ..progress import Progress
+from ..report import loss_figure, trust_figure, write_json
 from .pipeline import CorrectionResult, correct_anisotropy
 from .settings import PRESETS, CorrectionSettings
 
@@ -44,49 +48,26 @@ def _base(path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
-def _plot_loss(history: dict[str, list[float]], path: Path) -> None:
-    from ..report import loss_figure
+@dataclass(frozen=True)
+class _Inputs:
+    """The maps of a run, read and checked by file name."""
 
-    loss_figure(history, path)
+    half1: Map
+    half2: Map | None
+    mask: Map | None
+    fsc3d: Map | None
+    reference: Map | None
 
 
-def reconstruct(
+def _read_inputs(
     half1: str | os.PathLike,
-    half2: str | os.PathLike | None = None,
-    *,
-    aniso_file: str | os.PathLike | None = None,
-    mask: str | os.PathLike | None = None,
-    output_dir: str | os.PathLike = "isonet_maps",
-    settings: CorrectionSettings | None = None,
-    reference: str | os.PathLike | None = None,
-    pretrained_model: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: Progress | None = None,
-    voxel_size: float | None = None,
-) -> ReconstructOutputs:
-    """Read the maps, run :func:`correct_anisotropy`, write every output.
-
-    ``voxel_size`` (Å) replaces the voxel size of every input map's header (needed when
-    a header has none). The corrected maps carry half 1's voxel size, origin and
-    nxstart/nystart/nzstart, so they overlay the input.
-
-    Outputs in ``output_dir`` (``b`` = each input's name without extension):
-    ``corrected_<b>.mrc``; ``corrected_<b>_filtered.mrc`` with ``limit_res``;
-    ``model_<b>.pt`` (checkpoint after every epoch; one per half when independent,
-    else named after half 1); ``loss_<b>.png``; ``reconstruct.json`` (settings, inputs,
-    decisions, timings, losses); ``FSC3D.mrc`` when computed here.
-
-    Raises
-    ------
-    OutputPathError
-        ``output_dir`` is a file or cannot be created or written (checked before the work).
-    """
-    from .._outputs import check_output_dir
-    from ..io import check_half_maps, check_mask, read_map, write_map
-    from ..report import write_json
-
-    s = settings if settings is not None else PRESETS["gpu"]
-    t0 = time.perf_counter()
+    half2: str | os.PathLike | None,
+    aniso_file: str | os.PathLike | None,
+    mask: str | os.PathLike | None,
+    reference: str | os.PathLike | None,
+    voxel_size: float | None,
+) -> _Inputs:
+    """Read every input map and check it, naming the file in each error."""
     m1 = read_map(half1, voxel_size=voxel_size)
     m2 = read_map(half2, voxel_size=voxel_size) if half2 is not None else None
     if m2 is not None:
@@ -112,72 +93,66 @@ def reconstruct(
             f"{ref.name}: reference shape {ref.data.shape} differs from the half maps' "
             f"{m1.data.shape}"
         )
-    out = check_output_dir(output_dir)  # before the work, not after the first epoch
+    return _Inputs(m1, m2, mk, aniso, ref)
+
+
+def _output_bases(half1: str | os.PathLike, half2: str | os.PathLike | None) -> list[str]:
+    """The name stem of each output, one per half (``_1``/``_2`` when the names clash)."""
     bases = [_base(half1)] + ([_base(half2)] if half2 is not None else [])
     if len(bases) == 2 and bases[0] == bases[1]:
         bases = [bases[0] + "_1", bases[1] + "_2"]
-    n_nets = 2 if s.independent else 1
-    model_paths = [out / f"model_{b}.pt" for b in bases[:n_nets]]
-    t_read = time.perf_counter() - t0
-    result = correct_anisotropy(
-        m1.data,
-        None if m2 is None else m2.data,
-        None if aniso is None else aniso.data,
-        None if mk is None else mk.data,
-        voxel_size=m1.voxel_size,
-        settings=s,
-        reference=None if ref is None else ref.data,
-        pretrained=pretrained_model,
-        checkpoints=tuple(model_paths) if s.epochs > 0 else None,
-        resume=resume,
-        progress=progress,
-    )
-    from ..nn.distributed import current_world
+    return bases
 
-    t = time.perf_counter()
-    corrected, filtered, losses = [], [], []
-    if not current_world().is_main:
-        # several ranks: only rank 0 writes; the others return the in-memory result
-        return ReconstructOutputs([], [], model_paths, [], out / "reconstruct.json", result)
+
+def _write_maps_and_figures(
+    out: Path, bases: list[str], inputs: _Inputs, result: CorrectionResult
+) -> dict[str, Any]:
+    """The corrected (and filtered) maps, loss and trust figures, computed FSC3D.mrc."""
+    m1 = inputs.half1
+    written: dict[str, Any] = {"corrected": [], "filtered": [], "losses": []}
     for i, b in enumerate(bases):
-        corrected.append(write_map(out / f"corrected_{b}.mrc", result.corrected[i], like=m1))
+        written["corrected"].append(
+            write_map(out / f"corrected_{b}.mrc", result.corrected[i], like=m1)
+        )
         if result.filtered is not None:
-            filtered.append(
-                write_map(
-                    out / f"corrected_{b}_filtered.mrc",
-                    result.filtered[i],
-                    like=m1,
-                )
+            written["filtered"].append(
+                write_map(out / f"corrected_{b}_filtered.mrc", result.filtered[i], like=m1)
             )
-    for b, hist in zip(bases[:n_nets], result.histories, strict=True):
+    for b, hist in zip(bases, result.histories, strict=False):
         if hist:
-            p = out / f"loss_{b}.png"
-            _plot_loss(hist, p)
-            losses.append(p)
-    fsc3d_path = None
-    if aniso is None and result.fsc3d_volume is not None:
-        fsc3d_path = write_map(out / "FSC3D.mrc", result.fsc3d_volume, m1.voxel_size)
-    trust_png = None
+            loss_figure(hist, out / f"loss_{b}.png")
+            written["losses"].append(out / f"loss_{b}.png")
+    written["fsc3d"] = None
+    if inputs.fsc3d is None and result.fsc3d_volume is not None:
+        written["fsc3d"] = write_map(out / "FSC3D.mrc", result.fsc3d_volume, m1.voxel_size)
+    written["trust_figure"] = None
     if result.trust is not None:
-        from ..report import trust_figure
+        written["trust_figure"] = out / "trust.png"
+        trust_figure(result.trust, m1.voxel_size, m1.box, written["trust_figure"])
+    return written
 
-        trust_png = out / "trust.png"
-        trust_figure(result.trust, m1.voxel_size, m1.box, trust_png)
-    result.timings["read"] = t_read
-    result.timings["write"] = time.perf_counter() - t
-    report = out / "reconstruct.json"
+
+def _report(
+    path: Path,
+    given: dict[str, str | os.PathLike | None],
+    inputs: _Inputs,
+    result: CorrectionResult,
+    resume: bool,
+    written: dict[str, Any],
+    models: list[Path],
+) -> None:
+    """``reconstruct.json``: inputs, settings, decisions, timings, losses, outputs."""
+
+    def text(v: Any) -> str | None:
+        return None if v is None else str(v)
+
     write_json(
-        report,
+        path,
         {
             "inputs": {
-                "half1": str(half1),
-                "half2": None if half2 is None else str(half2),
-                "aniso_file": None if aniso_file is None else str(aniso_file),
-                "mask": None if mask is None else str(mask),
-                "reference": None if reference is None else str(reference),
-                "pretrained_model": None if pretrained_model is None else str(pretrained_model),
-                "box": m1.box,
-                "voxel_size": m1.voxel_size,
+                **{k: text(v) for k, v in given.items()},
+                "box": inputs.half1.box,
+                "voxel_size": inputs.half1.voxel_size,
             },
             "settings": result.settings.to_dict(),
             "resume": resume,
@@ -187,24 +162,99 @@ def reconstruct(
             "loss_history": result.histories,
             "trust_check": None if result.trust is None else result.trust.to_dict(),
             "outputs": {
-                "corrected": [str(p) for p in corrected],
-                "filtered": [str(p) for p in filtered],
-                "models": [str(p) for p in model_paths if p.exists()],
-                "loss_figures": [str(p) for p in losses],
-                "trust_figure": None if trust_png is None else str(trust_png),
-                "fsc3d": str(out / "FSC3D.mrc")
-                if aniso is None and result.fsc3d_volume is not None
-                else None,
+                "corrected": [str(p) for p in written["corrected"]],
+                "filtered": [str(p) for p in written["filtered"]],
+                "models": [str(p) for p in models],
+                "loss_figures": [str(p) for p in written["losses"]],
+                "trust_figure": text(written["trust_figure"]),
+                "fsc3d": text(written["fsc3d"]),
             },
         },
     )
+
+
+def reconstruct(
+    half1: str | os.PathLike,
+    half2: str | os.PathLike | None = None,
+    *,
+    aniso_file: str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike = "isonet_maps",
+    settings: CorrectionSettings | None = None,
+    reference: str | os.PathLike | None = None,
+    pretrained_model: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    voxel_size: float | None = None,
+) -> ReconstructOutputs:
+    """Read the maps, run :func:`correct_anisotropy`, write every output.
+
+    ``voxel_size`` (Å) replaces the voxel size of every input map's header (needed when
+    a header has none). The corrected maps carry half 1's voxel size, origin and
+    nxstart/nystart/nzstart, so they overlay the input.
+
+    Outputs in ``output_dir`` (``b`` = each input's name without extension):
+    ``corrected_<b>.mrc``; ``corrected_<b>_filtered.mrc`` with ``limit_res``;
+    ``model_<b>.pt`` (checkpoint after every epoch; one per half when independent,
+    else named after half 1); ``loss_<b>.png``; ``trust.png``; ``reconstruct.json``
+    (settings, inputs, decisions, timings, losses); ``FSC3D.mrc`` when computed here.
+
+    Raises
+    ------
+    OutputPathError
+        ``output_dir`` is a file or cannot be created or written (checked before the work).
+    """
+    s = settings if settings is not None else PRESETS["gpu"]
+    t0 = time.perf_counter()
+    inputs = _read_inputs(half1, half2, aniso_file, mask, reference, voxel_size)
+    out = check_output_dir(output_dir)  # before the work, not after the first epoch
+    bases = _output_bases(half1, half2)
+    model_paths = [out / f"model_{b}.pt" for b in bases[: 2 if s.independent else 1]]
+    t_read = time.perf_counter() - t0
+
+    def data(m: Map | None):
+        return None if m is None else m.data
+
+    result = correct_anisotropy(
+        inputs.half1.data,
+        data(inputs.half2),
+        data(inputs.fsc3d),
+        data(inputs.mask),
+        voxel_size=inputs.half1.voxel_size,
+        settings=s,
+        reference=data(inputs.reference),
+        pretrained=pretrained_model,
+        checkpoints=tuple(model_paths) if s.epochs > 0 else None,
+        resume=resume,
+        progress=progress,
+    )
+    from ..nn.distributed import current_world
+
+    report = out / "reconstruct.json"
+    if not current_world().is_main:
+        # several ranks: only rank 0 writes; the others return the in-memory result
+        return ReconstructOutputs([], [], model_paths, [], report, result)
+    t = time.perf_counter()
+    written = _write_maps_and_figures(out, bases, inputs, result)
+    models = [p for p in model_paths if p.exists()]
+    result.timings["read"] = t_read
+    result.timings["write"] = time.perf_counter() - t
+    given = {
+        "half1": half1,
+        "half2": half2,
+        "aniso_file": aniso_file,
+        "mask": mask,
+        "reference": reference,
+        "pretrained_model": pretrained_model,
+    }
+    _report(report, given, inputs, result, resume, written, models)
     return ReconstructOutputs(
-        corrected=corrected,
-        filtered=filtered,
-        models=[p for p in model_paths if p.exists()],
-        losses=losses,
+        corrected=written["corrected"],
+        filtered=written["filtered"],
+        models=models,
+        losses=written["losses"],
         report=report,
         result=result,
-        trust_figure=trust_png,
-        fsc3d=fsc3d_path,
+        trust_figure=written["trust_figure"],
+        fsc3d=written["fsc3d"],
     )

@@ -148,3 +148,12 @@ def test_options_reach_reconstruct_json(maps, tmp_path) -> None:
     s = json.loads((out / "reconstruct.json").read_text())["settings"]
     assert (s["preset"], s["epochs"], s["schedule"]) == ("tiny", 1, "onecycle")
     assert s["fsc3d_cone_angle"] == 12.0 and s["widths"] == list(PRESETS["tiny"].widths)
+
+
+def test_units_show_in_the_rendered_help():
+    """Rich renders the help: a unit must survive it (``[Å]`` would be read as markup)."""
+    from spisonet.cli import app
+
+    out = CliRunner().invoke(app, ["reconstruct", "--help"], env={"COLUMNS": "200"}).output
+    units = {meta.unit for _, meta in setting_fields(CorrectionSettings) if meta.unit}
+    assert units and all(f"({u})" in out for u in units), out
