@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FlatMapError, InvalidValueError, MapShapeError, NonFiniteMapError
+from .errors import (
+    EmptyMaskError,
+    FlatMapError,
+    InvalidValueError,
+    MapMismatchError,
+    MapShapeError,
+    NonFiniteMapError,
+)
 
 __all__ = [
     "MASK_TOLERANCE",
@@ -21,6 +28,7 @@ __all__ = [
     "check_cubic_map",
     "check_fsc3d_volume",
     "check_limit_res",
+    "check_mask_array",
     "check_mask_values",
     "check_nonnegative",
     "check_positive",
@@ -147,6 +155,25 @@ def check_contrast(data: np.ndarray, name: str, mask: np.ndarray | None = None) 
         "with contrast. Check that the right file was given: an empty or constant map "
         "gives meaningless FSC and anisotropy figures"
     )
+
+
+def check_mask_array(mask: np.ndarray, shape: tuple[int, ...], name: str = "the mask"):
+    """A mask for maps of ``shape``: same shape, finite, not all zero, values in [0, 1].
+
+    Returns it as an array. Raises :class:`MapMismatchError`, :class:`NonFiniteMapError`,
+    :class:`EmptyMaskError` or :class:`InvalidValueError` naming ``name``.
+    """
+    m = np.asarray(mask)
+    if m.shape != tuple(shape):
+        raise MapMismatchError(
+            f"{name} must have the half maps' shape {tuple(shape)}, got {m.shape}"
+        )
+    if not np.all(np.isfinite(m)):
+        raise NonFiniteMapError(f"{name} contains NaN or infinite values")
+    if not np.any(m > 0):
+        raise EmptyMaskError(f"{name} is zero everywhere; expected a non-empty mask")
+    check_mask_values(m, name)
+    return m
 
 
 def check_mask_values(mask: np.ndarray, name: str) -> None:

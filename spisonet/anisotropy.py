@@ -28,10 +28,9 @@ import scipy.fft
 from numba import njit, prange
 from scipy import ndimage
 
-from ._checks import check_cone_angle, check_contrast, check_mask_values
+from ._checks import check_cone_angle, check_contrast, check_mask_array
 from ._compat import renamed_parameter
 from .errors import (
-    EmptyMaskError,
     InvalidValueError,
     MapMismatchError,
     MapShapeError,
@@ -275,16 +274,7 @@ def _as_cubic_pair(
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     if mask is not None:
-        m = np.asarray(mask)
-        if m.shape != a.shape:
-            raise MapMismatchError(
-                f"the mask must have the half maps' shape {a.shape}, got {m.shape}"
-            )
-        if not np.all(np.isfinite(m)):
-            raise NonFiniteMapError("the mask contains NaN or infinite values")
-        if not np.any(m != 0):
-            raise EmptyMaskError("the mask is zero everywhere")
-        check_mask_values(m, "the mask")
+        m = check_mask_array(mask, a.shape)
         a *= m
         b *= m
     return a, b

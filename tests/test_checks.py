@@ -272,3 +272,22 @@ def test_worst_direction_and_its_resolution_agree_everywhere() -> None:
     st = rep.stats("0.143")
     assert f"single cones {st['min']:.2f}–{st['max']:.2f}" in _summary_text(rep)
     assert rep.to_dict()["worst_direction"]["resolution_0143_A"] == rep.resolution_0143[w]
+
+
+def test_check_mask_array_one_failure_each():
+    from spisonet._checks import check_mask_array
+    from spisonet.errors import EmptyMaskError, MapMismatchError, NonFiniteMapError
+
+    good = np.zeros((4, 4, 4), np.float32)
+    good[1:3, 1:3, 1:3] = 1.0
+    assert check_mask_array(good, (4, 4, 4)) is not None
+    with pytest.raises(MapMismatchError, match=r"the mask must have the half maps' shape"):
+        check_mask_array(good, (5, 5, 5))
+    bad = good.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(NonFiniteMapError, match="the mask contains NaN"):
+        check_mask_array(bad, (4, 4, 4))
+    with pytest.raises(EmptyMaskError, match="my mask is zero everywhere"):
+        check_mask_array(np.zeros((4, 4, 4)), (4, 4, 4), "my mask")
+    with pytest.raises(InvalidValueError):
+        check_mask_array(good * 3, (4, 4, 4))

@@ -42,7 +42,7 @@ from .._checks import (
     check_cubic_map,
     check_fsc3d_volume,
     check_limit_res,
-    check_mask_values,
+    check_mask_array,
 )
 from ..errors import (
     EmptyMaskError,
@@ -194,18 +194,7 @@ def check_inputs(
         if not np.all(np.isfinite(f)):
             raise NonFiniteMapError("the 3D FSC (aniso file) contains NaN or infinite values")
         check_fsc3d_volume(f, "the 3D FSC (aniso file)")
-    m = None
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.shape != h1.shape:
-            raise MapMismatchError(
-                f"the mask has shape {m.shape} but the half maps have {h1.shape}"
-            )
-        if not np.all(np.isfinite(m)):
-            raise NonFiniteMapError("the mask contains NaN or infinite values")
-        if not np.any(m > 0):
-            raise EmptyMaskError("the mask is zero everywhere; expected a non-empty mask")
-        check_mask_values(m, "the mask")
+    m = None if mask is None else check_mask_array(mask, h1.shape)
     if s.cube_size > n:
         raise InvalidValueError(
             f"cube_size {s.cube_size} is larger than the {n}³ map; choose a cube_size of at "
