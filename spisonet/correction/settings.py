@@ -45,8 +45,8 @@ class CorrectionSettings:
     preset: str = setting(
         "gpu",
         "gpu: the published defaults; cpu: 64³ in ~9 min on a quiet 2-core CPU with native "
-        "bf16, ~40 min on an AVX2-only one; tiny: seconds, for tests; auto: gpu when a CUDA "
-        "GPU is present, else cpu",
+        "bf16, ~40 min on an AVX2-only one; tiny: seconds, to check an installation; auto: "
+        "gpu when a CUDA GPU is present, else cpu",
         cli=("--preset",),
         env="PRESET",
         choices=PRESET_CHOICES,
@@ -199,7 +199,7 @@ class CorrectionSettings:
 #: 16…128 network on 32³ cubes, bf16 where the CPU has it natively, one-cycle rate, 600
 #: steps: 9 min with native bf16, ~40 min in float32 on an AVX2-only CPU). Every preset
 #: gates W by measured power (:func:`power_presence`, threshold 0.1); 0 turns it off.
-#: ``tiny``: seconds, for tests.
+#: ``tiny``: seconds, to check an installation (and for the tests).
 PRESETS: dict[str, CorrectionSettings] = {
     "gpu": CorrectionSettings(preset="gpu"),
     "cpu": CorrectionSettings(
