@@ -4,7 +4,8 @@ A field declared with :func:`setting` carries its help text, unit, command-line 
 and environment-variable name. From that one declaration:
 
 - the CLI builds its options (:func:`spisonet.cli._options.setting_option`),
-- the RELION hook reads its environment variables (:func:`from_environment`),
+- the RELION hook reads its environment variables (:func:`from_environment`) and its
+  settings file (:func:`from_table`, on the table a TOML reader made),
 - ``reconstruct.json`` records the values (``dataclasses.asdict``),
 - ``docs/settings.md`` is generated (:func:`markdown_table`; a test keeps it in step).
 
@@ -26,6 +27,7 @@ from .errors import InvalidValueError
 __all__ = [
     "SettingInfo",
     "from_environment",
+    "from_table",
     "info",
     "markdown_table",
     "parse_text",
@@ -195,6 +197,101 @@ def from_environment(
             sources[f.name] = name
             break
     return values, sources
+
+
+def _kind(value: Any) -> str:
+    """What a TOML value is, in words (for an error's "found ...")."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"  # dates and times
+
+
+def _typed(raw: Any, annotation: Any, where: str) -> Any:
+    """A TOML value checked against a field's type (no conversion from text: a TOML file
+    has types of its own, so ``epochs = "5"`` is a mistake worth naming)."""
+    tp, _ = _base_type(annotation)
+
+    def wrong(expected: str) -> InvalidValueError:
+        return InvalidValueError(f"{where}={raw!r}: expected {expected}, found {_kind(raw)}")
+
+    if tp is bool:
+        if not isinstance(raw, bool):
+            raise wrong("a boolean (true or false)")
+        return raw
+    if tp is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise wrong("an integer")
+        return raw
+    if tp is float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise wrong("a number")
+        if not math.isfinite(raw):
+            raise InvalidValueError(f"{where}={raw!r}: expected a finite number")
+        return float(raw)
+    if tp is tuple:
+        if not isinstance(raw, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in raw
+        ):
+            raise wrong("an array of integers")
+        return tuple(raw)
+    if not isinstance(raw, str):
+        raise wrong("a string")
+    return raw
+
+
+def from_table(
+    cls: type, table: Mapping[str, Any], where: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Values of ``cls``'s settings from a settings file's table (keys: field names).
+
+    ``where`` names the file in the errors and the sources (e.g. ``"relion.toml"``).
+    Returns ``(values by field name, "<where>:<key>" by field name)``.
+
+    Raises
+    ------
+    InvalidValueError
+        A key that is not a setting (the closest setting's name is suggested), a value
+        of the wrong type, or a text setting outside its ``choices``; the message names
+        the file, the key, what was expected and what was found.
+    """
+    hints = typing.get_type_hints(cls)
+    declared = {f.name: meta for f, meta in setting_fields(cls)}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, raw in table.items():
+        if key not in declared:
+            raise InvalidValueError(f"{where}: unknown setting {key!r}; {_suggest(key, declared)}")
+        place = f"{where}:{key}"
+        value = _typed(raw, hints[key], place)
+        choices = declared[key].choices
+        if choices and value not in choices:
+            raise InvalidValueError(f"{place}={raw!r}: expected one of {', '.join(choices)}")
+        values[key] = value
+        sources[key] = place
+    return values, sources
+
+
+def _suggest(key: str, names: Mapping[str, Any]) -> str:
+    """ "did you mean 'x'?" for a mistyped setting name, else the list of names."""
+    import difflib
+
+    plain = key.strip().lower().replace("-", "_")
+    for prefix in ("spisonet_", "isonet_"):  # a variable's name pasted as a key
+        plain = plain.removeprefix(prefix)
+    close = [plain] if plain in names else difflib.get_close_matches(plain, list(names), n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"the settings are {', '.join(names)}"
 
 
 def _show(value: Any) -> str:

@@ -8,6 +8,7 @@ expected and what was found.
 from __future__ import annotations
 
 __all__ = [
+    "CsFormatError",
     "DeviceMemoryError",
     "EmptyMaskError",
     "FlatMapError",
@@ -56,6 +57,10 @@ class NonFiniteMapError(SpisonetError):
 
 class EmptyMaskError(SpisonetError):
     """A mask is zero everywhere."""
+
+
+class CsFormatError(SpisonetError):
+    """A cryoSPARC ``.cs`` file is missing, unreadable, pickled or lacks 3D poses."""
 
 
 class StarFormatError(SpisonetError):

@@ -58,7 +58,12 @@ LAYERS: dict[str, int] = {
 }
 
 #: Modules that may ``import torch`` inside a function (outside ``spisonet.nn``).
-LAZY_TORCH = {"spisonet.cli.launch", "spisonet.cli.reconstruct", "spisonet.correction.settings"}
+LAZY_TORCH = {
+    "spisonet.cli.launch",
+    "spisonet.cli.reconstruct",
+    "spisonet.correction.settings",
+    "spisonet.relion.check",  # relion-check's device probe
+}
 
 #: Modules that hold numerics only: no file access (reading or writing).
 NUMERICS = {

@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (imported to register their commands)
     fsc3d,
     fsd3d,
     reconstruct,
+    relion_check,
     relion_reconstruct,
     simulate,
     whitening,
@@ -35,5 +36,6 @@ _ORDER = (
     "whitening",
     "combine-map",
     "relion-reconstruct",
+    "relion-check",
 )
 app.registered_commands.sort(key=lambda c: _ORDER.index(c.name) if c.name in _ORDER else 99)

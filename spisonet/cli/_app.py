@@ -26,7 +26,12 @@ _HIDDEN_ALIASES = frozenset({"--o"})
 
 def _tidy_help(command) -> None:
     """What ``--help`` shows: flags without a value type (typer prints ``<bool>``),
-    arguments as ``NAME`` / ``[NAME]`` (typer prints ``{name}``), no hidden aliases."""
+    arguments as ``NAME`` / ``[NAME]`` (typer prints ``{name}``), no hidden aliases, and
+    the docstring's paragraphs unwrapped (rich keeps a docstring's line breaks, which
+    breaks its own wrapping at the terminal's width)."""
+    if command.help:
+        paragraphs = command.help.strip().split("\n\n")
+        command.help = "\n\n".join(" ".join(par.split()) for par in paragraphs)
     for p in command.params:
         if isinstance(p, TyperOption):
             if p.is_flag:

@@ -1,5 +1,6 @@
 """``spisonet fsd3d``: the Fourier sampling density of a particle set (``FSD3D.mrc``) from
-its angles, with a sampling report (``FSD3D_report.png`` and ``.json``)."""
+its angles (a RELION STAR file or a cryoSPARC ``.cs`` file), with a sampling report
+(``FSD3D_report.png`` and ``.json``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import typer
 from rich.table import Table
 
 from .._outputs import check_output_file
-from ..io import read_star_angles, write_map
+from ..io import read_cs_angles, read_star_angles, write_map
 from ..report import sampling_figure, write_json
 from ..symmetry import group_order
 from ._app import app, make_console
@@ -24,7 +25,14 @@ __all__ = ["fsd3d_command"]
 
 @app.command("fsd3d")
 def fsd3d_command(
-    star: Annotated[Path, typer.Argument(help="RELION particles STAR file (3.0 or 3.1+).")],
+    particles: Annotated[
+        Path,
+        typer.Argument(
+            help="Particles: RELION STAR file (3.0 or 3.1+) or cryoSPARC .cs file "
+            "(a 3D refinement's particles, with alignments3D/pose).",
+            metavar="PARTICLES",
+        ),
+    ],
     box: Annotated[
         int, typer.Option("--box", "--map-dim", "--map_dim", help="Box size in voxels.")
     ],
@@ -53,7 +61,7 @@ def fsd3d_command(
     from ..fsd3d import direction_histogram, fourier_shell_density, scf_curve
 
     console = make_console()
-    angles = read_star_angles(star)
+    angles = _read_particle_angles(particles)
     t0 = time.perf_counter()
     with console_progress(console, "FSD3D") as progress:
         fsd = fourier_shell_density(
@@ -67,7 +75,7 @@ def fsd3d_command(
     write_map(output, fsd, voxel_size=apix)
     png, js = report_paths(output.with_suffix(""))
     sampling_figure(hist, scf, fsd, apix, png, sym=sym)
-    write_json(js, _sampling_json(star, hist, scf, sym, box, apix))
+    write_json(js, _sampling_json(particles, hist, scf, sym, box, apix))
     console.print(_sampling_table(hist, scf, box, apix))
     console.print(
         f"Done in {time.perf_counter() - t0:.1f} s. Wrote [bold]{output}[/bold], "
@@ -75,13 +83,22 @@ def fsd3d_command(
     )
 
 
+def _read_particle_angles(path: Path) -> np.ndarray:
+    """RELION Euler angles (N, 3) in degrees of a particles file, chosen by extension:
+    ``.cs`` is read as cryoSPARC's (poses converted, see :mod:`spisonet.io.cryosparc`),
+    anything else as a RELION STAR file."""
+    if path.suffix.lower() == ".cs":
+        return read_cs_angles(path)
+    return read_star_angles(path)
+
+
 def _sampling_json(
-    star: Path, hist, scf: np.ndarray, sym: str, box: int, apix: float
+    particles: Path, hist, scf: np.ndarray, sym: str, box: int, apix: float
 ) -> dict[str, Any]:
     """What ``FSD3D_report.json`` holds: the direction histogram and the SCF-like curve."""
     shells = list(range(scf.size))
     return {
-        "star": str(star),
+        "star": str(particles),  # the particles file (STAR or .cs); key kept for old readers
         "n_particles": hist.n_particles,
         "sym": sym,
         "group_order": hist.group_order,

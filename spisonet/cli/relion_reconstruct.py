@@ -33,17 +33,26 @@ def relion_reconstruct_command(
             help="Keep RELION's data/weight MRC files (deleted by default after use).",
         ),
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Settings file of the correction (TOML, docs/relion.md); SPISONET_*/ISONET_* "
+            "variables override it.",
+            metavar="TOML",
+        ),
+    ] = None,
 ) -> None:
     """Reconstruct one RELION external-reconstruction job (what relion_refine calls).
 
     Writes the map RELION reads back, exactly as relion_external_reconstruct would (plus
-    the correction, when enabled). Exit codes as ``spisonet-relion`` (docs/relion.md): 0
+    the correction, when enabled). Exit codes as spisonet-relion's (docs/relion.md): 0
     when a map was written, 2 for bad input, 1 for other failures, 130 when interrupted.
     """
-    # the RELION side is a subsystem of its own (settings from the environment, its
-    # runner); loaded only for this command
+    # the RELION side is a subsystem of its own (settings from a file and the environment,
+    # its runner); loaded only for this command
     from ..relion import run_job
 
-    code = run_job(star, correct=not no_correction, keep_inputs=keep_inputs)
+    code = run_job(star, correct=not no_correction, keep_inputs=keep_inputs, config=config)
     if code:
         raise typer.Exit(code)

@@ -12,6 +12,7 @@ run's file names, pixel size, healpix order). Import from here:
 from __future__ import annotations
 
 from .atomic import atomic_path
+from .cryosparc import read_cs_angles
 from .mrc import SUPPORTED_MODES, Map, check_half_maps, check_mask, read_map, write_map
 from .relion_runs import JobName, PixelSize, find_pixel_size, healpix_order_of_run, parse_job_name
 from .star import read_star_angles, read_star_blocks
@@ -27,6 +28,7 @@ __all__ = [
     "find_pixel_size",
     "healpix_order_of_run",
     "parse_job_name",
+    "read_cs_angles",
     "read_map",
     "read_star_angles",
     "read_star_blocks",

@@ -8,13 +8,17 @@ The modules, in the order a job flows through them:
   (:func:`reconstruct`, :func:`write_result_star`) and its log;
 - :mod:`.backprojector` – the float64 port of RELION's ``BackProjector::reconstruct``
   (:func:`reconstruct_arrays`), pure numerics;
-- :mod:`.settings` – the correction's settings, from ``SPISONET_*`` / ``ISONET_*``
-  environment variables (:func:`correction_settings_from_env`);
+- :mod:`.settings` – the correction's settings, from a settings file's table and
+  ``SPISONET_*`` / ``ISONET_*`` environment variables (:func:`correction_settings`);
+- :mod:`.config` – the settings file, ``spisonet-relion --config relion.toml``
+  (:func:`load_relion_settings`);
 - :mod:`.rendezvous` – the two halves hand each other their unregularised maps
   (:func:`wait_for_partner`);
 - :mod:`.correction` – the misalignment correction step (:class:`RelionCorrection`);
 - :mod:`.runner` – :func:`run_external_reconstruct`, the one place that keeps RELION
-  running whatever the correction does, and the console entry.
+  running whatever the correction does, and the console entry;
+- :mod:`.check` – is a set-up ready for a long run? (:func:`check_relion_setup`,
+  ``spisonet relion-check``).
 
 The run's other files (names, pixel size, healpix order) are read by
 :mod:`spisonet.io.relion_runs`. See docs/relion.md.
@@ -30,6 +34,8 @@ from ..io.relion_runs import (
     parse_job_name,
 )
 from .backprojector import blob_fourier_table, reconstruct_arrays
+from .check import RelionSetupReport, check_relion_setup
+from .config import load_relion_settings, read_settings_file
 from .correction import RelionCorrection
 from .job import (
     ExternalReconstructJob,
@@ -46,7 +52,12 @@ from .runner import (
     run_external_reconstruct,
     run_job,
 )
-from .settings import RelionCorrectionSettings, correction_settings_from_env
+from .settings import (
+    RelionCorrectionSettings,
+    check_relion_settings,
+    correction_settings,
+    correction_settings_from_env,
+)
 
 __all__ = [
     "Correction",
@@ -55,15 +66,21 @@ __all__ = [
     "PixelSize",
     "RelionCorrection",
     "RelionCorrectionSettings",
+    "RelionSetupReport",
     "RendezvousResult",
     "blob_fourier_table",
+    "check_relion_settings",
+    "check_relion_setup",
     "console_main",
+    "correction_settings",
     "correction_settings_from_env",
     "current_resolution",
     "find_pixel_size",
     "healpix_order_of_run",
+    "load_relion_settings",
     "parse_job_name",
     "read_external_star",
+    "read_settings_file",
     "reconstruct",
     "reconstruct_arrays",
     "resolve_correction",

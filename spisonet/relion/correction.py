@@ -7,6 +7,12 @@ one network per half (:func:`spisonet.correction.correct_anisotropy`, continuing
 previous iteration's model), then the output is low-passed, given RELION's radial
 amplitudes and RELION's own coefficients where Fourier space was measured. Torch is
 reached only through :mod:`spisonet.correction` and :mod:`spisonet.nn`.
+
+Every call leaves one line (:attr:`RelionCorrection.summary`, which the runner writes to
+the log and RELION's stdout): both gates with their values, whether the network ran and
+why not, its steps and the seconds. The last, joined iteration also says when the network
+never ran in the whole refinement. While a half works, :class:`~.watchdog.RelionWatch`
+stops it within seconds once RELION is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import contextlib
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +39,7 @@ from ..io.relion_runs import (
     newest_iteration_file,
     optimiser_command_option,
     parse_job_name,
+    parse_run_file,
     positive_number,
     read_star_value,
 )
@@ -48,8 +57,12 @@ from .rendezvous import (
     wait_for_partner,
 )
 from .settings import RelionCorrectionSettings
+from .watchdog import RelionWatch
 
-__all__ = ["RelionCorrection"]
+__all__ = ["MODEL_SUFFIX", "RelionCorrection", "trained_iterations"]
+
+#: What follows the job name in the name of a half's model file.
+MODEL_SUFFIX = "_spisonet.pt"
 
 
 def _match_radial_amplitude(
@@ -68,6 +81,85 @@ def _match_radial_amplitude(
     return _apply_radial(fv, scale, shells, n).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class _Gates:
+    """RELION's healpix order and current resolution, against the two starts."""
+
+    order: int | None
+    order_source: str
+    start_healpix: int
+    resolution: float
+    start_resolution: float
+
+    @property
+    def closed(self) -> list[str]:
+        """What keeps the gates closed (empty when both are open)."""
+        out = []
+        if self.order is None or self.order < self.start_healpix:
+            out.append("healpix order below start")
+        if not self.resolution < self.start_resolution:
+            out.append("resolution not better than start")
+        return out
+
+    def values(self) -> str:
+        """Both values against their starts, with where each came from."""
+        if self.order is None:
+            healpix = f"healpix order unknown ({self.order_source}; start {self.start_healpix})"
+        else:
+            sign = ">=" if self.order >= self.start_healpix else "<"
+            healpix = (
+                f"healpix order {self.order} {sign} start {self.start_healpix} "
+                f"({self.order_source})"
+            )
+        if math.isfinite(self.resolution):
+            sign = "<" if self.resolution < self.start_resolution else ">="
+            res = (
+                f"resolution {self.resolution:.2f} Å {sign} start "
+                f"{self.start_resolution:g} Å (rlnGoldStandardFsc)"
+            )
+        else:
+            res = f"resolution unknown (no rlnGoldStandardFsc; start {self.start_resolution:g} Å)"
+        return f"{healpix}, {res}"
+
+    def __str__(self) -> str:
+        if self.closed:
+            return f"gate closed ({' and '.join(self.closed)}): {self.values()}"
+        return f"gates open: {self.values()}"
+
+
+def _ranges(numbers: list[int]) -> str:
+    """Sorted integers as runs: [3, 5, 6, 7] -> "3, 5-7"."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def trained_iterations(folder: Path, jn: JobName) -> list[int]:
+    """Iterations before ``jn``'s of its run (root, class or body) that left a half's model
+    file in ``folder``: those in which the network was trained."""
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return []
+    found = set()
+    for name in names:
+        other = parse_run_file(name)
+        if (
+            other is not None
+            and other.root == jn.root
+            and other.half is not None
+            and (other.kind, other.number) == (jn.kind, jn.number)
+            and other.suffix == MODEL_SUFFIX
+            and other.iteration < jn.iteration
+        ):
+            found.add(other.iteration)
+    return sorted(found)
+
+
 class RelionCorrection:
     """The misalignment correction, called by
     :func:`~spisonet.relion.runner.run_external_reconstruct` for each half of each
@@ -83,98 +175,160 @@ class RelionCorrection:
     to the current resolution, with RELION's own map's radial amplitudes, and
     (``keep_measured``) RELION's own Fourier coefficients wherever the data were measured
     (:func:`spisonet.weights.measured_weight`), so that the network only fills the
-    missing cone. Returns None to keep RELION's map; ``summary`` says why or what was
-    done; every step goes to ``spisonet_relion.log``.
+    missing cone. Returns None to keep RELION's map; ``summary`` is the call's one line
+    (gates with their values, whether the network ran and why not, steps, seconds), set
+    also when the call raises; every step goes to ``spisonet_relion.log``. ``watch``
+    (default: the process that started this one, see :mod:`.watchdog`) stops a half
+    within seconds once RELION is gone.
     """
 
-    def __init__(self, settings: RelionCorrectionSettings | None = None) -> None:
+    def __init__(
+        self, settings: RelionCorrectionSettings | None = None, watch: RelionWatch | None = None
+    ) -> None:
         self.settings = settings if settings is not None else RelionCorrectionSettings()
+        self.watch = watch if watch is not None else RelionWatch()
         self.summary = ""
+        self._gates: _Gates | None = None
+        self._steps = 0
+        self._t0 = time.perf_counter()
 
     def _log(self, job: ExternalReconstructJob, message: str) -> None:
         log_line(job.star_path, f"{job.name}: {message}", echo=False)
 
+    def _line(self, outcome: str, t0: float | None = None) -> str:
+        """The call's one line: the gates (when read), ``outcome``, steps and seconds."""
+        seconds = time.perf_counter() - (self._t0 if t0 is None else t0)
+        head = f"{self._gates}; " if self._gates is not None else ""
+        return f"{head}{outcome}; {self._steps} steps, {seconds:.1f} s"
+
     def _keep(self, job: ExternalReconstructJob, reason: str) -> None:
-        """Keep RELION's map; the reason goes to ``summary`` (the runner logs it)."""
-        self.summary = reason
+        """Keep RELION's map; the call's line with ``reason`` goes to ``summary`` (the
+        runner logs it)."""
+        self.summary = self._line(reason)
         return None
+
+    def _progress(self, stage: str, done: float, total: float, info: Any = None) -> None:
+        """The progress callback of the 3D FSC, training and prediction: checks that RELION
+        is still there (between shells, steps, tiles) and counts the training steps."""
+        self.watch.check()
+        if stage == "train":
+            self._steps = int(done)
 
     def __call__(
         self, job: ExternalReconstructJob, plain: np.ndarray, pixel_size: float
     ) -> np.ndarray | None:
         """The corrected (box, box, box) float32 map, or None to keep ``plain``."""
         self.summary = ""
+        self._gates, self._steps, self._t0 = None, 0, time.perf_counter()
         jn = parse_job_name(job.name)
         if jn is None:
-            return self._keep(job, f"{job.name} does not follow RELION's iteration naming")
+            self.summary = f"{job.name} does not follow RELION's iteration naming"
+            return None
         remove_earlier_files(job.star_path.parent, jn)
         if jn.half is None:
-            return self._keep(job, "last joined iteration keeps RELION's map")
+            return self._last_iteration(job, jn, pixel_size)
         if jn.half not in (1, 2):
-            return self._keep(job, f"half {jn.half}: only halves 1 and 2 are paired")
+            self.summary = f"half {jn.half}: only halves 1 and 2 are paired"
+            return None
         folder = job.star_path.parent
-        t0 = time.perf_counter()
-        shared = self._share_own_half(job, half_files(folder, job.name), pixel_size)
+        own, other = half_files(folder, job.name), half_files(folder, jn.name(half=3 - jn.half))
+        # RELION gone: this iteration's rendezvous files and this half's model are dead
+        # weight that would only confuse a rerun
+        files = (own.lock, own.unreg, other.lock, other.unreg, folder / f"{job.name}{MODEL_SUFFIX}")
+        with self.watch.watching(job.star_path, job.name, files):
+            try:
+                return self._correct(job, jn, own, other, plain, pixel_size)
+            except Exception as exc:  # the runner logs it; the line still says how far we got
+                self.summary = self._line(f"correction failed ({type(exc).__name__})")
+                raise
+
+    def _correct(
+        self,
+        job: ExternalReconstructJob,
+        jn: JobName,
+        own: HalfFiles,
+        other: HalfFiles,
+        plain: np.ndarray,
+        pixel_size: float,
+    ) -> np.ndarray | None:
+        """Share this half, meet the other, train: one half of one iteration."""
+        t0 = self._t0
+        shared = self._share_own_half(job, own, pixel_size)
         if isinstance(shared, str):
             return self._keep(job, shared)
         unreg, res = shared
         t_unreg = time.perf_counter() - t0
-        meet = self._meet(job, half_files(folder, jn.name(half=3 - jn.half)))
+        meet = self._meet(job, other)
         self._log(
             job,
             f"unregularised reconstruction {t_unreg:.1f} s; waited {meet.waited:.2f} s for "
             f"half {3 - jn.half}: {meet.reason}",
         )
         if meet.volume is None:
-            return self._keep(job, f"no correction: {meet.reason}")
+            return self._keep(job, f"network not run: {meet.reason}")
         if meet.volume.shape != unreg.shape:
             raise MapShapeError(
                 f"the other half's map has shape {meet.volume.shape}, this one {unreg.shape}"
             )
         return self._train(job, jn, unreg, meet.volume, plain, pixel_size, res, t0)
 
+    def _last_iteration(self, job: ExternalReconstructJob, jn: JobName, pixel_size: float) -> None:
+        """The joined iteration keeps RELION's map; say whether the network ever ran."""
+        self._gates = self._read_gates(job, pixel_size)
+        trained = trained_iterations(job.star_path.parent, jn)
+        if trained:
+            n = len(trained)
+            return self._keep(
+                job,
+                "last joined iteration keeps RELION's map; the network was trained in "
+                f"{n} iteration{'s' if n > 1 else ''} of this refinement ({_ranges(trained)})",
+            )
+        if self._gates.closed:
+            why = (
+                f"gates never opened ({self._gates.values()}); lower start_resolution / "
+                "start_healpix (docs/relion.md)"
+            )
+        else:
+            why = (
+                f"the gates were open at the end ({self._gates.values()}) but no iteration "
+                "trained it: see the earlier lines of this log"
+            )
+        log_line(job.star_path, f"{job.name}: the network never ran in this refinement: {why}")
+        return self._keep(
+            job,
+            "last joined iteration keeps RELION's map; the network never ran in this refinement",
+        )
+
     # -- gates and rendezvous
 
-    def _gates(
-        self, job: ExternalReconstructJob, pixel_size: float
-    ) -> tuple[list[str], str, float]:
-        """(what keeps the gates closed, both values with their sources, resolution in Å)."""
+    def _read_gates(self, job: ExternalReconstructJob, pixel_size: float) -> _Gates:
+        """RELION's healpix order (the run's sampling STAR) and current resolution (the
+        job's FSC column) against the settings' starts."""
         s = self.settings
         order, order_src = healpix_order_of_run(job.star_path)
         res = current_resolution(job, pixel_size)
-        res_text = f"{res:.2f} Å" if math.isfinite(res) else "unknown"
-        gates = (
-            f"healpix order {order if order is not None else '?'} ({order_src}; start "
-            f"{s.start_healpix}), resolution {res_text} (rlnGoldStandardFsc; start "
-            f"{s.start_resolution:g} Å)"
-        )
-        closed = []
-        if order is None or order < s.start_healpix:
-            closed.append("healpix order below start")
-        if not res < s.start_resolution:
-            closed.append("resolution not better than start")
-        return closed, gates, res
+        return _Gates(order, order_src, s.start_healpix, res, s.start_resolution)
 
     def _share_own_half(
         self, job: ExternalReconstructJob, own: HalfFiles, pixel_size: float
     ) -> tuple[np.ndarray, float] | str:
         """Publish the lock, check the gates, write the unregularised map, release.
 
-        Returns (the unregularised map, the current resolution in Å), or why the gates are
-        closed. The lock is published before the gates are read, so that the other half
-        waits for this one's decision instead of giving up early.
+        Returns (the unregularised map, the current resolution in Å), or, when a gate is
+        closed, what the call's line says of the network (the gates go to ``_gates``). The
+        lock is published before the gates are read, so that the other half waits for this
+        one's decision instead of giving up early.
         """
         with contextlib.suppress(OSError):
             own.unreg.unlink()  # stale, from an interrupted earlier run
         fd = publish_lock(own.lock)
         try:
-            closed, gates, res = self._gates(job, pixel_size)
-            if closed:
-                return f"gate closed, {' and '.join(closed)}: {gates}"
-            self._log(job, f"gates open: {gates}")
+            self._gates = self._read_gates(job, pixel_size)
+            if self._gates.closed:
+                return "network not run"
             unreg = reconstruct(job, wiener=False)
             write_map(own.unreg, unreg, voxel_size=pixel_size)
-            return unreg, res
+            return unreg, self._gates.resolution
         finally:
             release_lock(fd)
 
@@ -182,7 +336,11 @@ class RelionCorrection:
         """Wait for the other half's map; then delete its files (only this half reads them)."""
         not_before = job.star_path.stat().st_mtime - 60.0
         meet = wait_for_partner(
-            other.lock, other.unreg, not_before=not_before, timeout=self.settings.wait_timeout
+            other.lock,
+            other.unreg,
+            not_before=not_before,
+            timeout=self.settings.wait_timeout,
+            check=self.watch.check,
         )
         with contextlib.suppress(OSError):
             other.lock.unlink()
@@ -264,7 +422,9 @@ class RelionCorrection:
         mask = self._mask(folder, jn, voxel, n)
         t = time.perf_counter()
         limit = max(res, 2.0 * voxel)
-        f3d = fsc3d(half1, half2, voxel_size=voxel, mask=mask, limit_res=limit).volume
+        f3d = fsc3d(
+            half1, half2, voxel_size=voxel, mask=mask, limit_res=limit, progress=self._progress
+        ).volume
         curve, _ = fsc_curve(half1, half2, mask)
         t_fsc = time.perf_counter() - t
         x, steps = self._network_input(own, curve, voxel, mask, limit)
@@ -280,7 +440,9 @@ class RelionCorrection:
         if previous is not None:
             self._log(job, f"continuing the model {previous.name}")
         elif cfg.epochs == 0:
-            return self._keep(job, "epochs 0 and no previous model: nothing to predict with")
+            return self._keep(
+                job, "network not run: epochs 0 and no previous model, nothing to predict with"
+            )
         else:
             self._log(job, "training a new model" + (" (retrain each iteration)" if
                       s.retrain_each_iter else ""))  # fmt: skip
@@ -301,9 +463,11 @@ class RelionCorrection:
             settings=cfg,
             pretrained=previous,
             checkpoints=(model,),
+            progress=self._progress,
             trust=False,  # one more prediction per iteration; RELION's log has the gates
         )
         t_train = time.perf_counter() - t
+        self._steps = int(result.train[0].steps)
         net = result.filtered[0] if result.filtered is not None else result.corrected[0]
         out, kept = self._finish(job, jn, net, plain, f3d, half1, half2, mask, voxel, limit)
         loss = result.histories[0].get("loss") if result.histories else None
@@ -317,11 +481,17 @@ class RelionCorrection:
             + (", RELION's map beyond" if s.keep_highres else "")
             + f"; model -> {model.name}",
         )
-        self.summary = (
-            f"network {cfg.epochs} epochs, {t_train:.0f} s, "
-            + ("RELION's map beyond " if s.keep_highres else "low-passed to ")
-            + f"{limit:.1f} Å, "
-            f"step {time.perf_counter() - t0:.0f} s"
+        on = f"{t_train:.1f} s on {result.train[0].device}"
+        if not self._steps and previous is not None:  # epochs 0: the model only predicts
+            how = f"network not trained (epochs 0): predicted with {previous.name} in {on}"
+        else:
+            start = f"continuing {previous.name}" if previous is not None else "a new model"
+            how = f"network trained: {cfg.epochs} epochs in {on}, {start}"
+        self.summary = self._line(
+            f"{how}; output "
+            + ("with RELION's map beyond " if s.keep_highres else "low-passed to ")
+            + f"{limit:.1f} Å",
+            t0,
         )
         return out
 

@@ -6,7 +6,9 @@ publishes ``<job>_spisonet.lock`` already holding an exclusive ``flock``
 its gates are closed or it fails), then releases the lock (:func:`release_lock`). The other
 half waits for the lock file to appear and then blocks in the kernel on a shared flock
 (:func:`wait_for_partner`): it wakes the moment the map is ready, or when the other process
-dies (the kernel drops its lock), or at the timeout. No polling, no deadlock.
+dies (the kernel drops its lock), or at the timeout. No polling, no deadlock. While it
+waits, an optional ``check`` runs every :data:`CHECK_EVERY_S` seconds and may raise to
+stop the wait (the RELION watch does: :mod:`.watchdog`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from ..io import read_map
 from ..io.relion_runs import JobName, parse_run_file
 
 __all__ = [
+    "CHECK_EVERY_S",
     "LOCK_SUFFIX",
     "UNREG_SUFFIX",
     "HalfFiles",
@@ -37,6 +41,9 @@ __all__ = [
 #: Suffixes of the two rendezvous files after the job name.
 LOCK_SUFFIX = "_spisonet.lock"
 UNREG_SUFFIX = "_spisonet_unreg.mrc"
+
+#: While waiting, :func:`wait_for_partner` runs its ``check`` at least this often (s).
+CHECK_EVERY_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -84,10 +91,11 @@ def release_lock(fd: int | None) -> None:
         os.close(fd)
 
 
-def _flock_shared(fd: int, timeout: float) -> bool:
+def _flock_shared(fd: int, timeout: float, check: Callable[[], None] | None = None) -> bool:
     """Block until a shared flock on ``fd`` is granted (the owner released its exclusive
     lock, or died), at most ``timeout`` seconds. No polling: a helper thread blocks in the
-    kernel; on timeout it is left behind (daemon) and the fd is not closed."""
+    kernel; on timeout (or when ``check``, run every :data:`CHECK_EVERY_S` s, raises) it is
+    left behind (daemon) and the fd is not closed."""
     import fcntl
     import threading
 
@@ -107,7 +115,15 @@ def _flock_shared(fd: int, timeout: float) -> bool:
         pass
     worker = threading.Thread(target=take, name="spisonet-rendezvous", daemon=True)
     worker.start()
-    return granted.wait(max(0.0, timeout))
+    end = time.monotonic() + max(0.0, timeout)
+    while True:
+        remaining = max(0.0, end - time.monotonic())
+        if granted.wait(min(remaining, CHECK_EVERY_S) if check is not None else remaining):
+            return True
+        if time.monotonic() >= end:
+            return False
+        if check is not None:
+            check()
 
 
 @dataclass(frozen=True)
@@ -134,13 +150,16 @@ def wait_for_partner(
     *,
     not_before: float,
     timeout: float,
+    check: Callable[[], None] | None = None,
 ) -> RendezvousResult:
     """Wait for the other half's unregularised map, without polling delays.
 
     Waits for ``lock`` to appear (short sleeps, 5 ms doubling to 100 ms: only while the
     other process has not started), then blocks on a shared flock until it is released,
     then reads ``result``. Files older than ``not_before`` (epoch seconds) are stale (an
-    earlier run) and ignored. Gives up after ``timeout`` seconds in all.
+    earlier run) and ignored. Gives up after ``timeout`` seconds in all. ``check`` runs
+    at least every :data:`CHECK_EVERY_S` seconds while waiting; what it raises ends the
+    wait (e.g. :class:`~spisonet.relion.watchdog.RelionGone`).
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -154,11 +173,13 @@ def wait_for_partner(
             )  # fmt: skip
         time.sleep(min(delay, remaining))
         delay = min(2 * delay, 0.1)
+        if check is not None:
+            check()
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError as exc:
         return RendezvousResult(None, f"cannot open {lock.name}: {exc}", time.monotonic() - start)
-    granted = _flock_shared(fd, deadline - time.monotonic())
+    granted = _flock_shared(fd, deadline - time.monotonic(), check)
     waited = time.monotonic() - start
     if not granted:
         return RendezvousResult(

@@ -2,7 +2,8 @@
 
 :func:`run_external_reconstruct` is the one place that decides RELION keeps running: the
 plain map is always made first, and any failure of the correction (an exception, a wrong
-shape, NaN values, a bad environment variable) is logged and the plain map is written.
+shape, NaN values, a bad environment variable or settings file) is logged and the plain
+map is written.
 Only when even the plain map cannot be made does it raise, and :func:`console_main` exits
 non-zero (RELION then stops, which is right: there is no map). Exit codes follow the
 ``spisonet`` command line: 0 done, 1 an unexpected error, 2 a user error (a
@@ -24,6 +25,7 @@ import numpy as np
 from ..errors import MapShapeError, SpisonetError
 from ..io import write_map
 from ..io.relion_runs import find_pixel_size, job_name_of_star
+from .config import load_relion_settings, log_settings
 from .correction import RelionCorrection
 from .job import (
     ExternalReconstructJob,
@@ -32,7 +34,6 @@ from .job import (
     reconstruct,
     write_result_star,
 )
-from .settings import correction_settings_from_env
 
 __all__ = ["Correction", "console_main", "resolve_correction", "run_external_reconstruct"]
 
@@ -59,20 +60,30 @@ class _BrokenCorrection:
         raise self.error
 
 
-def resolve_correction(enabled: bool = True) -> Correction | None:
+def resolve_correction(
+    enabled: bool = True,
+    config: str | os.PathLike | None = None,
+    star: str | os.PathLike | None = None,
+) -> Correction | None:
     """The misalignment correction to apply inside RELION, or None for the plain map.
 
     Returns a :class:`~spisonet.relion.correction.RelionCorrection` configured from the
-    environment (:func:`~spisonet.relion.settings.correction_settings_from_env`). It never
-    raises: a bad environment variable gives a correction that raises when called, so the
-    error is logged and the plain map is written (RELION keeps running).
+    settings file ``config`` (when given) and the environment, which overrides the file
+    (:func:`~spisonet.relion.config.load_relion_settings`); with ``star``, the settings
+    and their sources go to the run's log at its first call. It never raises: an
+    unreadable or wrong settings file or a bad environment variable gives a correction
+    that raises when called, so the error is logged and the plain map is written (RELION
+    keeps running).
     """
     if not enabled:
         return None
     try:
-        return RelionCorrection(correction_settings_from_env())
+        settings = load_relion_settings(config)
     except Exception as exc:  # never kill RELION
         return _BrokenCorrection(exc)
+    if star is not None:
+        log_settings(star, settings)
+    return RelionCorrection(settings)
 
 
 def _apply(
@@ -101,7 +112,7 @@ def _apply(
         )
         for tb_line in traceback.format_exc().rstrip().splitlines():
             log_line(star, f"{job.name}:   {tb_line}", echo=False)
-        return plain, "plain (correction failed)", ""
+        return plain, "plain (correction failed)", str(getattr(correction, "summary", "") or "")
     return corrected.astype(np.float32), "corrected", str(getattr(correction, "summary", "") or "")
 
 
@@ -174,16 +185,24 @@ def _parse_args(argv: list[str] | None):
 
     parser = argparse.ArgumentParser(
         prog="spisonet-relion",
+        allow_abbrev=False,  # "--keep-input" must be refused, not read as --keep-inputs
         description="RELION external reconstruction (RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE).",
     )
     parser.add_argument("star", help="RELION's *_external_reconstruct.star")
+    parser.add_argument(
+        "--config",
+        metavar="TOML",
+        help="settings file of the correction (docs/relion.md); SPISONET_*/ISONET_* "
+        "variables override it",
+    )
     parser.add_argument("--no-correction", "--no_correction", action="store_true")
     parser.add_argument("--keep-inputs", "--keep_inputs", action="store_true")
     return parser.parse_args(argv)
 
 
 def console_main(argv: list[str] | None = None) -> int:
-    """``spisonet-relion [--no-correction] [--keep-inputs] STAR``: RELION's executable.
+    """``spisonet-relion [--config TOML] [--no-correction] [--keep-inputs] STAR``: RELION's
+    executable.
 
     RELION runs ``/bin/sh -c "$RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE <star>"``, so
     options may be put in the variable before the STAR. Returns the exit code: 0 when a
@@ -196,20 +215,34 @@ def console_main(argv: list[str] | None = None) -> int:
         args = _parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return EXIT_USER_ERROR if exc.code not in (0, None) else EXIT_OK
-    return run_job(Path(args.star), correct=not args.no_correction, keep_inputs=args.keep_inputs)
+    return run_job(
+        Path(args.star),
+        correct=not args.no_correction,
+        keep_inputs=args.keep_inputs,
+        config=args.config,
+    )
 
 
-def run_job(star: Path, *, correct: bool = True, keep_inputs: bool = False) -> int:
+def run_job(
+    star: Path,
+    *,
+    correct: bool = True,
+    keep_inputs: bool = False,
+    config: str | os.PathLike | None = None,
+) -> int:
     """One external reconstruction with its error handling; returns the exit code.
 
     What ``spisonet-relion`` and ``spisonet relion-reconstruct`` both run: 0 when a map was
     written (plain or corrected); otherwise one ``spisonet-relion: error:`` line on stderr,
     a ``FAILED`` line in the run's log, and 2 (a :class:`~spisonet.errors.SpisonetError`:
-    the input), 1 (anything else) or 130 (interrupted).
+    the input), 1 (anything else) or 130 (interrupted). ``config`` is the settings file
+    (a problem with it is logged and gives the plain map, like any correction failure).
     """
     try:
         run_external_reconstruct(
-            star, correction=resolve_correction(correct), keep_inputs=keep_inputs
+            star,
+            correction=resolve_correction(correct, config=config, star=star),
+            keep_inputs=keep_inputs,
         )
     except KeyboardInterrupt:
         print("spisonet-relion: interrupted", file=sys.stderr, flush=True)

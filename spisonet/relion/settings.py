@@ -1,13 +1,17 @@
-"""Settings of the correction inside RELION, read from environment variables.
+"""Settings of the correction inside RELION: a settings file, then environment variables.
 
-RELION refuses command-line options it does not know, so these settings are environment
-variables: each field of :class:`RelionCorrectionSettings` is declared once with
-:func:`spisonet._settings.setting` (default, help, unit, variable) and read as
-``SPISONET_<NAME>``, else ``ISONET_<NAME>`` (the public tool's spelling) by
-:func:`correction_settings_from_env`. The fields that override a correction setting
-(``epochs``, ``alpha``, ``beta``, ``acc_batches``, ``preset``) take their help from
-:class:`spisonet.correction.CorrectionSettings`. The table in docs/relion.md is
-:func:`settings_markdown` (a test keeps it in step).
+RELION refuses command-line options it does not know, so these settings come from a
+settings file (``spisonet-relion --config relion.toml``, read by :mod:`.config`) and from
+environment variables. Each field of :class:`RelionCorrectionSettings` is declared once
+with :func:`spisonet._settings.setting` (default, help, unit, variable); the file's keys
+are the field names, the variables ``SPISONET_<NAME>``, else ``ISONET_<NAME>`` (the public
+tool's spelling). :func:`correction_settings` merges them: defaults < file < variables,
+and :func:`check_relion_settings` checks the ranges whatever the source. The fields that
+override a correction setting (``epochs``, ``alpha``, ``beta``, ``acc_batches``,
+``preset``) take their help from :class:`spisonet.correction.CorrectionSettings`. The
+table in docs/relion.md is :func:`settings_markdown` (a test keeps it in step).
+
+Pure Python: the file is read by :mod:`.config`; this module gets its table.
 """
 
 from __future__ import annotations
@@ -15,12 +19,28 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from .._settings import from_environment, info, markdown_table, setting
+from .._settings import (
+    from_environment,
+    from_table,
+    info,
+    markdown_table,
+    setting,
+    setting_fields,
+)
 from ..correction.settings import PRESET_CHOICES, CorrectionSettings
 from ..errors import InvalidValueError
 
-__all__ = ["RelionCorrectionSettings", "correction_settings_from_env", "settings_markdown"]
+__all__ = [
+    "RelionCorrectionSettings",
+    "check_relion_settings",
+    "correction_settings",
+    "correction_settings_from_env",
+    "describe_settings",
+    "settings_markdown",
+    "settings_rows",
+]
 
 
 def _help(name: str) -> str:
@@ -30,13 +50,14 @@ def _help(name: str) -> str:
 
 @dataclass(frozen=True)
 class RelionCorrectionSettings:
-    """Settings of the correction inside RELION (from the environment).
+    """Settings of the correction inside RELION (from a settings file and the environment).
 
     Each field's meaning, unit and variable are in its declaration (and docs/relion.md).
     ``alpha``, ``beta`` and ``acc_batches`` None keep the preset's value; ``preset``
     ``auto`` is ``gpu`` with CUDA, else ``cpu``; ``threads`` None is half the cores (the
-    other half runs the other half map). ``sources`` says which variable set each value
-    read from the environment (for the log and the error messages).
+    other half runs the other half map). ``sources`` says where each value that is not
+    a default came from, ``"<file>:<key>"`` or the variable's name (for the log and the
+    error messages).
     """
 
     start_healpix: int = setting(
@@ -97,6 +118,36 @@ class RelionCorrectionSettings:
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
+def correction_settings(
+    config: Mapping[str, Any] | None = None,
+    *,
+    config_name: str = "settings file",
+    environ: Mapping[str, str] | None = None,
+) -> RelionCorrectionSettings:
+    """:class:`RelionCorrectionSettings` from a settings file's table and the environment.
+
+    Precedence: the defaults, then ``config`` (the file's table, keys = field names;
+    ``config_name`` names the file in ``sources`` and errors), then the variables
+    (``SPISONET_NAME``, else ``ISONET_NAME``; unset or empty ones do not count), so a
+    variable overrides the file for a one-off run. ``environ`` None is ``os.environ``.
+
+    Raises
+    ------
+    InvalidValueError when a key is unknown, a value does not parse or has the wrong type,
+    or is out of range (the file and key, or the variable, and the value are named).
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if config is not None:
+        values, sources = from_table(RelionCorrectionSettings, config, config_name)
+    env_values, env_sources = from_environment(
+        RelionCorrectionSettings, os.environ if environ is None else environ
+    )
+    values.update(env_values)
+    sources.update(env_sources)
+    return check_relion_settings(RelionCorrectionSettings(**values, sources=sources))
+
+
 def correction_settings_from_env(
     environ: Mapping[str, str] | None = None,
 ) -> RelionCorrectionSettings:
@@ -110,13 +161,22 @@ def correction_settings_from_env(
     InvalidValueError when a value does not parse or is out of range (the variable's name
     and value are in the message).
     """
-    env = os.environ if environ is None else environ
-    values, sources = from_environment(RelionCorrectionSettings, env)
-    s = RelionCorrectionSettings(**values, sources=sources)
+    return correction_settings(None, environ=environ)
+
+
+def check_relion_settings(s: RelionCorrectionSettings) -> RelionCorrectionSettings:
+    """``s`` itself when every value is in range, whatever its source (file, variables,
+    code); the types are the readers' business.
+
+    Raises
+    ------
+    InvalidValueError naming the value's source (``sources``: the file and key, or the
+    variable; the field's name otherwise), the value and what was expected.
+    """
 
     def bad(attr: str, expected: str) -> InvalidValueError:
         return InvalidValueError(
-            f"{sources.get(attr, attr)}={getattr(s, attr)!r}: expected {expected}"
+            f"{s.sources.get(attr, attr)}={getattr(s, attr)!r}: expected {expected}"
         )
 
     if s.epochs < 0:
@@ -146,3 +206,37 @@ _SHOWN_DEFAULTS = {
 def settings_markdown() -> str:
     """The table of docs/relion.md: every variable with its default, unit and meaning."""
     return markdown_table(RelionCorrectionSettings, defaults=_SHOWN_DEFAULTS)
+
+
+def _value_text(name: str, value: Any) -> str:
+    """A value as the docs and the log show it (None: what it means, e.g. "cores / 2")."""
+    if value is None:
+        return _SHOWN_DEFAULTS.get(name, "none")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def settings_rows(s: RelionCorrectionSettings) -> list[tuple[str, str, str]]:
+    """(name, value, source) of every setting, in declaration order; the source is
+    ``"default"`` for a value nobody set."""
+    return [
+        (f.name, _value_text(f.name, getattr(s, f.name)), s.sources.get(f.name, "default"))
+        for f, _ in setting_fields(RelionCorrectionSettings)
+    ]
+
+
+def describe_settings(s: RelionCorrectionSettings) -> str:
+    """One line for the log: the values that were set, with their sources, then the
+    defaults, e.g. ``start_healpix=2 (relion.toml:start_healpix), ...; defaults: ...``."""
+    rows = settings_rows(s)
+    chosen = [f"{n}={v} ({src})" for n, v, src in rows if src != "default"]
+    defaults = [f"{n}={v}" for n, v, src in rows if src == "default"]
+    parts = [", ".join(chosen) if chosen else "all defaults"]
+    if chosen and defaults:
+        parts.append("defaults: " + ", ".join(defaults))
+    elif defaults:
+        parts[0] += ": " + ", ".join(defaults)
+    return "; ".join(parts)

@@ -77,9 +77,7 @@ def _fsc_panel(ax: Axes, report: AnisotropyReport) -> None:
     ax.set_ylim(-0.1, 1.05)
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
-    ax.set_title(
-        f"Global and conical FSC ({report.n_directions} cones of {report.cone_angle:g}°)"
-    )
+    ax.set_title(f"Global and conical FSC ({report.n_directions} cones of {report.cone_angle:g}°)")
     ax.legend(fontsize=8, loc="upper right", framealpha=0.85)
     ax.grid(alpha=0.3)
     _resolution_axis(ax)

@@ -33,8 +33,9 @@ COMMANDS = [
     "whitening",
     "combine-map",
     "relion-reconstruct",
+    "relion-check",
 ]
-ALIASES = ["combine_map", "relion_reconstruct"]
+ALIASES = ["combine_map", "relion_reconstruct", "relion_check"]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ training step. No RELION needed: the jobs are written by ``helpers.make_job``.""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -79,23 +80,49 @@ class _Echo(RelionCorrection):
 
     def _train(self, job, jn, own, other, plain, voxel, res, t0):
         self.seen = (own.copy(), other.copy(), voxel, res)
-        self.summary = "echo"
+        self.summary = self._line("echo")
         return other
+
+
+def _call_lines(text: str, job: str) -> list[str]:
+    """The lines of ``text`` (stdout or the log) that are ``job``'s per-call line."""
+    line = re.compile(rf"{job}: (?:plain|corrected)(?: \(correction failed\))? map \(")
+    return [ln for ln in text.splitlines() if line.search(ln)]
 
 
 # --------------------------------------------------------------------------------------
 # gates
 
 
+_SAMPLING = "(my_run_it004_sampling.star)"
+_FSC = "(rlnGoldStandardFsc)"
+
+
 @pytest.mark.parametrize(
-    ("order", "start_res", "closed"),
+    ("order", "start_res", "gates"),
     [
-        (2, 100.0, "healpix order below start"),
-        (3, 2.0, "resolution not better than start"),
+        (
+            2,
+            100.0,
+            f"gate closed (healpix order below start): healpix order 2 < start 3 {_SAMPLING}, "
+            f"resolution 4.57 Å < start 100 Å {_FSC}",
+        ),
+        (
+            3,
+            2.0,
+            "gate closed (resolution not better than start): healpix order 3 >= start 3 "
+            f"{_SAMPLING}, resolution 4.57 Å >= start 2 Å {_FSC}",  # 16 * 2 Å / 7
+        ),
+        (
+            1,
+            4.0,
+            "gate closed (healpix order below start and resolution not better than start): "
+            f"healpix order 1 < start 3 {_SAMPLING}, resolution 4.57 Å >= start 4 Å {_FSC}",
+        ),
     ],
 )
-def test_closed_gate_keeps_relions_map_and_says_why(
-    tmp_path, monkeypatch, order, start_res, closed
+def test_closed_gate_keeps_relions_map_and_says_why_in_one_line(
+    tmp_path, monkeypatch, capsys, order, start_res, gates
 ):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "job"
@@ -105,10 +132,17 @@ def test_closed_gate_keeps_relions_map_and_says_why(
     maps, seconds = _run_both(stars, corr)
     for m, p in zip(maps, plains, strict=True):
         np.testing.assert_array_equal(m, p)
-    log = _log(folder)
-    assert log.count(f"plain map (gate closed, {closed}: healpix") == 2
-    assert f"healpix order {order} (my_run_it004_sampling.star; start 3)" in log
-    assert "resolution 4.57 Å (rlnGoldStandardFsc" in log  # 16 * 2 Å / 7
+    out, log = capsys.readouterr().out, _log(folder)
+    assert len(out.splitlines()) == 2  # RELION's stdout: one line per call, nothing else
+    for h in (1, 2):
+        job = f"my_run_it005_half{h}_class001"
+        for text in (out, log):
+            (line,) = _call_lines(text, job)
+            assert re.search(
+                rf"{job}: plain map \({re.escape(gates)}; network not run; 0 steps, \d+\.\d s\), "
+                "box 16",
+                line,
+            ), line
     assert not any(hasattr(c, "seen") for c in corr)
     assert seconds < 15
 
@@ -133,7 +167,8 @@ def test_both_halves_meet_and_exchange_unregularised_maps(tmp_path, monkeypatch)
     np.testing.assert_array_equal(corr[0].seen[0], unreg[0])
     assert corr[0].seen[2] == 2.0 and corr[0].seen[3] == pytest.approx(16 * 2.0 / 7)
     log = _log(folder)
-    assert log.count("gates open") == 2 and log.count("corrected map (echo)") == 2
+    assert log.count("corrected map (gates open: healpix order 3 >= start 3") == 2
+    assert log.count("; echo; 0 steps, ") == 2
     assert "waited" in log and ": ok" in log
     assert seconds < 15
     # the rendezvous files were consumed by the other half
@@ -152,7 +187,12 @@ def test_one_half_alone_times_out_to_the_plain_map(tmp_path, monkeypatch):
     )
     seconds = time.perf_counter() - start
     np.testing.assert_array_equal(mrcfile.read(str(read_external_star(stars[0]).result)), plain)
-    assert "the other half never started" in _log(folder)
+    (line,) = _call_lines(_log(folder), "my_run_it005_half1_class001")
+    assert re.search(
+        r"plain map \(gates open: .*; network not run: the other half never started \(no "
+        r"my_run_it005_half2_class001_spisonet.lock after 0.5 s\); 0 steps, \d\.\d s\)",
+        line,
+    ), line
     assert seconds < 10
 
 
@@ -204,13 +244,61 @@ def test_training_error_is_logged_and_plain_written(tmp_path, monkeypatch, capsy
     maps, _ = _run_both(stars, [Broken(_settings()) for _ in stars])
     for m, p in zip(maps, plains, strict=True):
         np.testing.assert_array_equal(m, p)
-    assert _log(folder).count("reconstruction: MemoryError: CUDA out of memory (simulated)") == 2
+    log = _log(folder)
+    assert log.count("reconstruction: MemoryError: CUDA out of memory (simulated)") == 2
+    # the call's line still says how far it got (the runner logs the correction's summary)
+    for h in (1, 2):
+        (line,) = _call_lines(log, f"my_run_it005_half{h}_class001")
+        assert re.search(
+            r"plain \(correction failed\) map \(gates open: healpix order 3 >= start 3 .*; "
+            r"correction failed \(MemoryError\); 0 steps, \d+\.\d s\)",
+            line,
+        ), line
 
 
-def test_last_joined_iteration_keeps_relions_map(tmp_path, monkeypatch, capsys):
+_NEVER_RAN = "my_run_it009_class001: the network never ran in this refinement: "
+
+
+@pytest.mark.parametrize(
+    ("order", "models", "line", "never"),
+    [
+        (  # the network ran: the line says in which iterations, nothing more
+            3,
+            (
+                "my_run_it005_half1",
+                "my_run_it005_half2",
+                "my_run_it006_half1",
+                "my_run_it008_half2",
+            ),
+            "the network was trained in 3 iterations of this refinement (5-6, 8)",
+            None,
+        ),
+        (  # the gates never opened: a closing line says so, with the values and the fix
+            2,
+            (),
+            "the network never ran in this refinement",
+            "gates never opened (healpix order 2 < start 3 (my_run_it004_sampling.star), "
+            "resolution 4.57 Å < start 100 Å (rlnGoldStandardFsc)); lower start_resolution / "
+            "start_healpix (docs/relion.md)",
+        ),
+        (  # open at the end, yet never trained (the other half, failures): points up
+            3,
+            (),
+            "the network never ran in this refinement",
+            "the gates were open at the end (healpix order 3 >= start 3",
+        ),
+    ],
+)
+def test_last_joined_iteration_keeps_relions_map_and_says_whether_the_network_ran(
+    tmp_path, monkeypatch, capsys, order, models, line, never
+):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "job"
-    _pair(folder)  # sampling STAR with order 3: the gates would be open
+    _pair(folder, order=order)
+    for prefix in models:
+        (folder / f"{prefix}_class001_spisonet.pt").write_text("model")
+    (folder / "other_it006_half1_class001_spisonet.pt").write_text("model")  # another run
+    (folder / "my_run_it006_half1_class002_spisonet.pt").write_text("model")  # another class
     star = make_job(folder, "my_run_it009_class001", ori=16, pad=2)
     (folder / "my_run_it008_half1_class001_spisonet.lock").write_text("1\n")  # stale
     plain = reconstruct(read_external_star(star))
@@ -218,7 +306,20 @@ def test_last_joined_iteration_keeps_relions_map(tmp_path, monkeypatch, capsys):
     run_external_reconstruct(star, correction=_Echo(_settings()), keep_inputs=True)
     assert time.perf_counter() - start < 10  # no waiting for a partner
     np.testing.assert_array_equal(mrcfile.read(str(read_external_star(star).result)), plain)
-    assert "plain map (last joined iteration keeps RELION's map)" in capsys.readouterr().out
+    out, log = capsys.readouterr().out, _log(folder)
+    (call,) = _call_lines(out, "my_run_it009_class001")
+    assert re.search(
+        r"plain map \(gate[s ].*\(my_run_it004_sampling.star\).*; last joined iteration keeps "
+        rf"RELION's map; {re.escape(line)}; 0 steps, \d+\.\d s\)",
+        call,
+    ), call
+    if never is None:
+        assert "never ran" not in out + log
+    else:  # on RELION's stdout and in the log, before the call's own line
+        for text in (out, log):
+            (closing,) = [ln for ln in text.splitlines() if _NEVER_RAN in ln]
+            assert never in closing
+            assert text.index(_NEVER_RAN) < text.index(call.split("spisonet-relion: ")[-1])
     assert not (folder / "my_run_it008_half1_class001_spisonet.lock").exists()
 
 
@@ -267,7 +368,8 @@ def test_tiny_training_in_two_iterations_continues_the_model(tmp_path, monkeypat
     assert "continuing the model my_run_it005_half1_class001_spisonet.pt" in log
     assert "continuing the model my_run_it005_half2_class001_spisonet.pt" in log
     assert (folder / "my_run_it006_half2_class001_spisonet.pt").exists()
-    assert log.count("corrected map (network 1 epochs") == 4
+    assert log.count("network trained: 1 epochs in ") == 4
+    assert log.count("; 2 steps, ") == 4  # tiny: 4 cubes in batches of 2, one epoch
     assert "correction failed" not in log
 
 
@@ -368,6 +470,12 @@ def test_training_step_wiring_with_a_fake_network(
     if keep_highres:
         expected = expected + (plain - lowpass(plain, res, 2.0, falloff=3))
     np.testing.assert_allclose(out, expected, atol=1e-5)
-    assert "network 3 epochs" in corr.summary
+    assert re.fullmatch(
+        r"network trained: 3 epochs in \d+\.\d s on cpu, continuing "
+        r"r_it003_half1_class001_spisonet\.pt; output "
+        + ("with RELION's map beyond" if keep_highres else "low-passed to")
+        + r" 4\.6 Å; 1 steps, \d+\.\d s",
+        corr.summary,
+    ), corr.summary
     assert "continuing the model r_it003_half1_class001_spisonet.pt" in _log(folder)
     assert ("RELION's map kept where measured (weight > 0.5 in" in _log(folder)) == keep_measured

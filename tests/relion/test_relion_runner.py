@@ -181,3 +181,9 @@ def test_cli_relion_reconstruct_fails_like_spisonet_relion(tmp_path, monkeypatch
     assert result.exit_code == 2, result.output
     logs = list((tmp_path / "job").glob("spisonet_relion.log"))
     assert logs and "FAILED" in logs[0].read_text()
+
+
+def test_console_main_refuses_abbreviated_options(tmp_path, capsys):
+    """argparse would read --keep-input as --keep-inputs; a typo must be an error."""
+    assert console_main(["--keep-input", str(tmp_path / "x.star")]) == 2
+    assert "unrecognized arguments: --keep-input" in capsys.readouterr().err
