@@ -6,6 +6,13 @@ relion_refine names every file of a run ``<root>_it<NNN>[_half<h>][_class<CCC>]<
 underscores. :func:`parse_run_file` is the one parser of those names, :func:`parse_job_name`
 its strict form for a job's name (``<root>_it<NNN>[_half<h>]_class<CCC>``).
 
+The job names RELION gives its external reconstructor (``MlOptimiser::maximization`` and
+``MlOptimiserMpi::maximization``, RELION 3.1 to 5.0, all alike): ``<o>_it<NNN>``, then
+``_half1``/``_half2`` while the halves of an auto-refine are apart (not in the last, joined
+iteration, and not in 3D classification), then ``_body<BBB>`` in multi-body refinement,
+else ``_class<CCC>`` (``class002``... in 3D classification). :attr:`JobName.layout` names
+these cases.
+
 The lookups read only files of the same run (same root, iteration <= the job's) in the
 folder of the job's STAR: the pixel size (:func:`find_pixel_size`), the healpix order
 (:func:`healpix_order_of_run`), one label's value (:func:`read_star_value`) and the options
@@ -40,6 +47,7 @@ __all__ = [
     "parse_run_file",
     "positive_number",
     "read_star_value",
+    "run_has_halves",
 ]
 
 #: What relion_refine appends to the job name of the STAR it hands the reconstructor.
@@ -80,6 +88,20 @@ class JobName:
         mid = f"_half{h}" if h is not None else ""
         cls = f"_{self.kind}{self.number}" if self.kind is not None else ""
         return f"{self.root}_it{it:0{self.digits}d}{mid}{cls}"
+
+    @property
+    def layout(self) -> str:
+        """Which of RELION's jobs this name is: ``half`` (one half of an auto-refine
+        iteration, class 001), ``joined`` (no half, class 001: the last iteration of an
+        auto-refine, or a one-class 3D classification), ``body`` (multi-body), ``class``
+        (class 002 or later), ``unknown`` (no class or body part)."""
+        if self.kind == "body":
+            return "body"
+        if self.kind != "class" or self.number is None:
+            return "unknown"
+        if int(self.number) != 1:
+            return "class"
+        return "joined" if self.half is None else "half"
 
     @property
     def tail(self) -> str:
@@ -133,6 +155,12 @@ def _run_files(folder: Path, root: str) -> list[tuple[JobName, str]]:
         if jn is not None and jn.root == root:
             out.append((jn, name))
     return out
+
+
+def run_has_halves(folder: Path, root: str) -> bool:
+    """Whether run ``root`` in ``folder`` has any ``_half<h>`` file (an auto-refine does,
+    from its first iteration; a 3D classification never does)."""
+    return any(jn.half is not None for jn, _ in _run_files(folder, root))
 
 
 def newest_iteration_file(folder: Path, jn: JobName, tail: str, *, before: bool) -> Path | None:

@@ -42,6 +42,7 @@ from ..io.relion_runs import (
     parse_run_file,
     positive_number,
     read_star_value,
+    run_has_halves,
 )
 from ..maps import _apply_radial, _shell_mean_amplitude, combine_map, fsc_weight, whiten
 from ..masks import spherical_mask
@@ -160,6 +161,21 @@ def trained_iterations(folder: Path, jn: JobName) -> list[int]:
     return sorted(found)
 
 
+def _unsupported_layout(folder: Path, jn: JobName) -> str | None:
+    """Why RELION's map is kept for a job that is not one of an auto-refine's (None when it
+    is one): the correction pairs the two halves of one consensus map, so multi-body
+    bodies (their own masks and many maps per iteration) and 3D classification (no
+    independent halves) keep RELION's map."""
+    only = "keeps RELION's map: only 3D auto-refine is corrected"
+    if jn.layout == "body":
+        return f"multi-body refinement (body {jn.number}) {only}"
+    if jn.layout == "class":
+        return f"3D classification (class {jn.number}) {only}"
+    if jn.layout == "joined" and not run_has_halves(folder, jn.root):
+        return f"3D classification (no half maps in this run) {only}"
+    return None
+
+
 class RelionCorrection:
     """The misalignment correction, called by
     :func:`~spisonet.relion.runner.run_external_reconstruct` for each half of each
@@ -224,6 +240,9 @@ class RelionCorrection:
         if jn is None:
             self.summary = f"{job.name} does not follow RELION's iteration naming"
             return None
+        unsupported = _unsupported_layout(job.star_path.parent, jn)
+        if unsupported is not None:
+            return self._keep(job, unsupported)
         remove_earlier_files(job.star_path.parent, jn)
         if jn.half is None:
             return self._last_iteration(job, jn, pixel_size)

@@ -11,12 +11,23 @@ into an :class:`ExternalReconstructJob`; :func:`reconstruct` reads the job's Fou
 and runs the back-projector port on them; :func:`write_result_star` writes the tau2/FSC
 STAR RELION may read back; :func:`log_line` appends to ``spisonet_relion.log`` beside the
 STAR.
+
+Versions (``BackProjector::externalReconstruct`` in RELION's ``src/backprojector.cpp``):
+3.1 writes ``# version 30001`` and no pixel size; 4.0 still writes ``# version 30001`` but
+adds ``rlnPixelSize`` and ``rlnParticleDiameter``; 5.0 writes ``# version 50001`` with the
+same labels as 4.0. In every version the tau2 column is the model's ``tau2_class`` as
+``updateSSNRarrays`` leaves it: the division by the mean CTF² that RELION 5 applies for
+CTF-premultiplied data (``correct_tau2_by_avgctf2``) touches only a local copy used for
+its data-vs-prior report (and only without split halves), never the written tau2, and
+RELION's own ``reconstruct`` takes the same undivided tau2. So the Wiener term
+``1 / (pad³ · fudge · tau2)`` is the same for every version and nothing is rescaled here.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +36,7 @@ import numpy as np
 
 from ..errors import InvalidValueError, MapShapeError, StarFormatError
 from ..io import atomic_path, read_map, read_star_blocks
-from ..io.relion_runs import job_name_of_star
+from ..io.relion_runs import job_name_of_star, positive_number
 from .backprojector import reconstruct_arrays, relion_round
 
 __all__ = [
@@ -73,7 +84,11 @@ class ExternalReconstructJob:
     ref_dim : ``rlnReferenceDimensionality`` (3; 2 is not supported here).
     spectral_index, tau2, fsc : the ``external_reconstruct_tau2`` table (tau2 per shell
         and the gold-standard FSC; ``fsc`` is None when the column is absent).
-    pixel_size : ``rlnPixelSize`` (Å) when the STAR has it (RELION 5), else None.
+    pixel_size : ``rlnPixelSize`` (Å) when the STAR has it (RELION 4.0 and later), else
+        None.
+    particle_diameter : ``rlnParticleDiameter`` (Å) when present (RELION 4.0 and later).
+    star_version : the ``# version NNNNN`` RELION wrote atop the STAR (30001 for 3.1 and
+        4.0, 50001 for 5.x), None when there is none.
     labels : every label of the general block with its raw text value.
     """
 
@@ -93,6 +108,18 @@ class ExternalReconstructJob:
     fsc: np.ndarray | None
     pixel_size: float | None = None
     labels: dict[str, str] = field(default_factory=dict, compare=False)
+    particle_diameter: float | None = None
+    star_version: int | None = None
+
+    @property
+    def relion_release(self) -> str:
+        """The RELION series that writes a STAR like this one: ``3.1``, ``4.0``, ``5.x``,
+        or ``unknown (...)``; the header alone cannot tell 3.1 from 4.0, the pixel size can."""
+        if self.star_version == 50001:
+            return "5.x"
+        if self.star_version == 30001:
+            return "4.0" if "rlnPixelSize" in self.labels else "3.1"
+        return f"unknown (version {self.star_version})"
 
     @property
     def name(self) -> str:
@@ -191,6 +218,24 @@ def _tau2_table(star: Path, table: object) -> tuple[np.ndarray, np.ndarray, np.n
     return index, tau2, fsc
 
 
+_VERSION_LINE = re.compile(r"^#\s*version\s+(\d+)\s*$")
+
+
+def _star_version(star: Path) -> int | None:
+    """The first ``# version NNNNN`` line of the STAR (RELION's ``CURRENT_MDT_VERSION``)."""
+    try:
+        with star.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                m = _VERSION_LINE.match(line.strip())
+                if m:
+                    return int(m.group(1))
+                if line.startswith("data_"):  # RELION writes the version before each block
+                    return None
+    except OSError:
+        return None
+    return None
+
+
 def read_external_star(path: str | os.PathLike) -> ExternalReconstructJob:
     """Read RELION's ``*_external_reconstruct.star``.
 
@@ -242,6 +287,8 @@ def read_external_star(path: str | os.PathLike) -> ExternalReconstructJob:
     if "rlnPixelSize" in general:
         value = float(_number(star, general, "rlnPixelSize", float))
         pixel_size = value if value > 0 else None
+    # optional and unused by the reconstruction: an odd value must not cost RELION its map
+    diameter = positive_number(str(general.get("rlnParticleDiameter", "")))
     if "external_reconstruct_tau2" not in blocks:
         raise StarFormatError(
             f"{star}: no 'external_reconstruct_tau2' block; expected the tau2 table "
@@ -268,6 +315,8 @@ def read_external_star(path: str | os.PathLike) -> ExternalReconstructJob:
         fsc=fsc,
         pixel_size=pixel_size,
         labels={str(k): str(v) for k, v in general.items()},
+        particle_diameter=diameter,
+        star_version=_star_version(star),
     )
 
 

@@ -16,6 +16,7 @@ from spisonet.io.relion_runs import (
     optimiser_command_option,
     parse_run_file,
     read_star_value,
+    run_has_halves,
 )
 
 
@@ -203,3 +204,51 @@ def test_pixel_size_not_found(tmp_path):
     for job in ("r_it003_half1_class001", "no_iteration_name"):
         got = find_pixel_size(_star(tmp_path, job))
         assert got.value is None and "no pixel size" in got.source
+
+
+# --------------------------------------------------------------------------------------
+# the layouts RELION names (MlOptimiser(Mpi)::maximization: _it, [_half], _body | _class)
+
+
+@pytest.mark.parametrize(
+    ("name", "layout", "half", "kind", "number"),
+    [
+        ("run_it012_half1_class001", "half", 1, "class", "001"),
+        ("run_it012_half2_class001", "half", 2, "class", "001"),
+        ("run_it017_class001", "joined", None, "class", "001"),  # last, joined iteration
+        ("run_it008_half1_body002", "body", 1, "body", "002"),  # multi-body, halves apart
+        ("run_it011_body002", "body", None, "body", "002"),  # multi-body, joined
+        ("run_it025_class002", "class", None, "class", "002"),  # 3D classification
+        ("run_it025_class003", "class", None, "class", "003"),
+        ("my_run_ct3_it025_class010", "class", None, "class", "010"),
+    ],
+)
+def test_job_layouts_as_relion_names_them(name, layout, half, kind, number):
+    jn = parse_job_name(name)
+    assert jn is not None
+    assert (jn.layout, jn.half, jn.kind, jn.number) == (layout, half, kind, number)
+    assert jn.name() == name  # the parts give the name back
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "run_class001",  # relion_refine with iter -1: no _it part
+        "run_it012_half1",  # no class or body part
+        "run_it012_half1_class001_extra",  # a suffix is not a job name
+        "reconstruct",  # relion_reconstruct --external_reconstruct: its own --o
+    ],
+)
+def test_names_outside_relions_iteration_naming_do_not_parse(name):
+    assert parse_job_name(name) is None
+
+
+def test_run_has_halves_tells_an_auto_refine_from_a_classification(tmp_path):
+    _star(tmp_path, "refine_it003_half1_class001")
+    _star(tmp_path, "refine_it004_class001")
+    _star(tmp_path, "class3d_it025_class001")
+    (tmp_path / "class3d_it025_model.star").write_text("")
+    (tmp_path / "other_it001_half2_class001.mrc").write_text("")  # another run's half
+    assert run_has_halves(tmp_path, "refine")
+    assert not run_has_halves(tmp_path, "class3d")
+    assert not run_has_halves(tmp_path / "missing", "refine")
