@@ -38,7 +38,7 @@ from ..io.relion_runs import (
 from .config import load_relion_settings
 from .job import current_resolution, read_external_star, resolve_input
 from .runner import _parse_args  # the parser spisonet-relion itself uses
-from .settings import RelionCorrectionSettings
+from .settings import RelionCorrectionSettings, closed_gates
 
 __all__ = [
     "DeviceInfo",
@@ -125,19 +125,6 @@ class RelionSetupReport:
     def ok(self) -> bool:
         """No finding says something would fail."""
         return not any(f.level == "problem" for f in self.findings)
-
-
-def closed_gates(
-    order: int | None, resolution: float | None, settings: RelionCorrectionSettings
-) -> tuple[str, ...]:
-    """Why the gates are closed for a healpix order and a resolution (Å), as the
-    correction decides (``start_healpix``, ``start_resolution``); empty when open."""
-    closed = []
-    if order is None or order < settings.start_healpix:
-        closed.append("healpix order below start")
-    if resolution is None or not resolution < settings.start_resolution:
-        closed.append("resolution not better than start")
-    return tuple(closed)
 
 
 def probe_device() -> DeviceInfo:
@@ -286,9 +273,8 @@ def _history(
                 res = positive_number(read_star_value(model, "rlnCurrentResolution"))
                 res_src = f"rlnCurrentResolution in {model.name}"
                 break
-        rows.append(
-            GateRow(m + 1, order, order_src, res, res_src, closed_gates(order, res, settings))
-        )
+        closed = closed_gates(order, res, settings.start_healpix, settings.start_resolution)
+        rows.append(GateRow(m + 1, order, order_src, res, res_src, closed))
     return rows
 
 
@@ -322,7 +308,7 @@ def _job_row(
         order_src,
         resolution,
         f"rlnGoldStandardFsc in {star.name}",
-        closed_gates(order, resolution, settings),
+        closed_gates(order, resolution, settings.start_healpix, settings.start_resolution),
     )
     return row, findings
 

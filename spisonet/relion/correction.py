@@ -57,7 +57,7 @@ from .rendezvous import (
     remove_earlier_files,
     wait_for_partner,
 )
-from .settings import RelionCorrectionSettings
+from .settings import RelionCorrectionSettings, closed_gates
 from .watchdog import RelionWatch
 
 __all__ = ["MODEL_SUFFIX", "RelionCorrection", "trained_iterations"]
@@ -95,12 +95,9 @@ class _Gates:
     @property
     def closed(self) -> list[str]:
         """What keeps the gates closed (empty when both are open)."""
-        out = []
-        if self.order is None or self.order < self.start_healpix:
-            out.append("healpix order below start")
-        if not self.resolution < self.start_resolution:
-            out.append("resolution not better than start")
-        return out
+        return list(
+            closed_gates(self.order, self.resolution, self.start_healpix, self.start_resolution)
+        )
 
     def values(self) -> str:
         """Both values against their starts, with where each came from."""

@@ -35,6 +35,7 @@ from ..errors import InvalidValueError
 __all__ = [
     "RelionCorrectionSettings",
     "check_relion_settings",
+    "closed_gates",
     "correction_settings",
     "correction_settings_from_env",
     "describe_settings",
@@ -240,3 +241,17 @@ def describe_settings(s: RelionCorrectionSettings) -> str:
     elif defaults:
         parts[0] += ": " + ", ".join(defaults)
     return "; ".join(parts)
+
+
+def closed_gates(
+    order: int | None, resolution: float | None, start_healpix: int, start_resolution: float
+) -> tuple[str, ...]:
+    """Why the gates are closed for a healpix order and a resolution (Å) (``start_healpix``,
+    ``start_resolution``); empty when open. The one statement of the rule: the correction
+    and ``spisonet relion-check`` both ask it."""
+    closed = []
+    if order is None or order < start_healpix:
+        closed.append("healpix order below start")
+    if resolution is None or not resolution < start_resolution:
+        closed.append("resolution not better than start")
+    return tuple(closed)
