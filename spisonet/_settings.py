@@ -15,6 +15,7 @@ Pure Python: no torch, no files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -26,10 +27,13 @@ from .errors import InvalidValueError
 
 __all__ = [
     "SettingInfo",
+    "base_type",
+    "field_types",
     "from_environment",
     "from_table",
     "info",
     "markdown_table",
+    "parse_int_list",
     "parse_text",
     "setting",
     "setting_fields",
@@ -94,11 +98,16 @@ def setting_fields(cls: type) -> list[tuple[dataclasses.Field, SettingInfo]]:
     return [(f, f.metadata[_KEY]) for f in dataclasses.fields(cls) if _KEY in f.metadata]
 
 
-def _base_type(annotation: Any) -> tuple[type, bool]:
-    """(the scalar type, whether None is allowed) of a field annotation."""
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of a settings class (cached: once per class)."""
+    return typing.get_type_hints(cls)
+
+
+def base_type(annotation: Any) -> tuple[type, bool]:
+    """(the scalar type, whether None is allowed) of an evaluated field annotation:
+    ``float | None`` -> ``(float, True)``, ``tuple[int, ...]`` -> ``(tuple, False)``."""
     tp = annotation
-    if isinstance(tp, str):
-        tp = eval(tp, {"tuple": tuple, "int": int, "float": float, "str": str, "bool": bool})
     optional = False
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -108,6 +117,11 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     if typing.get_origin(tp) is tuple:
         return tuple, optional
     return tp, optional
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """``"64, 128,256"`` -> ``(64, 128, 256)``; ValueError when an item is not an integer."""
+    return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
 
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -126,7 +140,7 @@ def parse_text(raw: str, annotation: Any, where: str) -> Any:
     InvalidValueError
         The text does not parse as the field's type.
     """
-    tp, optional = _base_type(annotation)
+    tp, optional = base_type(annotation)
     text = raw.strip()
     if optional and text.lower() == "none":
         return None
@@ -155,7 +169,7 @@ def parse_text(raw: str, annotation: Any, where: str) -> Any:
         return value
     if tp is tuple:
         try:
-            return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+            return parse_int_list(text)
         except ValueError:
             raise InvalidValueError(f"{where}: expected comma-separated integers") from None
     return text
@@ -177,7 +191,7 @@ def from_environment(
         A value that does not parse (the variable and its value are in the message), or a
         text setting outside its ``choices``.
     """
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for f, meta in setting_fields(cls):
@@ -219,7 +233,7 @@ def _kind(value: Any) -> str:
 def _typed(raw: Any, annotation: Any, where: str) -> Any:
     """A TOML value checked against a field's type (no conversion from text: a TOML file
     has types of its own, so ``epochs = "5"`` is a mistake worth naming)."""
-    tp, _ = _base_type(annotation)
+    tp, _ = base_type(annotation)
 
     def wrong(expected: str) -> InvalidValueError:
         return InvalidValueError(f"{where}={raw!r}: expected {expected}, found {_kind(raw)}")
@@ -264,7 +278,7 @@ def from_table(
         of the wrong type, or a text setting outside its ``choices``; the message names
         the file, the key, what was expected and what was found.
     """
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     declared = {f.name: meta for f, meta in setting_fields(cls)}
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}

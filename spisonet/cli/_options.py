@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-import types
-import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import typer
 
-from .._settings import SettingInfo, info, setting_fields
+from .._settings import (
+    SettingInfo,
+    base_type,
+    field_types,
+    info,
+    parse_int_list,
+    setting_fields,
+)
 
 __all__ = [
     "ApixOption",
@@ -41,7 +46,7 @@ ApixOption = Annotated[
 def int_list(text: str) -> tuple[int, ...]:
     """``"64,128,256"`` -> ``(64, 128, 256)`` (the parser of tuple settings)."""
     try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+        values = parse_int_list(text)
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
     if not values:
@@ -60,19 +65,6 @@ def choice_parser(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    # evaluates every annotation of the class (~1 ms): once per class, not per option
-    return typing.get_type_hints(cls)
-
-
-def _scalar(annotation: Any) -> Any:
-    """``float | None`` -> ``float``; ``tuple[int, ...]`` -> ``tuple``."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return typing.get_origin(annotation) or annotation
-
-
 def setting_option(
     cls: type, name: str, *, default: Any = None, panel: str | None = None
 ) -> inspect.Parameter:
@@ -83,7 +75,7 @@ def setting_option(
     setting becomes a flag that defaults to False.
     """
     meta: SettingInfo = info(cls, name)
-    kind = _scalar(_field_types(cls)[name])
+    kind = base_type(field_types(cls)[name])[0]
     extra: dict[str, Any] = {}
     if kind is bool:
         kind, default = bool, False
@@ -115,7 +107,7 @@ def settings_options(
     too, so the preset's value applies). ``defaults`` gives some options a default.
     """
     names = [f.name for f, meta in setting_fields(cls) if meta.cli]
-    flags = {n for n in names if _scalar(_field_types(cls)[n]) is bool}
+    flags = {n for n in names if base_type(field_types(cls)[n])[0] is bool}
     params = [setting_option(cls, n, default=(defaults or {}).get(n), panel=panel) for n in names]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
