@@ -209,7 +209,7 @@ def ground_truth_metrics(
         out[name] = {
             "global_fsc": g.fsc,
             "axis_fsc": ax,
-            "cone_mean": float(np.nanmean(ax[2 : n // 4 + 1])),
+            "cone_mean": float(cone_mean(ax, n)),
             "res05_global": float(g.resolution_05),
             "res0143_global": float(g.resolution_0143),
             "res05_worst": float(res[iw]),

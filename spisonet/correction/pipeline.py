@@ -298,8 +298,16 @@ class SamplingWeight:
             return np.ones((n, n, n), dtype=np.float32)
         w = prepare_sampling_weight(self.gated, n)
         if reference:
-            w = np.where(frequency_radius(n) <= n * voxel_size / s.ref_resolution, 1.0, w)
+            w = _one_below(w, voxel_size, s.ref_resolution)
         return w.astype(np.float32)
+
+
+def _one_below(weight: np.ndarray, voxel_size: float, resolution: float) -> np.ndarray:
+    """``weight`` (fftshift-ed cube) set to 1 below ``resolution`` Å, where the reference
+    supplies the data; float32."""
+    n = weight.shape[0]
+    inside = frequency_radius(n) <= n * voxel_size / resolution
+    return np.where(inside, 1.0, weight).astype(np.float32)
 
 
 def sampling_weight(
@@ -344,8 +352,7 @@ def sampling_weight(
         )
     cube = prepare_sampling_weight(gated, s.cube_size)
     if inputs.reference is not None:
-        r_cube = s.cube_size * voxel_size / s.ref_resolution
-        cube = np.where(frequency_radius(s.cube_size) <= r_cube, 1.0, cube).astype(np.float32)
+        cube = _one_below(cube, voxel_size, s.ref_resolution)
     return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated)
 
 
@@ -394,7 +401,8 @@ def train_networks(
     device = resolve_device(s.device)
     pre_model = None
     if pretrained is not None:
-        pre_model = model_from_checkpoint(load_checkpoint(pretrained), pretrained)
+        saved = load_checkpoint(pretrained)  # read once; each network is built from it
+        pre_model = model_from_checkpoint(saved, pretrained)
         if tuple(pre_model.widths) != s.widths:
             notes.append(
                 f"widths {list(pre_model.widths)} taken from the pretrained model "
@@ -419,7 +427,7 @@ def train_networks(
     for i, pairs in enumerate(datasets):
         stage = "train" if i == 0 else "train half 2"
         if pre_model is not None and not resume:
-            model = model_from_checkpoint(load_checkpoint(pretrained), pretrained)
+            model = model_from_checkpoint(saved, pretrained)
         else:
             model = build_model(s.widths, s.seed) if not resume else None
         if s.epochs == 0:
