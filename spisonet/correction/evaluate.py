@@ -24,6 +24,7 @@ __all__ = [
     "ground_truth_metrics",
     "hemisphere_directions",
     "score_correction",
+    "scored_shells",
     "worst_cone",
 ]
 
@@ -42,9 +43,15 @@ def hemisphere_directions(n: int = 300) -> np.ndarray:
     return np.stack([s * np.cos(phi), s * np.sin(phi), z], axis=1)
 
 
+def scored_shells(n: int) -> tuple[int, int]:
+    """Shells 2 … n/4 (both included): the band where a missing cone is scored, by the
+    matrix and by the trust check."""
+    return 2, n // 4
+
+
 def _shell_band(n: int) -> slice:
-    """Shells 2 … n/4 (inclusive): the band where a missing cone is scored."""
-    return slice(2, n // 4 + 1)
+    lo, hi = scored_shells(n)
+    return slice(lo, hi + 1)
 
 
 def cone_mean(curves: np.ndarray, n: int) -> np.ndarray:

@@ -38,6 +38,7 @@ import scipy.fft
 from .._cube import rotate_array, rotate_fourier
 from ..errors import InvalidValueError, MapMismatchError, MapShapeError
 from ..fourier import frequency_radius, rfft_shells
+from .evaluate import scored_shells
 
 __all__ = ["TrustCheck", "choose_hidden_rotation", "hidden_weights", "region_fsc", "trust_check"]
 
@@ -51,10 +52,6 @@ MIN_HIDDEN_FRACTION = 0.02
 #: a 128-step tiny network that made the cone worse (−0.11) scores 0.001.
 GOOD_SCORE = 0.3
 PARTIAL_SCORE = 0.1
-
-
-def _band(n: int) -> tuple[int, int]:
-    return 2, n // 4
 
 
 def hidden_weights(weight: np.ndarray, rotation: int) -> np.ndarray:
@@ -75,7 +72,7 @@ def choose_hidden_rotation(weight: np.ndarray) -> tuple[int, float]:
     """
     w = np.asarray(weight)
     n = w.shape[0]
-    lo, hi = _band(n)
+    lo, hi = scored_shells(n)
     r = np.rint(frequency_radius(n))
     band = (r >= lo) & (r <= hi)
     best, best_mass = 1, -1.0
@@ -222,7 +219,8 @@ def trust_check(
         if not 1 <= int(rotation) < 24:
             raise InvalidValueError(f"rotation must be in 1 … 23; got {rotation}")
         r = np.rint(frequency_radius(n))
-        band = (r >= _band(n)[0]) & (r <= _band(n)[1])
+        lo, hi = scored_shells(n)
+        band = (r >= lo) & (r <= hi)
         fraction = float(hidden_weights(w, rotation)[band].mean())
     h = hidden_weights(w, rotation)
     y1 = rotate_array(a, rotation)
@@ -249,7 +247,7 @@ def trust_check(
     mass = _shell_cross(np.ones_like(f1), np.ones_like(f1), hh, n)
     shell_of = np.rint(frequency_radius(n)).astype(np.int64).ravel()
     counts = np.bincount(shell_of, minlength=n // 2 + 1)
-    lo, hi = _band(n)
+    lo, hi = scored_shells(n)
     agree = data_fsc if data_fsc is not None else np.ones(n // 2 + 1)
     shells = np.array(
         [
