@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_matrix.py [--preset cpu] [--set core|hard|all|ci]
         [--cells NAME,NAME ...] [--out benchmarks/matrix_out] [--seed 0]
-        [--override KEY=VALUE ...] [--list]
+        [--override KEY=VALUE ...] [--list] [--jobs N] [--inputs DIR] [--prepare]
 
 Cells vary one factor at a time around a base cell (the built-in molecule, box 64, a
 tight soft mask, views within 20° of z, per-view SNR 0.01, the Fourier noise model),
@@ -16,6 +16,13 @@ truth over shells 2 … n/4 in the *worst cone* (20°, around the least-measured
 direction, found from the truth), the worst drop of any global shell, the trust check's
 score, the time. Each cell's figures go to ``--out/<cell>.json`` as soon as it ends, and
 a rerun skips cells already there (so an interrupted matrix continues).
+
+``--jobs N`` runs N cells at once in separate processes (on a GPU, small networks leave
+most of the card idle: several cells share it). ``--inputs DIR`` keeps each cell's
+simulated half maps there and reads them back on a rerun; ``--prepare`` only simulates
+(e.g. the ``relion`` cells on a machine with RELION, to be corrected on a GPU machine
+without it). ``SPISONET_MATRIX_DATA`` points at the real maps when ``../shared/data`` is
+not beside the checkout.
 
 At the end: the table (markdown), the acceptance figures (cells with a missing cone:
 median gain, the weakest cell; uniform cells; the worst global drop) and the Spearman
@@ -30,13 +37,14 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from matrix_cells import Cell, run_cell
+from matrix_cells import Cell, cell_inputs, run_cell
 
 BASE = Cell()
 
@@ -141,6 +149,35 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _worker_threads(n: int) -> None:
+    """A worker process's CPU threads (its share of the machine)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _run_and_save(
+    c: Cell, overrides: dict, *, preset: str, seed: int, inputs: Path | None, out: Path
+) -> dict:
+    """Run one cell and write its JSON at once (so an interrupted matrix continues)."""
+    from spisonet.report import write_json
+
+    r = run_cell(c, preset, seed, inputs=inputs, **overrides)
+    write_json(out / f"{c.name}__{preset}.json", r)
+    return r
+
+
+def _report(r: dict) -> dict:
+    trust = "n/a" if r["trust_score"] is None else f"{r['trust_score']:.2f}"
+    print(
+        f"  {r['name']}: cone {r['cone_raw']:.3f} → {r['cone_corrected']:.3f} "
+        f"(gain {r['gain']:+.3f}), max global drop {r['max_global_drop']:+.3f}, "
+        f"trust {trust}, {r['seconds']['correct']:.0f} s",
+        flush=True,
+    )
+    return r
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the chosen cells (skipping finished ones), print the table and the summary."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -151,6 +188,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--list", action="store_true", help="print the cell names and exit")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once (processes)")
+    p.add_argument("--inputs", type=Path, default=None, help="folder of simulated half maps")
+    p.add_argument("--prepare", action="store_true", help="only simulate the cells' inputs")
     args = p.parse_args(argv)
     cells = SETS[args.cell_set]
     if args.cells:
@@ -173,27 +213,42 @@ def main(argv: list[str] | None = None) -> list[dict]:
         flush=True,
     )
     print("# command: python " + " ".join(sys.argv), flush=True)
-    rows = []
+    if args.prepare:
+        if args.inputs is None:
+            raise SystemExit("--prepare needs --inputs DIR")
+        for c in cells:
+            t0 = time.perf_counter()
+            cell_inputs(c, args.seed, args.inputs)
+            print(f"  {c.name}: inputs ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+        return []
+    rows: dict[str, dict] = {}
+    todo = []
     for c in cells:
         path = out / f"{c.name}__{args.preset}.json"
         if path.exists():
             r = json.loads(path.read_text())
             if r.get("overrides", {}) == {k: v for k, v in overrides.items()}:
-                rows.append(r)
+                rows[c.name] = r
                 print(f"  {c.name}: done before (gain {r['gain']:+.3f})", flush=True)
                 continue
-        r = run_cell(c, args.preset, args.seed, **overrides)
-        from spisonet.report import write_json
+        todo.append(c)
+    job = dict(preset=args.preset, seed=args.seed, inputs=args.inputs, out=out)
+    if args.jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        write_json(path, r)
-        rows.append(r)
-        trust = "n/a" if r["trust_score"] is None else f"{r['trust_score']:.2f}"
-        print(
-            f"  {c.name}: cone {r['cone_raw']:.3f} → {r['cone_corrected']:.3f} "
-            f"(gain {r['gain']:+.3f}), max global drop {r['max_global_drop']:+.3f}, "
-            f"trust {trust}, {r['seconds']['correct']:.0f} s",
-            flush=True,
-        )
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_threads,
+            initargs=(threads,),
+        ) as pool:  # fmt: skip
+            futures = {pool.submit(_run_and_save, c, overrides, **job): c for c in todo}
+            for f in as_completed(futures):
+                rows[futures[f].name] = _report(f.result())
+    else:
+        for c in todo:
+            rows[c.name] = _report(_run_and_save(c, overrides, **job))
+    rows = [rows[c.name] for c in cells]
     print()
     print(table(rows))
     print()

@@ -19,6 +19,7 @@ Noise models:
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The real maps (``../shared/data`` beside the checkout); ``SPISONET_MATRIX_DATA`` points
+#: elsewhere (e.g. a copy carried to a GPU machine).
+DATA = Path(
+    os.environ.get("SPISONET_MATRIX_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 SOURCES = {
     "cftr": "cftr_6msm_gt_128px_1.3A.mrc",
     "c4channel": "real_c4channel_97px_3.0A.mrc",
@@ -180,15 +186,11 @@ def relion_half_maps(
     return halves[0], halves[1]
 
 
-def run_cell(cell: Cell, preset: str = "cpu", seed: int = 0, **overrides) -> dict[str, object]:
-    """Simulate, correct and score one cell; a JSON-ready dict of the figures."""
-    from spisonet.correction import correct_anisotropy, preset_settings
-    from spisonet.correction.evaluate import score_correction
+def simulate_cell(cell: Cell, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """(half1, half2, voxel size Å) of a cell: its views, its noise model."""
     from spisonet.simulate import draw_view_directions, simulate_half_maps
 
-    t0 = time.perf_counter()
     truth, apix = ground_truth(cell.structure, cell.box, seed)
-    mask = cell_mask(cell.mask, truth)
     dist = cell.distribution
     if dist == "side":
         # views within 20° of the x axis (one side view): the missing cone lies along x
@@ -205,6 +207,44 @@ def run_cell(cell: Cell, preset: str = "cpu", seed: int = 0, **overrides) -> dic
             h1, h2 = relion_half_maps(truth, apix, dirs, cell.snr, seed, Path(tmp))
     else:
         raise ValueError(f"unknown noise model {cell.noise!r}")
+    return h1.astype(np.float32), h2.astype(np.float32), apix
+
+
+def cell_inputs(
+    cell: Cell, seed: int = 0, inputs: Path | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`simulate_cell`, read from / written to ``inputs/<cell>__seed<seed>.npz`` when
+    a folder is given (so the RELION cells can be simulated on a machine with RELION and
+    corrected on one without)."""
+    if inputs is None:
+        return simulate_cell(cell, seed)
+    path = Path(inputs) / f"{cell.name}__seed{seed}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return z["half1"], z["half2"], float(z["voxel_size"])
+    h1, h2, apix = simulate_cell(cell, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part.npz")
+    np.savez_compressed(tmp, half1=h1, half2=h2, voxel_size=apix)
+    tmp.replace(path)
+    return h1, h2, apix
+
+
+def run_cell(
+    cell: Cell,
+    preset: str = "cpu",
+    seed: int = 0,
+    inputs: Path | None = None,
+    **overrides,
+) -> dict[str, object]:
+    """Simulate (or read from ``inputs``), correct and score one cell; a JSON-ready dict."""
+    from spisonet.correction import correct_anisotropy, preset_settings
+    from spisonet.correction.evaluate import score_correction
+
+    t0 = time.perf_counter()
+    truth, _ = ground_truth(cell.structure, cell.box, seed)
+    mask = cell_mask(cell.mask, truth)
+    h1, h2, apix = cell_inputs(cell, seed, inputs)
     t_sim = time.perf_counter() - t0
     settings = preset_settings(preset, seed=seed, **overrides)
     t0 = time.perf_counter()

@@ -92,7 +92,8 @@ def predict_map(
     batch_size : int
         Tiles per forward pass.
     device : torch device, optional
-        Where the network runs; default: where the model's parameters are.
+        Where the network runs; default: where the model's parameters are. A model
+        elsewhere is moved there for the call and moved back afterwards.
     amp_dtype : torch dtype, optional
         Run the forward pass under ``torch.autocast`` with this dtype (e.g. bfloat16).
     progress : :class:`spisonet.progress.Progress`, optional
@@ -154,7 +155,10 @@ def predict_map(
     keep = slice(p0 - e, p0 + s + e)
 
     was_training = model.training
+    home = _model_device(model)
     model.eval()
+    if home != dev:
+        model.to(dev)
     try:
         with torch.inference_mode():
             for b0 in range(0, total, int(batch_size)):
@@ -183,6 +187,8 @@ def predict_map(
                     progress("predict", min(b0 + len(chunk), total), total)
     finally:
         model.train(was_training)
+        if home != dev:
+            model.to(home)
     if world is not None and world.distributed:
         summed = torch.from_numpy(acc)
         if dist.get_backend() == "nccl":  # NCCL reduces device memory only
