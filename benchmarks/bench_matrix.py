@@ -157,12 +157,19 @@ def _worker_threads(n: int) -> None:
 
 
 def _run_and_save(
-    c: Cell, overrides: dict, *, preset: str, seed: int, inputs: Path | None, out: Path
+    c: Cell,
+    overrides: dict,
+    *,
+    preset: str,
+    seed: int,
+    inputs: Path | None,
+    out: Path,
+    save_maps: Path | None = None,
 ) -> dict:
     """Run one cell and write its JSON at once (so an interrupted matrix continues)."""
     from spisonet.report import write_json
 
-    r = run_cell(c, preset, seed, inputs=inputs, **overrides)
+    r = run_cell(c, preset, seed, inputs=inputs, save_maps=save_maps, **overrides)
     write_json(out / f"{c.name}__{preset}.json", r)
     return r
 
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (processes)")
     p.add_argument("--inputs", type=Path, default=None, help="folder of simulated half maps")
     p.add_argument("--prepare", action="store_true", help="only simulate the cells' inputs")
+    p.add_argument("--save-maps", type=Path, default=None, help="keep corrected maps here")
     args = p.parse_args(argv)
     cells = SETS[args.cell_set]
     if args.cells:
@@ -232,7 +240,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"  {c.name}: done before (gain {r['gain']:+.3f})", flush=True)
                 continue
         todo.append(c)
-    job = dict(preset=args.preset, seed=args.seed, inputs=args.inputs, out=out)
+    job = dict(
+        preset=args.preset, seed=args.seed, inputs=args.inputs, out=out, save_maps=args.save_maps
+    )
     if args.jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed

@@ -235,9 +235,13 @@ def run_cell(
     preset: str = "cpu",
     seed: int = 0,
     inputs: Path | None = None,
+    save_maps: Path | None = None,
     **overrides,
 ) -> dict[str, object]:
-    """Simulate (or read from ``inputs``), correct and score one cell; a JSON-ready dict."""
+    """Simulate (or read from ``inputs``), correct and score one cell; a JSON-ready dict.
+
+    ``save_maps``: a folder where ``<cell>.npz`` keeps the corrected average (float32) and
+    the trust check's per-shell curves, to study post-processing without retraining."""
     from spisonet.correction import correct_anisotropy, preset_settings
     from spisonet.correction.evaluate import score_correction
 
@@ -261,6 +265,18 @@ def run_cell(
     raw = 0.5 * (h1 + h2)
     score = score_correction(truth, raw, result.average, mask)
     trust = result.trust
+    if save_maps is not None:
+        Path(save_maps).mkdir(parents=True, exist_ok=True)
+        extra = {}
+        if trust is not None:
+            extra = {"trust_recovery": trust.recovery, "trust_shells": trust.shells_scored}
+            if trust.data_fsc is not None:
+                extra["trust_data_fsc"] = trust.data_fsc
+        np.savez_compressed(
+            Path(save_maps) / f"{cell.name}.npz",
+            corrected=result.average.astype(np.float32),
+            **extra,
+        )
     return {
         "cell": cell.to_dict(),
         "name": cell.name,
@@ -273,6 +289,8 @@ def run_cell(
         "cone_corrected": score.cone_corrected,
         "worst_direction": [float(x) for x in score.direction],
         "max_global_drop": score.max_global_drop,
+        "global_raw": [float(x) for x in score.global_raw],
+        "global_corrected": [float(x) for x in score.global_corrected],
         "worst_drop_shell": score.worst_drop_shell,
         "trust_score": None if trust is None else trust.score,
         "trust_verdict": None if trust is None else trust.verdict,

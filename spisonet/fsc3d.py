@@ -49,7 +49,7 @@ from numba import njit, prange
 
 from ._checks import check_contrast, check_limit_res, check_mask_values
 from ._compat import renamed_parameter
-from .errors import InvalidValueError
+from .errors import InvalidValueError, MapShapeError
 from .fourier import frequency_radius
 from .progress import Progress
 
@@ -60,6 +60,7 @@ __all__ = [
     "keep_highres_weight",
     "limit_radius",
     "phase_agreement",
+    "support_limit",
 ]
 
 
@@ -188,6 +189,27 @@ def _default_limit(
 def limit_radius(limit_res: float, voxel_size: float, n: int) -> int:
     """``limit_r = int(2·voxel/limit_res · n/2 + 1)`` (step 4): shells below it are computed."""
     return int(2.0 * voxel_size / limit_res * (n / 2.0) + 1)
+
+
+def support_limit(volume: np.ndarray, voxel_size: float) -> float | None:
+    """The resolution (Å) of the outermost shell where a 3D FSC volume holds data.
+
+    ``volume``: (m, m, m) fftshift-ed 3D FSC (centre at m//2) with ``voxel_size`` Å per
+    voxel. Its *support* is the set of voxels with a non-zero value; with ``r`` the largest
+    distance of one from the centre, the limit is ``m · voxel_size / floor(r)``. For
+    :func:`fsc3d`'s volumes this is its ``limit_res``. None when nothing beyond the
+    centre voxel is non-zero (no resolution to speak of).
+    """
+    v = np.asarray(volume)
+    if v.ndim != 3 or len(set(v.shape)) != 1:
+        raise MapShapeError(f"the 3D FSC must be a cubic 3D array; found shape {v.shape}")
+    m = v.shape[0]
+    radius = frequency_radius(m)
+    inside = np.abs(v) > 1e-6
+    if not inside.any():
+        return None
+    r = int(np.floor(radius[inside].max() + 1e-9))
+    return None if r < 1 else m * float(voxel_size) / r
 
 
 def keep_highres_weight(limit_r: int, n: int) -> np.ndarray:

@@ -171,3 +171,44 @@ def test_uniform_simulation_is_nearly_isotropic():
         vol[c, c, c + 6 : c + 14].mean(),
     ]
     assert max(means) - min(means) < 0.15, means
+
+
+def _slow_support_limit(volume: np.ndarray, voxel_size: float) -> float | None:
+    """The definition, voxel by voxel: m·voxel / floor(largest |k| of a non-zero voxel)."""
+    m = volume.shape[0]
+    c = m // 2
+    best = -1.0
+    for z in range(m):
+        for y in range(m):
+            for x in range(m):
+                if volume[z, y, x] != 0:
+                    best = max(best, ((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2) ** 0.5)
+    r = int(np.floor(best + 1e-9)) if best >= 0 else 0
+    return None if r < 1 else m * voxel_size / r
+
+
+@pytest.mark.parametrize("m", [12, 15])
+def test_support_limit_follows_its_definition(m) -> None:
+    from spisonet.fsc3d import support_limit
+
+    rng = np.random.default_rng(m)
+    for cut in (0.5, 3.2, 5.0, 6.9, 99.0):
+        c = m // 2
+        idx = np.indices((m, m, m)) - c
+        radius = np.sqrt((idx**2).sum(axis=0))
+        vol = np.where(radius <= cut, rng.uniform(0.01, 1.0, (m, m, m)), 0.0)
+        vol[rng.random(vol.shape) < 0.3] = 0.0  # holes inside the support change nothing
+        assert support_limit(vol, 1.7) == _slow_support_limit(vol, 1.7)
+    assert support_limit(np.zeros((m, m, m)), 1.0) is None
+
+
+def test_support_limit_is_fsc3d_limit_res(noisy_pair) -> None:
+    from spisonet.fsc3d import support_limit
+
+    a, b = noisy_pair(32, seed=4, noise=1.0)
+    for limit in (None, 9.0):
+        r = fsc3d(a, b, voxel_size=1.5, limit_res=limit)
+        # the last shell computed is limit_r − 1: for a default limit that is limit_res
+        assert support_limit(r.volume, 1.5) == pytest.approx(32 * 1.5 / (r.limit_r - 1))
+        if limit is None:
+            assert support_limit(r.volume, 1.5) == pytest.approx(r.limit_res)

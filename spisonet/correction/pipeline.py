@@ -20,7 +20,10 @@
    half; outputs back in the input's units (unlike the public tool, which leaves z-scores):
    with ``limit_res``, ``filtered`` is the network output at the low-passed input's
    mean/std and ``corrected`` is ``combine_map(network output, original, limit_res)``;
-   without, ``corrected`` is the network output at the original's mean/std.
+   without, ``corrected`` is ``combine_map(network output, original, L)`` with ``L`` the
+   3D FSC's own resolution limit (:func:`spisonet.fsc3d.support_limit`: beyond it W holds
+   no data), or, with ``correct_beyond_limit`` or W = 1, the network output at the
+   original's mean/std.
 
 After training, the trust check (:mod:`spisonet.correction.trust`) hides measured data as W
 hides the missing cone and scores what the network restores. This module writes nothing
@@ -516,10 +519,23 @@ def restore_units(
     voxel_size: float,
     s: CorrectionSettings,
     notes: list[str],
+    weight: SamplingWeight | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """``(corrected, filtered)`` in the input's units (see the module docstring)."""
     from ..maps import combine_map, match_mean_std
 
+    keep = None if s.limit_res is not None else _kept_beyond(weight, voxel_size, s)
+    if keep is not None:
+        corrected = [
+            combine_map(o, orig, keep, voxel_size, mask)
+            for o, orig in zip(outputs, maps.originals, strict=True)
+        ]
+        notes.append(
+            f"beyond {keep:.2f} Å, the 3D FSC's resolution limit (W holds no data there), "
+            "the corrected map keeps the original's frequencies, with a 5-shell hand-over "
+            "below it (--correct-beyond-limit turns this off)"
+        )
+        return corrected, None
     if s.limit_res is not None:
         filtered = [match_mean_std(o, lp) for o, lp in zip(outputs, maps.lowpassed, strict=True)]
         corrected = [
@@ -533,6 +549,23 @@ def restore_units(
         ]
     notes.append("outputs rescaled to the input maps' mean and standard deviation")
     return corrected, filtered
+
+
+def _kept_beyond(
+    weight: SamplingWeight | None, voxel_size: float, s: CorrectionSettings
+) -> float | None:
+    """The resolution (Å) beyond which the original map is kept: the 3D FSC's limit.
+
+    Why: beyond it W is 0, so training never asked the network to agree with the data
+    there, and the evaluation matrix (benchmarks/RESULTS.md, 2026-11-29) found the network's
+    output losing measured signal at those shells (global FSC drops up to 0.12 with the
+    truth). None (keep nothing) with ``correct_beyond_limit`` or without a 3D FSC.
+    """
+    from ..fsc3d import support_limit
+
+    if s.correct_beyond_limit or weight is None or weight.fsc3d_volume is None:
+        return None
+    return support_limit(weight.fsc3d_volume, voxel_size)
 
 
 # --------------------------------------------------------------------------- the whole
@@ -636,7 +669,7 @@ def correct_anisotropy(
         trust_result = timed("trust", _trust, maps, inputs, weight, nets, voxel_size, progress)
         notes.append(f"trust check: {trust_result.message}")
     corrected, filtered = timed(
-        "combine", restore_units, outputs, maps, inputs.mask, voxel_size, s, notes
+        "combine", restore_units, outputs, maps, inputs.mask, voxel_size, s, notes, weight
     )
     timings["total"] = time.perf_counter() - t_start
     return CorrectionResult(

@@ -110,6 +110,13 @@ class CorrectionSettings:
         unit="Å",
         cli=("--limit-res", "--limit_res"),
     )
+    correct_beyond_limit: bool = setting(
+        False,
+        "Let the network's output stand beyond the 3D FSC's resolution limit too (default: "
+        "the corrected map keeps the original's frequencies there, where W holds no data, "
+        "with a 5-shell hand-over below the limit)",
+        cli=("--correct-beyond-limit",),
+    )
     ref_resolution: float = setting(
         10.0,
         "With --reference: the reference's content below this resolution replaces the halves'",

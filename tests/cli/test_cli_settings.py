@@ -38,6 +38,7 @@ VALUES = {
     "schedule": ("onecycle", "onecycle"),
     "amp": ("auto", "auto"),
     "limit_res": ("7.5", 7.5),
+    "correct_beyond_limit": (None, True),
     "ref_resolution": ("12", 12.0),
     "independent": (None, True),
     "fsc3d_cone_angle": ("15", 15.0),

@@ -166,6 +166,31 @@ def test_limit_res_keeps_the_original_above_it() -> None:
     assert np.abs(ff[rad > N * APIX / limit + 3.5]).max() < 1e-3 * np.abs(ff).max()
 
 
+def test_beyond_the_3d_fsc_limit_the_original_is_kept_unless_asked() -> None:
+    """Without limit_res, the frequencies beyond the 3D FSC's support (W = 0 there) come
+    from the original map; --correct-beyond-limit leaves the network's output there."""
+    h1, h2 = _pair()
+    k = np.fft.fftfreq(N) * N
+    rad = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    centred = np.fft.fftshift(rad)
+    fsc = _fsc3d() * (centred <= 7.4)  # support out to radius 7.4: limit N·APIX/7
+    beyond = np.rint(rad) >= 7
+    fo = np.fft.fftn(h1)[beyond]
+    kept = correct_anisotropy(h1, h2, fsc, MASK, APIX, _tiny())
+    assert kept.filtered is None
+    assert any("the 3D FSC's resolution limit" in n and "6.86 Å" in n for n in kept.notes)
+    fc = np.fft.fftn(kept.corrected[0])[beyond]
+    scale = np.vdot(fo, fc).real / np.vdot(fo, fo).real
+    np.testing.assert_allclose(fc, scale * fo, atol=1e-3 * np.abs(fo).max())
+    assert kept.corrected[0].std() == pytest.approx(h1.std(), rel=1e-4)
+    free = correct_anisotropy(h1, h2, fsc, MASK, APIX, _tiny(correct_beyond_limit=True))
+    assert not any("resolution limit" in n for n in free.notes)
+    fc = np.fft.fftn(free.corrected[0])[beyond]
+    scale = np.vdot(fo, fc).real / np.vdot(fo, fo).real
+    # the tiny network is close to the identity: its output differs, but not by much
+    assert np.abs(fc - scale * fo).max() > 2e-3 * np.abs(fo).max()
+
+
 def test_single_map_without_fsc3d_is_denoised_with_w_one() -> None:
     h1, _ = _pair()
     r = correct_anisotropy(h1, None, None, MASK, APIX, _tiny())

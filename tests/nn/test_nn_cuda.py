@@ -55,17 +55,21 @@ def test_auto_device_and_amp_pick_the_gpu() -> None:
 
 
 def test_training_on_the_gpu_follows_the_cpu() -> None:
-    """Same seed, same cubes, float32: the loss curves and the weights agree."""
+    """Same seed, same cubes, float32: the loss curves and the trained networks agree."""
     runs = {}
     for device in ("cpu", "cuda"):
         runs[device] = train_network(_pairs(), _weight(), TrainSettings(**SMALL, device=device))
     cpu, gpu = runs["cpu"], runs["cuda"]
     for key, values in cpu.history.items():
         np.testing.assert_allclose(gpu.history[key], values, rtol=2e-2, atol=1e-4, err_msg=key)
-    gpu_state = gpu.model.state_dict()
-    for name, a in cpu.model.state_dict().items():
-        scale = float(a.abs().max()) + 1e-6
-        assert float((a - gpu_state[name].cpu()).abs().max()) / scale < 2e-2, name
+    # the weights themselves may differ where a gradient is ~0 (Adam normalises its sign):
+    # what must agree is what the two networks do to a map
+    volume = np.random.default_rng(3).standard_normal((32, 32, 32)).astype(np.float32)
+    kw = dict(cube_size=16, crop_size=24, edge=4, device="cpu")
+    a = predict_map(cpu.model, volume, **kw)
+    b = predict_map(gpu.model, volume, **kw)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
+    assert _max_relative(b, a) < 0.05
 
 
 def test_prediction_on_the_gpu_matches_the_cpu_and_bf16_stays_close() -> None:
