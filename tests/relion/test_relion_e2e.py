@@ -76,6 +76,7 @@ def make_dataset(
     cone_deg: float = 15.0,
     snr: float = 1.0,
     seed: int = 0,
+    ctf: bool = False,
 ) -> dict[str, object]:
     """Write a preferred-orientation particle stack for RELION into ``folder``.
 
@@ -84,7 +85,9 @@ def make_dataset(
     ``var(projections) / snr``. Writes ``truth.mrc`` (the molecule), ``ref.mrc`` (the
     truth low-passed to 40 Å, RELION's initial reference), ``angles.star`` (the true
     angles), ``particles.mrcs`` and ``particles.star`` (no angles). Returns the paths and
-    the true (N, 3) rot/tilt/psi in degrees.
+    the true (N, 3) rot/tilt/psi in degrees. With ``ctf``, every particle gets a defocus
+    (U, V uniform in 1.0 … 2.5 µm, astigmatism angle uniform), ``relion_project --ctf``
+    applies it, and both STAR files carry it (refine with ``--ctf``).
     """
     from spisonet.anisotropy import direction_to_relion
     from spisonet.fourier import lowpass
@@ -109,22 +112,25 @@ def make_dataset(
     tilt, rot = direction_to_relion(dirs)
     psi = rng.uniform(-180.0, 180.0, n_particles)
     angles = np.stack([rot, tilt, psi], axis=1)
+    ctf_labels, ctf_values = [], [""] * n_particles
+    if ctf:
+        du = rng.uniform(10000.0, 25000.0, n_particles)
+        dv = du + rng.uniform(-500.0, 500.0, n_particles)
+        da = rng.uniform(0.0, 180.0, n_particles)
+        ctf_labels = ["_rlnDefocusU", "_rlnDefocusV", "_rlnDefocusAngle"]
+        ctf_values = [f" {u:.1f} {v:.1f} {a:.2f}" for u, v, a in zip(du, dv, da, strict=True)]
     lines = _optics_block(voxel_size, box)
+    labels = ["_rlnImageName", "_rlnOpticsGroup", "_rlnAngleRot", "_rlnAngleTilt"]
+    labels += ["_rlnAnglePsi", *ctf_labels]
+    lines += [f"{name} #{i + 1}" for i, name in enumerate(labels)]
     lines += [
-        "_rlnImageName #1",
-        "_rlnOpticsGroup #2",
-        "_rlnAngleRot #3",
-        "_rlnAngleTilt #4",
-        "_rlnAnglePsi #5",
-    ]
-    lines += [
-        f"{i + 1:06d}@particles.mrcs 1 {a:.4f} {b:.4f} {c:.4f}"
+        f"{i + 1:06d}@particles.mrcs 1 {a:.4f} {b:.4f} {c:.4f}{ctf_values[i]}"
         for i, (a, b, c) in enumerate(angles)
     ]
     (folder / "angles.star").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     subprocess.run(
         ["relion_project", "--i", "truth.mrc", "--ang", "angles.star", "--o", "clean",
-         "--angpix", str(voxel_size)],
+         "--angpix", str(voxel_size), *(["--ctf"] if ctf else [])],
         cwd=folder, check=True, capture_output=True,
     )  # fmt: skip
     clean = mrcfile.read(str(folder / "clean.mrcs")).astype(np.float32)
@@ -133,8 +139,10 @@ def make_dataset(
     with mrcfile.new(str(folder / "particles.mrcs"), overwrite=True) as mrc:
         mrc.set_data(noisy)
         mrc.voxel_size = voxel_size
-    particles = [*_optics_block(voxel_size, box), "_rlnImageName #1", "_rlnOpticsGroup #2"]
-    particles += [f"{i + 1:06d}@particles.mrcs 1" for i in range(n_particles)]
+    labels = ["_rlnImageName", "_rlnOpticsGroup", *ctf_labels]
+    particles = _optics_block(voxel_size, box)
+    particles += [f"{name} #{i + 1}" for i, name in enumerate(labels)]
+    particles += [f"{i + 1:06d}@particles.mrcs 1{ctf_values[i]}" for i in range(n_particles)]
     (folder / "particles.star").write_text("\n".join(particles) + "\n\n", encoding="utf-8")
     for p in folder.glob("clean*"):
         p.unlink()
@@ -230,39 +238,6 @@ def _corrected_iterations(lines: list[str]) -> set[int]:
     return its
 
 
-def test_refinement_with_correction_converges(dataset):
-    folder = dataset["folder"]
-    proc, seconds = refine(folder, "Corr/run", external=True, env=CORRECTION_ENV)
-    lines = _log_lines(folder / "Corr")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert _final_written(folder, "Corr/run"), proc.stdout[-3000:]
-    its = _corrected_iterations(lines)
-    # the network ran (both halves) in at least two iterations
-    assert len(its) >= 2, "\n".join(lines[-40:])
-    both = [
-        it
-        for it in its
-        if all(
-            any(f"_it{it:03d}_half{h}_class001: corrected map" in ln for ln in lines)
-            for h in (1, 2)
-        )
-    ]  # fmt: skip
-    assert len(both) >= 2, "\n".join(lines[-40:])
-    assert any("gate closed" in ln for ln in lines)  # early iterations said why they skipped
-    assert any("last joined iteration" in ln for ln in lines)
-    # the continued model: a later iteration started from the previous one's network
-    assert any("continuing the model" in ln for ln in lines), "\n".join(lines[-40:])
-    assert not any("correction failed" in ln for ln in lines), "\n".join(lines[-40:])
-    # RELION's map was kept where measured (the default), with a share that says something
-    shares = [
-        float(m.group(1))
-        for ln in lines
-        if (m := re.search(r"kept where measured \(weight > 0.5 in (\d+) %", ln))
-    ]
-    assert len(shares) >= 4 and all(0 < x < 100 for x in shares), "\n".join(lines[-40:])
-    print(f"refinement with correction: {seconds:.0f} s, corrected iterations {sorted(its)}")
-
-
 #: Test side only (the package has no test hook): a ``sitecustomize.py`` that every Python
 #: started with it on PYTHONPATH imports, so the ``spisonet-relion`` processes RELION runs
 #: get a correction whose n-th corrected call per half raises after its rendezvous (both
@@ -294,27 +269,62 @@ spisonet.relion.correction.RelionCorrection.__call__ = _failing_call
 """
 
 
-def test_refinement_survives_a_failing_correction(dataset, tmp_path):
+@pytest.fixture(scope="module")
+def refinement(dataset, tmp_path_factory):
+    """One refinement with the correction on, in which each half's second corrected call
+    raises on purpose (one RELION run serves both tests: CI time)."""
     folder = dataset["folder"]
-    (tmp_path / "sitecustomize.py").write_text(_FAILING_CORRECTION, encoding="utf-8")
-    counts = tmp_path / "counts"
-    counts.mkdir()
-    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    hook = tmp_path_factory.mktemp("hook")
+    (hook / "sitecustomize.py").write_text(_FAILING_CORRECTION, encoding="utf-8")
+    (hook / "counts").mkdir()
+    pythonpath = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
     env = dict(
         CORRECTION_ENV,
         PYTHONPATH=pythonpath,
-        SPISONET_E2E_COUNTS=str(counts),
+        SPISONET_E2E_COUNTS=str(hook / "counts"),
         SPISONET_E2E_FAIL_ON="2",
     )
-    proc, seconds = refine(folder, "Fail/run", external=True, env=env)
-    lines = _log_lines(folder / "Fail")
+    proc, seconds = refine(folder, "Corr/run", external=True, env=env)
+    print(f"refinement with correction (one failing call per half): {seconds:.0f} s")
+    return {"folder": folder, "proc": proc, "lines": _log_lines(folder / "Corr")}
+
+
+def test_refinement_with_correction_converges(refinement):
+    folder, proc, lines = refinement["folder"], refinement["proc"], refinement["lines"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert _final_written(folder, "Fail/run"), proc.stdout[-3000:]
+    assert _final_written(folder, "Corr/run"), proc.stdout[-3000:]
+    its = _corrected_iterations(lines)
+    # the network ran (both halves) in at least two iterations
+    both = [
+        it
+        for it in its
+        if all(
+            any(f"_it{it:03d}_half{h}_class001: corrected map" in ln for ln in lines)
+            for h in (1, 2)
+        )
+    ]  # fmt: skip
+    assert len(both) >= 2, "\n".join(lines[-40:])
+    assert any("gate closed" in ln for ln in lines)  # early iterations said why they skipped
+    assert any("last joined iteration" in ln for ln in lines)
+    # the continued model: a later iteration started from the previous one's network
+    assert any("continuing the model" in ln for ln in lines), "\n".join(lines[-40:])
+    # no failure but the test's own
+    failures = [ln for ln in lines if "correction failed, writing" in ln]
+    assert failures and all("test hook" in ln for ln in failures), "\n".join(failures)
+    # RELION's map was kept where measured (the default), with a share that says something
+    shares = [
+        float(m.group(1))
+        for ln in lines
+        if (m := re.search(r"kept where measured \(weight > 0.5 in (\d+) %", ln))
+    ]
+    assert len(shares) >= 4 and all(0 < x < 100 for x in shares), "\n".join(lines[-40:])
+
+
+def test_refinement_survives_a_failing_correction(refinement):
+    folder, lines = refinement["folder"], refinement["lines"]
     failed = [ln for ln in lines if "correction failed" in ln and "test hook" in ln]
     assert failed, "\n".join(lines[-40:])
     for ln in failed:  # RELION's plain map was written for that job, and RELION went on
         job = re.search(r"(\S+_it\d{3,}_half\d+_class\d{3,}): correction failed", ln).group(1)
         assert any(f"{job}: plain (correction failed) map" in x for x in lines), job
-    assert _corrected_iterations(lines), "\n".join(lines[-40:])
-    assert not list(folder.glob("Fail/*test*"))  # nothing of the test in RELION's folder
-    print(f"refinement with a failing correction: {seconds:.0f} s")
+    assert not list(folder.glob("Corr/*test*"))  # nothing of the test in RELION's folder
