@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "spisonet.report": 2,
     # 3: the correction; 4: RELION; 5: the command line and the facade
     "spisonet.correction": 3,
+    "spisonet.tomo": 3,
     "spisonet.relion": 4,
     "spisonet.cli": 5,
     "spisonet.__main__": 5,
@@ -88,6 +89,7 @@ NUMERICS = {
     "spisonet.correction.pipeline",
     "spisonet.correction.trust",
     "spisonet.correction.evaluate",
+    "spisonet.tomo.wedge",
     "spisonet.relion.backprojector",
     "spisonet.relion.settings",
 }
