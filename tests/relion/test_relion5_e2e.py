@@ -12,7 +12,6 @@ float32 round-off.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 
 import mrcfile
@@ -24,9 +23,10 @@ from test_relion_e2e import (
     CORRECTION_ENV,
     HAVE_RELION,
     REFINE_ARGS,
-    _corrected_iterations,
     _final_written,
     _log_lines,
+    assert_failures_fell_back,
+    iterations_corrected_in_both_halves,
     make_dataset,
 )
 
@@ -89,23 +89,10 @@ def test_relion5_converges_with_the_network_and_survives_a_failed_correction(ref
     assert _final_written(folder, "R5/run"), proc.stdout[-3000:]
     # RELION 5.1 wrote 5.x job files, and we read them
     assert "# version 50001" in next(folder.glob("R5/run_it*_optimiser.star")).read_text()
-    its = _corrected_iterations(lines)
-    both = [
-        it
-        for it in its
-        if all(
-            any(f"_it{it:03d}_half{h}_class001: corrected map" in ln for ln in lines)
-            for h in (1, 2)
-        )
-    ]  # fmt: skip
-    assert len(both) >= 2, "\n".join(lines[-40:])
+    assert len(iterations_corrected_in_both_halves(lines)) >= 2, "\n".join(lines[-40:])
     assert any("gate closed" in ln for ln in lines)
     assert any("last joined iteration" in ln for ln in lines)
-    failed = [ln for ln in lines if "correction failed" in ln and "test hook" in ln]
-    assert failed, "\n".join(lines[-40:])
-    for ln in failed:  # RELION's plain map went back for that job, and RELION went on
-        job = re.search(r"(\S+_it\d{3,}_half\d+_class\d{3,}): correction failed", ln).group(1)
-        assert any(f"{job}: plain (correction failed) map" in x for x in lines), job
+    assert_failures_fell_back(lines)
 
 
 def test_plain_map_equals_relion5_external_reconstruct(refinement, tmp_path):
