@@ -64,6 +64,8 @@ LAZY_TORCH = {
     "spisonet.cli.reconstruct",
     "spisonet.correction.settings",
     "spisonet.relion.check",  # relion-check's device probe
+    "spisonet.tomo.deconv",  # the CTF from torch-ctf
+    "spisonet.tomo.simulate",  # torch-fourier-slice, torch-ctf
 }
 
 #: Modules that hold numerics only: no file access (reading or writing).
@@ -90,6 +92,10 @@ NUMERICS = {
     "spisonet.correction.trust",
     "spisonet.correction.evaluate",
     "spisonet.tomo.wedge",
+    "spisonet.tomo.deconv",
+    "spisonet.tomo.mask",
+    "spisonet.tomo.simulate",
+    "spisonet.tomo.network",
     "spisonet.relion.backprojector",
     "spisonet.relion.settings",
 }
@@ -99,6 +105,7 @@ FILE_EDGES = {
     "spisonet.nn.checkpoint",  # model files
     "spisonet._outputs",  # output folders and their lock
     "spisonet.correction.files",  # reconstruct: paths in, files out
+    "spisonet.tomo.files",  # spisonet tomo's steps: paths in, files out
 }
 
 _FILE_MODULES = {"mrcfile", "starfile", "tempfile", "shutil", "pickle", "gzip"}

@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (imported to register their commands)
     relion_check,
     relion_reconstruct,
     simulate,
+    tomo,
     whitening,
 )
 from ._app import app, main
@@ -37,5 +38,6 @@ _ORDER = (
     "combine-map",
     "relion-reconstruct",
     "relion-check",
+    "tomo",
 )
 app.registered_commands.sort(key=lambda c: _ORDER.index(c.name) if c.name in _ORDER else 99)

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from .atomic import atomic_path
 from .cryosparc import read_cs_angles
-from .mrc import SUPPORTED_MODES, Map, check_half_maps, check_mask, read_map, write_map
+from .mrc import (
+    SUPPORTED_MODES,
+    Map,
+    MappedMap,
+    check_half_maps,
+    check_mask,
+    map_slab_writer,
+    open_map_mmap,
+    read_map,
+    write_map,
+)
 from .relion_runs import JobName, PixelSize, find_pixel_size, healpix_order_of_run, parse_job_name
 from .star import read_star_angles, read_star_blocks
 
@@ -21,12 +31,15 @@ __all__ = [
     "SUPPORTED_MODES",
     "JobName",
     "Map",
+    "MappedMap",
     "PixelSize",
     "atomic_path",
     "check_half_maps",
     "check_mask",
     "find_pixel_size",
     "healpix_order_of_run",
+    "map_slab_writer",
+    "open_map_mmap",
     "parse_job_name",
     "read_cs_angles",
     "read_map",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +34,11 @@ from .atomic import atomic_path
 __all__ = [
     "SUPPORTED_MODES",
     "Map",
+    "MappedMap",
     "check_half_maps",
     "check_mask",
+    "map_slab_writer",
+    "open_map_mmap",
     "read_map",
     "write_map",
 ]
@@ -361,3 +366,128 @@ def check_mask(mask: Map, reference: Map) -> None:
     check_mask_values(mask.data, mask.name)
     if not np.any(mask.data > 0):
         raise EmptyMaskError(f"{mask.name}: mask is zero everywhere; expected a non-empty mask")
+
+
+@dataclass(frozen=True)
+class MappedMap:
+    """A map left on disk: ``data`` is a read-only, memory-mapped (Z, Y, X) array in the
+    file's own dtype (slices of it are read on demand), plus the header's geometry."""
+
+    data: np.ndarray
+    voxel_size: float
+    origin: tuple[float, float, float]
+    path: str
+    nstart: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(Z, Y, X) in voxels."""
+        return tuple(int(v) for v in self.data.shape)  # type: ignore[return-value]
+
+
+@contextmanager
+def open_map_mmap(
+    path: str | os.PathLike, *, voxel_size: float | None = None
+) -> Iterator[MappedMap]:
+    """Open a (large) uncompressed MRC map memory-mapped, for streaming through it.
+
+    The header is checked as in :func:`read_map`; maps stored in another axis order are
+    transposed as views. Finite values are not checked here (a NaN would cost a full
+    read): streaming consumers check each slab they read.
+
+    Raises
+    ------
+    MapNotFoundError, MapFormatError (also for compressed files: decompress them first),
+    MapShapeError (not 3D), VoxelSizeError.
+    """
+    import mrcfile
+
+    p = Path(path)
+    if not p.exists():
+        raise MapNotFoundError(f"{p}: file not found")
+    if p.is_dir():
+        raise MapFormatError(f"{p}: is a directory, expected an MRC file")
+    _check_header(p)
+    with open(p, "rb") as fh:
+        if fh.read(2) in (b"\x1f\x8b", b"BZ"):
+            raise MapFormatError(f"{p}: compressed MRC files cannot be streamed; decompress it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mrc = mrcfile.mmap(p, mode="r", permissive=True)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MapFormatError(f"{p}: not a readable MRC map ({exc})") from exc
+    try:
+        data, header = mrc.data, mrc.header
+        if data is None or data.ndim != 3:
+            raise MapShapeError(
+                f"{p}: expected a 3D map; found shape {getattr(data, 'shape', None)}"
+            )
+        crs = (int(header.mapc), int(header.mapr), int(header.maps))
+        axes = _axis_order(crs, p)
+        if axes is not None:
+            data = data.transpose(axes)
+        voxel = float(mrc.voxel_size.x) if voxel_size is None else float(voxel_size)
+        if not (np.isfinite(voxel) and voxel > 0):
+            raise VoxelSizeError(
+                f"{p}: the header's voxel size is {voxel:g} Å; expected a positive value. "
+                "Pass the voxel size (--apix / voxel_size in the tomogram list)"
+            )
+        origin = (float(header.origin.x), float(header.origin.y), float(header.origin.z))
+        nstart = (int(header.nxstart), int(header.nystart), int(header.nzstart))
+        yield MappedMap(data, voxel, origin, str(p), nstart)
+    finally:
+        mrc.close()
+
+
+@contextmanager
+def map_slab_writer(
+    path: str | os.PathLike,
+    shape: tuple[int, int, int],
+    *,
+    voxel_size: float,
+    origin: tuple[float, float, float] | None = None,
+    nstart: tuple[int, int, int] | None = None,
+) -> Iterator[Callable[[int, int, np.ndarray], None]]:
+    """Write a large float32 (Z, Y, X) map slab by slab along y, atomically.
+
+    Yields ``write(y0, y1, slab)`` taking the float32 (Z, y1 − y0, X) rows ``y0 … y1 − 1``.
+    Each call maps the file, writes and unmaps it, so written rows do not stay in memory;
+    the header's statistics are kept from the slabs. The file appears under ``path`` only
+    when the block finishes without error.
+    """
+    import mrcfile
+
+    shape = tuple(int(v) for v in shape)
+    final = Path(path)
+    stats = {"min": np.inf, "max": -np.inf, "sum": 0.0, "sum2": 0.0, "n": 0}
+    with atomic_path(final) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.new_mmap(tmp, shape=shape, mrc_mode=2, overwrite=True) as mrc:
+                mrc.voxel_size = float(voxel_size)
+                if origin is not None:
+                    mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
+                if nstart is not None:
+                    mrc.header.nxstart, mrc.header.nystart, mrc.header.nzstart = nstart
+
+        def write(y0: int, y1: int, slab: np.ndarray) -> None:
+            a = np.asarray(slab, dtype=np.float32)
+            if a.shape != (shape[0], y1 - y0, shape[2]):
+                raise MapShapeError(
+                    f"slab of shape {a.shape} for rows {y0}…{y1 - 1} of a {shape} map"
+                )
+            with mrcfile.mmap(tmp, mode="r+") as m:
+                m.data[:, y0:y1] = a
+            stats["min"] = min(stats["min"], float(a.min()))
+            stats["max"] = max(stats["max"], float(a.max()))
+            stats["sum"] += float(a.sum(dtype=np.float64))
+            stats["sum2"] += float(np.square(a, dtype=np.float64).sum())
+            stats["n"] += a.size
+
+        yield write
+        with mrcfile.mmap(tmp, mode="r+") as m:
+            n = max(stats["n"], 1)
+            mean = stats["sum"] / n
+            m.header.dmin, m.header.dmax, m.header.dmean = stats["min"], stats["max"], mean
+            m.header.rms = float(np.sqrt(max(stats["sum2"] / n - mean * mean, 0.0)))
