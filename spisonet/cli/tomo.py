@@ -260,6 +260,17 @@ def refine_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
     ] = False,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help="Train on these GPUs of this node, one process each (e.g. 0,1); under "
+            "torchrun, leave it out (docs/scaling.md).",
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None, typer.Option("--processes", help="Train with this many CPU processes.")
+    ] = None,
 ) -> None:
     """Train the network on the tomograms (inside their masks), the missing wedge as W;
     even/odd pairs also train Noise2Noise denoising."""
@@ -272,7 +283,12 @@ def refine_command(
         _resume_hint_on_ctrl_c,
     )
 
-    console = make_console()
+    launch.check_output_dir_early(out)  # before the slow imports (torch)
+    world = launch.launched_world()
+    if (gpus or processes) and not world.distributed:
+        launch.run_ranks(gpus, processes, out)  # the ranks run this command again
+        return
+    console = make_console(quiet=not world.is_main)
     name, why = resolve_preset(preset)
     if why:
         console.print(f"Preset [bold]{name}[/bold] ({why})")
@@ -289,9 +305,9 @@ def refine_command(
         seed=seed,
         device=device,
     )
-    launch.check_output_dir_early(out)
     with (
-        _resume_hint_on_ctrl_c(True, False),
+        launch.distributed_training(world, settings, console),
+        _resume_hint_on_ctrl_c(world.is_main, world.distributed),
         _out_of_gpu_memory_as_user_error(),
         launch.output_dir_lock(out),
         console_progress(console) as progress,
@@ -308,6 +324,8 @@ def refine_command(
             )
         except KeyboardInterrupt as exc:
             raise Interrupted(progress.training) from exc
+    if result is None:  # a rank other than 0: rank 0 reports
+        return
     for note in result.notes:
         console.print(f"  • {note}")
     rate = result.steps / result.seconds if result.seconds > 0 else 0.0

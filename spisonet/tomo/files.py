@@ -325,10 +325,11 @@ def refine(
     resume: bool = False,
     pretrained: str | os.PathLike | None = None,
     progress: Progress | None = None,
-) -> RefineOutputs:
+) -> RefineOutputs | None:
     """Train one network on every tomogram of the list (inside their masks) with the
     missing wedge as W; writes ``model.pt`` (checkpoint after every epoch), ``loss.png``
-    and ``refine.json`` to ``out_dir``."""
+    and ``refine.json`` to ``out_dir``. Under data-parallel training every rank trains
+    and only rank 0 writes and returns the outputs (the others return None)."""
     from ..report.correction import loss_figure
     from ..report.json_file import write_json
     from .network import combined_wedge, tomogram_stats, train_tomo_network, training_cubes
@@ -377,6 +378,10 @@ def refine(
         pretrained=pretrained,
         progress=progress,
     )
+    from ..nn.distributed import current_world
+
+    if not current_world().is_main:
+        return None
     figure = None
     if run.history:
         figure = out / "loss.png"

@@ -342,3 +342,27 @@ def test_bad_inputs_say_what_is_wrong(simulated: Path, tmp_path: Path) -> None:
         deconv_tomograms(lst, tmp_path / "d")
     with open_map_mmap(even) as m:
         assert m.shape == (32, 48, 48)
+
+
+def test_refine_data_parallel_on_two_cpu_processes(simulated: Path, tmp_path: Path) -> None:
+    """``--processes 2``: two gloo ranks train one network; rank 0 alone writes."""
+    from tests.helpers import run_module
+
+    proc = run_module(
+        "tomo",
+        "refine",
+        simulated / "tomograms.toml",
+        "-o",
+        tmp_path / "r",
+        "--preset",
+        "tiny",
+        "--processes",
+        "2",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Data-parallel training on 2 processes" in proc.stdout
+    assert proc.stdout.count("wrote") == 3  # model, loss figure, report: once
+    report = json.loads((tmp_path / "r" / "refine.json").read_text())
+    assert report["training"]["steps"] > 0
