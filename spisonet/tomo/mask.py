@@ -8,8 +8,8 @@ tomogram smoothed by a Gaussian, with local statistics over cubes of edge ``patc
   median local mean, |m − median(m)| — sign-agnostic, so protein may be dark (real data)
   or bright (simulations);
 - structure: the ``std_percentage`` % of voxels with the largest local standard deviation;
-- outliers: voxels whose smoothed value deviates from the median by more than 8 robust
-  standard deviations (1.4826·MAD) are gold or carbon; they are removed dilated by
+- outliers: voxels whose value (unsmoothed) deviates from the median by more than 8
+  robust standard deviations (1.4826·MAD) are gold or carbon; they are removed dilated by
   ``patch_size`` voxels;
 - ``z_crop``: a fraction of the Z planes removed at the top and at the bottom each.
 
@@ -26,7 +26,7 @@ from .deconv import as_tomogram
 
 __all__ = ["tomogram_mask"]
 
-#: Robust standard deviations (1.4826·MAD) beyond which a smoothed voxel is gold/carbon.
+#: Robust standard deviations (1.4826·MAD) beyond which a voxel is gold/carbon.
 OUTLIER_MADS = 8.0
 
 
@@ -116,6 +116,21 @@ def tomogram_mask(
     shape = t.shape
     borrowed = isinstance(tomogram, np.ndarray) and np.may_share_memory(t, tomogram)
 
+    # gold / carbon: robust outliers of the UNSMOOTHED values, dilated by patch_size voxels.
+    # Smoothing shrinks the noise ~10× but not dense specimen, so in a mostly empty
+    # tomogram a cluster of proteins would pass 8 robust SDs of the smoothed values; in the
+    # raw values noise keeps the spread wide and only gold and carbon stand out.
+    centre = np.float32(np.median(t))
+    dev = np.abs(t - centre)
+    mad = float(np.median(dev, overwrite_input=True))  # reorders dev: recomputed below
+    del dev
+    keep = np.ones(shape, dtype=bool)
+    if mad > 0:  # MAD 0: more than half the voxels equal, no spread to judge outliers by
+        outliers = (np.abs(t - centre) > OUTLIER_MADS * 1.4826 * mad).view(np.uint8)
+        if outliers.any():
+            keep = ndimage.maximum_filter(outliers, size=2 * p + 1) == 0
+        del outliers
+
     # smoothed and centred on its median (keeps E[x²] − E[x]² accurate in float32)
     if sigma > 0:
         sm = ndimage.gaussian_filter(t, sigma, output=np.float32)
@@ -123,17 +138,6 @@ def tomogram_mask(
         sm = t.copy() if borrowed else t  # never write into the caller's array
     del t
     sm -= np.float32(np.median(sm))
-
-    # gold / carbon: robust outliers of the smoothed values, dilated by patch_size voxels
-    dev = np.abs(sm)
-    mad = float(np.median(dev, overwrite_input=True))  # reorders dev: recomputed below
-    del dev
-    keep = np.ones(shape, dtype=bool)
-    if mad > 0:  # MAD 0: more than half the voxels equal, no spread to judge outliers by
-        outliers = (np.abs(sm) > OUTLIER_MADS * 1.4826 * mad).view(np.uint8)
-        if outliers.any():
-            keep = ndimage.maximum_filter(outliers, size=2 * p + 1) == 0
-        del outliers
 
     # The criteria, in two float32 volumes (sm and buf): a percentile reorders the volume
     # it is computed on, so the local statistic is recomputed (uniform filters are cheap)
