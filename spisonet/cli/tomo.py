@@ -355,6 +355,14 @@ def predict_command(
     memory: Annotated[
         float, typer.Option("--memory", help="MiB per input slab (peak ≈ 3 slabs per input).")
     ] = 1024.0,
+    keep_measured_low: Annotated[
+        bool,
+        typer.Option(
+            "--keep-measured-low/--network-low",
+            help="Take the measured frequencies longer than the training cube from the "
+            "input (default; the network never saw them whole) or from the network.",
+        ),
+    ] = True,
 ) -> None:
     """Correct whole tomograms with the trained network, streaming slab by slab (a
     1000 × 1000 × 300 tomogram fits in a few GiB); outputs keep the input's header."""
@@ -375,7 +383,14 @@ def predict_command(
         console_progress(console) as progress,
     ):
         written = predict_tomograms(
-            tomogram_list, model, out, settings, budget_mib=memory, names=name, progress=progress
+            tomogram_list,
+            model,
+            out,
+            settings,
+            budget_mib=memory,
+            names=name,
+            keep_measured_low=keep_measured_low,
+            progress=progress,
         )
     for p in written:
         console.print(f"  wrote {p}")

@@ -430,15 +430,20 @@ def predict_tomograms(
     *,
     budget_mib: float = 1024.0,
     names: list[str] | None = None,
+    keep_measured_low: bool = True,
     progress: Progress | None = None,
 ) -> list[Path]:
     """Run the trained network over every tomogram of the list (or those in ``names``),
     streaming slab by slab; writes ``corrected_<name>.mrc`` (the input's voxel size,
     origin and nstart) and ``corrected_<name>.png`` (central slices and the kx–kz power
     spectrum before and after) to ``out_dir``. Even and odd are each corrected and
-    averaged. Returns the files written."""
+    averaged. With ``keep_measured_low`` (default) the measured frequencies longer than
+    the training cube are taken from the input
+    (:func:`~spisonet.tomo.network.measured_low_frequencies`). Memory: the whole
+    corrected tomogram is held once (plus the slabs, and twice more for that step).
+    Returns the files written."""
     from ..nn.train import load_checkpoint, model_from_checkpoint, resolve_device
-    from .network import predict_tomogram, tomogram_stats
+    from .network import measured_low_frequencies, predict_tomogram, tomogram_stats
 
     entries = read_tomogram_list(list_path)
     if names:
@@ -473,19 +478,38 @@ def predict_tomograms(
         def per_tomogram(stage: str, done: float, total: float, info: Any = None, k0: int = k):
             report(progress, "predict", k0 * total + done, len(entries) * total)
 
+        result = np.empty(shape, dtype=np.float32)
+
+        def keep(y0: int, y1: int, slab: np.ndarray, into: np.ndarray = result) -> None:
+            into[:, y0:y1] = slab
+
+        predict_tomogram(
+            model,
+            readers,
+            [(mean, std)] * len(readers),
+            shape,
+            keep,
+            settings,
+            budget_mib=budget_mib,
+            progress=per_tomogram if progress is not None else None,
+        )
+        step = max(1, int(budget_mib * 2**20 // (4 * shape[0] * shape[2])))
+        if keep_measured_low:
+            diff = np.empty(shape, dtype=np.float32)
+            for y0 in range(0, shape[1], step):
+                y1 = min(shape[1], y0 + step)
+                slab = sum(r(y0, y1) for r in readers) / len(readers)
+                diff[:, y0:y1] = slab - result[:, y0:y1]
+            result += measured_low_frequencies(
+                diff, settings.cube_size, e.tilt_min, e.tilt_max, e.tilt_axis
+            )
+            del diff
         with map_slab_writer(
             target, shape, voxel_size=e.voxel_size, origin=origin, nstart=nstart
         ) as write:
-            predict_tomogram(
-                model,
-                readers,
-                [(mean, std)] * len(readers),
-                shape,
-                write,
-                settings,
-                budget_mib=budget_mib,
-                progress=per_tomogram if progress is not None else None,
-            )
+            for y0 in range(0, shape[1], step):
+                write(y0, min(shape[1], y0 + step), result[:, y0 : y0 + step])
+        del result
         written.append(target)
         from ..report.tomo import tomogram_figure
 

@@ -366,3 +366,53 @@ def test_refine_data_parallel_on_two_cpu_processes(simulated: Path, tmp_path: Pa
     assert proc.stdout.count("wrote") == 3  # model, loss figure, report: once
     report = json.loads((tmp_path / "r" / "refine.json").read_text())
     assert report["training"]["steps"] > 0
+
+
+def _slow_low_measured(diff: np.ndarray, d: int, lo: float, hi: float, psi: float) -> np.ndarray:
+    """The definition on the full complex grid, voxel by voxel: keep a component when its
+    radius is below 1/D (cosine to 0 at 1.5/D) and its plane's tilt lies in [lo, hi]."""
+    nz, ny, nx = diff.shape
+    f = np.fft.fftn(diff.astype(np.float64))
+    out = np.zeros_like(f)
+    a = np.radians(psi)
+    for iz, kz in enumerate(np.fft.fftfreq(nz)):
+        for iy, ky in enumerate(np.fft.fftfreq(ny)):
+            for ix, kx in enumerate(np.fft.fftfreq(nx)):
+                kb = -np.sin(a) * ky + np.cos(a) * kx
+                r = np.sqrt(kz * kz + ky * ky + kx * kx) * d
+                w = (
+                    1.0
+                    if r <= 1
+                    else (0.0 if r >= 1.5 else 0.5 * (1 + np.cos(np.pi * (r - 1) / 0.5)))
+                )
+                if abs(kz) < 1e-12 and abs(kb) < 1e-12:
+                    measured = True
+                else:
+                    t = np.degrees(np.arctan(-kz / kb)) if abs(kb) > 1e-12 else 90.0
+                    measured = lo - 1e-4 <= t <= hi + 1e-4 or (t == 90.0 and hi >= 90.0)
+                out[iz, iy, ix] = f[iz, iy, ix] * w * measured
+    return np.real(np.fft.ifftn(out))
+
+
+@pytest.mark.parametrize(("lo", "hi", "psi"), [(-60.0, 60.0, 0.0), (-45.0, 58.0, 30.0)])
+def test_measured_low_frequencies_equal_their_definition(lo: float, hi: float, psi: float) -> None:
+    from spisonet.tomo.network import measured_low_frequencies
+
+    rng = np.random.default_rng(4)
+    diff = rng.normal(size=(10, 12, 9)).astype(np.float32)
+    want = _slow_low_measured(diff, 4, lo, hi, psi)
+    got = measured_low_frequencies(diff.copy(), 4, lo, hi, psi)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_low_waves_come_back_where_measured_only() -> None:
+    """A long wave along x (measured at ±60°) is restored; one along z (in the wedge)
+    is left to the network; a short wave is left too."""
+    from spisonet.tomo.network import measured_low_frequencies
+
+    z, _, x = np.indices((32, 32, 32))
+    along_x = np.cos(2 * np.pi * x / 32).astype(np.float32)  # wavelength 32 > cube 16
+    along_z = np.cos(2 * np.pi * z / 32).astype(np.float32)
+    short = np.cos(2 * np.pi * x / 4).astype(np.float32)
+    got = measured_low_frequencies(along_x + along_z + short, 16, -60, 60)
+    np.testing.assert_allclose(got, along_x, atol=1e-5)
