@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_quality import _overrides  # KEY=VALUE settings, as the other benchmarks
 
 from spisonet.io import read_map
 from spisonet.report.json_file import write_json
@@ -77,19 +77,6 @@ def region_fsc(a: np.ndarray, b: np.ndarray, shells: np.ndarray, region: np.ndar
         num = np.real(np.sum(fa[m] * np.conj(fb[m])))
         den = np.sqrt(np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2))
         out[s] = num / den if den > 0 else np.nan
-    return out
-
-
-def _overrides(items: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set needs KEY=VALUE; got {item!r}")
-        try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = text
     return out
 
 
