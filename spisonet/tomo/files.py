@@ -45,8 +45,9 @@ __all__ = [
 
 def simulate_to_files(out_dir: str | os.PathLike, **options: Any) -> dict[str, Path]:
     """Simulate an even/odd tomogram pair with ground truth (:func:`simulate_tomograms`)
-    and write ``truth.mrc``, ``even.mrc``, ``odd.mrc`` and ``tomograms.toml`` (the list
-    the next steps read) to ``out_dir``."""
+    and write ``truth.mrc``, ``even.mrc``, ``odd.mrc``, ``tomograms.toml`` (the list
+    the next steps read) and ``simulation.json`` (tilts, noise, the molecules' centres in
+    voxels (z, y, x), the vesicle) to ``out_dir``."""
     from .simulate import simulate_tomograms
 
     out = check_output_dir(out_dir)
@@ -65,6 +66,26 @@ def simulate_to_files(out_dir: str | os.PathLike, **options: Any) -> dict[str, P
         defocus=options.get("defocus"),
     )
     paths["list"] = write_tomogram_list(out / "tomograms.toml", [entry])
+    from ..report.json_file import write_json
+
+    paths["simulation"] = out / "simulation.json"
+    write_json(
+        paths["simulation"],
+        {
+            "shape": list(sim.truth.shape),
+            "voxel_size": float(sim.voxel_size),
+            "tilt_angles": angles.tolist(),
+            "snr": float(sim.snr),
+            "defocus": sim.defocus,
+            "noise_sigma": float(sim.noise_sigma),
+            "molecule_positions_zyx": np.asarray(sim.positions).tolist(),
+            "molecule_index": np.asarray(sim.molecule_index).tolist(),
+            "membrane_center_zyx": None
+            if sim.membrane_center is None
+            else np.asarray(sim.membrane_center).tolist(),
+            "membrane_radius": sim.membrane_radius,
+        },
+    )
     return paths
 
 
