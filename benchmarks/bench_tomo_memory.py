@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument(
         "--widths",
-        default="2,4",
-        help="network of the model (memory does not depend on it much; a small one keeps "
-        "a 2-core run under an hour)",
+        default=None,
+        help="the model's network (default: the preset's); memory depends on it only "
+        "through one batch of tiles",
     )
-    ap.add_argument("--cube-size", type=int, default=96)
+    ap.add_argument("--cube-size", type=int, default=None)
     ap.add_argument("--memory", type=float, default=1024.0, help="MiB per input slab")
     ap.add_argument("--work", default="/tmp/bench_tomo_memory")
     ap.add_argument("--keep", action="store_true", help="keep the tomograms written")
@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             "1",
             "--n-subvolume",
             "4",
+            *(["--widths", args.widths] if args.widths else []),
+            *(["--cube-size", str(args.cube_size)] if args.cube_size else []),
             "--device",
             "cpu",
         ],
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"predict {shape} even/odd ({size_gib:.2f} GiB each, float32), preset "
-        f"{args.preset} (widths {args.widths}, cube {args.cube_size}), --memory "
+        f"{args.preset} (widths {args.widths or 'preset'}, cube {args.cube_size or 'preset'}), "
+        "--memory "
         f"{args.memory:g} MiB: peak RSS {gib:.2f} GiB, "
         f"wall {wall:.0f} s (set-up {setup:.0f} s)"
     )
