@@ -13,7 +13,10 @@
 #      $MATRIX_INPUTS (made beforehand with --prepare on a machine with RELION);
 #   4. with VARIANT=KEY=VALUE, the matrix's $VARIANT_SET (default hard) again with that
 #      setting changed, when time is left;
-#   5. `spisonet demo` with the gpu preset (one epoch: the user's path, timed).
+#   5. `spisonet demo` with the gpu preset (one epoch: the user's path, timed);
+#   6. with TOMO_EPOCHS=N, the tomogram benchmark (benchmarks/bench_tomo.py) with the gpu
+#      preset cut to N epochs (needs torch-fourier-slice and torch-ctf: carry their wheels,
+#      with torch-grid-utils, torch-image-interpolation and einops).
 # Needs mrcfile and starfile importable (a bare GPU image lacks them: carry wheels).
 set -u
 OUT=${OUT:-gpu_checks_out}
@@ -67,5 +70,12 @@ bound() { local want=$1 keep=$2 l; l=$(($(left) - keep)); l=$((l < want ? l : wa
   timeout "$(bound 150 10)" $PY -m spisonet demo --preset gpu --epochs 1 --out "$WORK/demo"
   echo "rc=$?"
   (cd "$WORK" && tar -czf "$OUT/demo.tgz" --exclude='*.mrc' --exclude='*.pt' demo 2>/dev/null)
+  if [ -n "${TOMO_EPOCHS:-}" ] && [ "$(left)" -gt 150 ]; then
+    echo "## 6. tomograms: bench_tomo.py --preset gpu, $TOMO_EPOCHS epochs"
+    timeout "$(bound 420 15)" $PY benchmarks/bench_tomo.py --preset gpu \
+      --set "epochs=$TOMO_EPOCHS" --out "$WORK/tomo"
+    echo "rc=$?"
+    (cd "$WORK" && tar -czf "$OUT/tomo.tgz" --exclude='*.mrc' --exclude='*.pt' tomo 2>/dev/null)
+  fi
   echo "## done after $(($(date +%s) - start)) s"
 } 2>&1 | tee "$OUT/log.txt"
