@@ -34,6 +34,7 @@ COMMANDS = [
     "combine-map",
     "relion-reconstruct",
     "relion-check",
+    "tomo",
 ]
 ALIASES = ["combine_map", "relion_reconstruct", "relion_check"]
 
