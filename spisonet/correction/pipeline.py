@@ -103,6 +103,20 @@ class TrainSummary:
         """Plain dict (JSON-safe)."""
         return asdict(self)
 
+    @classmethod
+    def of(cls, run: Any, pairs: Any) -> TrainSummary:
+        """The summary of a :class:`spisonet.nn.train.TrainResult` on these cube pairs."""
+        return cls(
+            steps=run.steps_run,
+            seconds=run.seconds,
+            steps_per_second=run.steps_per_second,
+            device=str(run.device),
+            dtype=str(run.amp_dtype),
+            resumed_from_epoch=run.resumed_from_epoch,
+            n_cubes=len(pairs),
+            paired=pairs.paired,
+        )
+
 
 @dataclass
 class CorrectionResult:
@@ -450,18 +464,7 @@ def train_networks(
         )
         out.models.append(run.model)
         out.histories.append(run.history)
-        out.summaries.append(
-            TrainSummary(
-                steps=run.steps_run,
-                seconds=run.seconds,
-                steps_per_second=run.steps_per_second,
-                device=str(run.device),
-                dtype=str(run.amp_dtype),
-                resumed_from_epoch=run.resumed_from_epoch,
-                n_cubes=len(pairs),
-                paired=pairs.paired,
-            )
-        )
+        out.summaries.append(TrainSummary.of(run, pairs))
     return out
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..correction.pipeline import TrainSummary
 from ..correction.settings import PRESETS, CorrectionSettings, resolve_preset
 from ..errors import EmptyMaskError, InvalidValueError, MapMismatchError, NonFiniteMapError
 from ..progress import Progress, relabel, report
@@ -193,13 +194,7 @@ class TomoTraining:
 
     model: Any
     history: dict[str, list[float]]
-    steps: int
-    seconds: float
-    device: str
-    dtype: str
-    resumed_from_epoch: int
-    n_cubes: int
-    paired: bool
+    summary: TrainSummary
 
 
 def train_tomo_network(
@@ -230,17 +225,7 @@ def train_tomo_network(
         resume=resume,
         progress=relabel(progress, "train"),
     )
-    return TomoTraining(
-        model=run.model,
-        history=run.history,
-        steps=run.steps_run,
-        seconds=run.seconds,
-        device=str(run.device),
-        dtype=str(run.amp_dtype),
-        resumed_from_epoch=run.resumed_from_epoch,
-        n_cubes=len(pairs),
-        paired=pairs.paired,
-    )
+    return TomoTraining(run.model, run.history, TrainSummary.of(run, pairs))
 
 
 def prediction_rows(shape: Sequence[int], settings: CorrectionSettings, budget_mib: float) -> int:
