@@ -336,7 +336,7 @@ def refine_command(
     for p in (result.model, result.loss_figure, result.report):
         if p is not None:
             console.print(f"  wrote {p}")
-    console.print(f"next: spisonet tomo predict {tomogram_list} {result.model} -o {out}")
+    console.print(f"next: spisonet tomo predict {tomogram_list} {result.model} -o corrected")
 
 
 @tomo_app.command("predict")

@@ -144,6 +144,17 @@ def _voxel_or_header(path: str | os.PathLike) -> float:
         return m.voxel_size
 
 
+def _default_name(path: Path) -> str:
+    """A tomogram's name from its file: ``TS_01_even.mrc`` → ``TS_01``; a file named only
+    ``even.mrc`` (or half1, …) takes its folder's name."""
+    stem = path.stem
+    for tail in ("_even", "_half1", "_odd", "_half2"):
+        stem = stem.removesuffix(tail)
+    if stem.lower() in ("even", "odd", "half1", "half2", ""):
+        stem = path.resolve().parent.name or "tomogram"
+    return stem
+
+
 def entry_from_options(
     name: str | None,
     *,
@@ -165,7 +176,7 @@ def entry_from_options(
 
     kw = {k: v for k, v in acquisition.items() if v is not None}
     return TomogramEntry(
-        name=name or first_path.stem.removesuffix("_even").removesuffix("_half1"),
+        name=name or _default_name(first_path),
         voxel_size=float(voxel),
         even=absolute(even),
         odd=absolute(odd),

@@ -416,3 +416,18 @@ def test_low_waves_come_back_where_measured_only() -> None:
     short = np.cos(2 * np.pi * x / 4).astype(np.float32)
     got = measured_low_frequencies(along_x + along_z + short, 16, -60, 60)
     np.testing.assert_allclose(got, along_x, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/data/TS_01_even.mrc", "TS_01"),
+        ("/data/TS_02_half1.mrc", "TS_02"),
+        ("/data/lamella3/even.mrc", "lamella3"),
+        ("/data/tomo7.mrc", "tomo7"),
+    ],
+)
+def test_default_names_come_from_the_file_or_its_folder(path: str, name: str) -> None:
+    from spisonet.tomo.files import _default_name
+
+    assert _default_name(Path(path)) == name
