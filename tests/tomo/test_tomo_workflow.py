@@ -431,3 +431,18 @@ def test_default_names_come_from_the_file_or_its_folder(path: str, name: str) ->
     from spisonet.tomo.files import _default_name
 
     assert _default_name(Path(path)) == name
+
+
+def test_a_single_tomogram_is_corrected_without_noise2noise(simulated: Path, tmp_path: Path):
+    from spisonet.tomo.files import entry_from_options, predict_tomograms, prepare_list, refine
+    from spisonet.tomo.network import tomo_settings
+
+    lst = tmp_path / "one.toml"
+    prepare_list(lst, entries=[entry_from_options("one", tomogram=simulated / "even.mrc")])
+    s = tomo_settings("tiny")
+    run = refine(lst, tmp_path / "r", s)
+    assert run is not None and not run.paired and run.steps > 0
+    assert any("no Noise2Noise" in n for n in run.notes)
+    out = predict_tomograms(lst, run.model, tmp_path / "c", s)
+    corrected = read_map(out[0], require_cubic=False).data
+    assert corrected.shape == (32, 48, 48) and np.isfinite(corrected).all()
