@@ -467,7 +467,12 @@ def predict_tomograms(
     corrected tomogram is held once (plus the slabs, and twice more for that step).
     Returns the files written."""
     from ..nn.train import load_checkpoint, model_from_checkpoint, resolve_device
-    from .network import measured_low_frequencies, predict_tomogram, tomogram_stats
+    from .network import (
+        _rows_per_slab,
+        measured_low_frequencies,
+        predict_tomogram,
+        tomogram_stats,
+    )
 
     entries = read_tomogram_list(list_path)
     if names:
@@ -517,7 +522,7 @@ def predict_tomograms(
             budget_mib=budget_mib,
             progress=per_tomogram if progress is not None else None,
         )
-        step = max(1, int(budget_mib * 2**20 // (4 * shape[0] * shape[2])))
+        step = _rows_per_slab(shape, budget_mib)
         if keep_measured_low:
             diff = np.empty(shape, dtype=np.float32)
             for y0 in range(0, shape[1], step):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..correction.pipeline import TrainSummary
+from ..correction.pipeline import TrainSummary, network_on_map
 from ..correction.settings import PRESETS, CorrectionSettings, resolve_preset
 from ..errors import EmptyMaskError, InvalidValueError, MapMismatchError, NonFiniteMapError
 from ..progress import Progress, relabel, report
@@ -265,15 +265,10 @@ def predict_tomogram(
     touches the rows written sees only real data: the result equals a single
     :func:`~spisonet.nn.predict_map` over the whole tomogram, up to float round-off.
     """
-    from ..nn.predict import predict_map
-    from ..nn.train import resolve_amp, resolve_device
-
     if len(readers) != len(stats) or not readers:
         raise InvalidValueError("give one (mean, std) per input tomogram")
     nz, ny, nx = (int(v) for v in shape)
     s = int(settings.cube_size)
-    device = resolve_device(settings.device)
-    amp_dtype = resolve_amp(settings.amp, device)
     rows = prediction_rows(shape, settings, budget_mib)
     halo = 2 * s
     slabs = list(range(0, ny, rows))
@@ -304,17 +299,7 @@ def predict_tomogram(
             def tiles(stage: str, n: float, of: float, info: Any = None, b: int = base) -> None:
                 report(progress, "predict", b + n, total)
 
-            out = predict_map(
-                model,
-                z,
-                cube_size=s,
-                crop_size=settings.predict_crop_size,
-                edge=settings.predict_edge,
-                batch_size=settings.batch_size,
-                device=device,
-                amp_dtype=amp_dtype,
-                progress=tiles if progress is not None else None,
-            )
+            out = network_on_map(model, settings, tiles if progress is not None else None)(z)
             done += tiles_per_slab[k]
             acc += out[:, y0 - lo : y1 - lo] * std + mean
             del out, z
