@@ -117,6 +117,7 @@ def test_train_settings_take_every_shared_field_by_name():
         "learning_rate": 0.01,
         "alpha": 0.25,
         "beta": 0.75,
+        "self_weight": 0.5,
         "schedule": "onecycle",
         "amp": "off",
         "compile": True,

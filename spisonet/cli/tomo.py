@@ -249,6 +249,14 @@ def refine_command(
     ] = None,
     alpha: Annotated[float | None, typer.Option(help="Weight of equivariance.")] = None,
     beta: Annotated[float | None, typer.Option(help="Weight of Noise2Noise.")] = None,
+    self_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--self-weight",
+            help="Even/odd: weight of each half's consistency with itself (1, the "
+            "default, as spIsoNet; 0 = pure Noise2Noise in the measured region).",
+        ),
+    ] = None,
     soft_edge: Annotated[
         float, typer.Option("--soft-edge", help="Soft edge of the wedge, degrees.")
     ] = 0.0,
@@ -302,6 +310,7 @@ def refine_command(
         learning_rate=learning_rate,
         alpha=alpha,
         beta=beta,
+        self_weight=self_weight,
         seed=seed,
         device=device,
     )

@@ -92,6 +92,12 @@ class CorrectionSettings:
     )
     alpha: float = setting(1.0, "Weight of the equivariance loss", cli=("--alpha",), env="ALPHA")
     beta: float = setting(0.5, "Weight of the Noise2Noise terms", cli=("--beta",), env="BETA")
+    self_weight: float = setting(
+        1.0,
+        "With two half maps: weight of the consistency with the input half itself (1: "
+        "published; 0: the measured region learns from the other half only, pure Noise2Noise)",
+        cli=("--self-weight", "--self_weight"),
+    )
     schedule: str = setting(
         "constant",
         "Learning-rate schedule: constant (published) or onecycle",

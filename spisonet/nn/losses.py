@@ -7,7 +7,13 @@ For a network ``f``, the sampling operator ``P_W`` and per-sample cube rotations
     equivariance    y = R(f(x1));  L_e = |f(P_W(y)) - y|
     Noise2Noise     L_c2 = |P_W(f(x1)) - x2|
                     L_e2 = |f(P_W(y)) - R(f(x2))|      (f(x2): a third forward pass)
-    total           alpha·L_e + L_c + beta·(alpha·L_e2 + L_c2)
+    total           alpha·L_e + g·L_c + beta·(alpha·L_e2 + L_c2)
+
+``g`` (``self_weight``) is 1 in the published method. With a Noise2Noise pair it may be
+lowered: L_c asks the measured region to reproduce x1 *with its noise*, L_c2 to predict x2;
+under L1 with g = 1 > beta the optimum is x1 itself, so the network never denoises. With
+g = 0 the measured region is pure Noise2Noise (as IsoNet2 trains on even/odd tomograms).
+Without a pair L_c is the only data term and keeps weight 1 whatever ``self_weight`` is.
 
 Gradients: like the public spIsoNet tool (its training step builds ``y`` from the
 network output without ``detach`` and also back-propagates through ``f(x2)``), the
@@ -41,6 +47,7 @@ def correction_loss(
     alpha: float = 1.0,
     beta: float = 0.5,
     detach_targets: bool = False,
+    self_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total training loss of one (micro-)batch and its parts.
 
@@ -61,6 +68,9 @@ def correction_loss(
     detach_targets : bool
         Stop the gradient through the targets ``y`` and ``R(f(x2))`` (default False, as
         the public tool). See the module docstring.
+    self_weight : float
+        Weight of L_c when a Noise2Noise pair is used (≥ 0; 1 = published). Ignored
+        without a pair. See the module docstring.
 
     Returns
     -------
@@ -75,9 +85,13 @@ def correction_loss(
         raise MapMismatchError(
             f"x1 and x2 must have the same shape; found {tuple(x1.shape)} and {tuple(x2.shape)}"
         )
-    if not (alpha >= 0 and beta >= 0):
-        raise InvalidValueError(f"alpha and beta must be ≥ 0; got alpha={alpha}, beta={beta}")
+    if not (alpha >= 0 and beta >= 0 and self_weight >= 0):
+        raise InvalidValueError(
+            f"alpha, beta and self_weight must be ≥ 0; got alpha={alpha}, beta={beta}, "
+            f"self_weight={self_weight}"
+        )
     use_n2n = x2 is not None and beta > 0
+    g = float(self_weight) if use_n2n else 1.0
 
     f1 = model(x1)
     p1 = apply_sampling(f1, w_shifted)  # float32 (float64 for float64 input)
@@ -87,7 +101,7 @@ def correction_loss(
     y_target = y.detach() if detach_targets else y
     f_py = model(apply_sampling(y, w_shifted)).to(real)
     loss_e = (f_py - y_target).abs().mean()
-    total = alpha * loss_e + loss_c
+    total = alpha * loss_e + g * loss_c
     parts = {"consistency": loss_c.detach(), "equivariance": loss_e.detach()}
     if use_n2n:
         assert x2 is not None

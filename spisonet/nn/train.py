@@ -86,6 +86,7 @@ _RESUME_KEYS = (
     "weight_decay",
     "alpha",
     "beta",
+    "self_weight",
     "schedule",
     "seed",
 )
@@ -104,6 +105,8 @@ class TrainSettings:
     learning_rate : AdamW learning rate (the peak rate with the one-cycle schedule).
     weight_decay : AdamW weight decay.
     alpha, beta : weights of the equivariance and Noise2Noise terms.
+    self_weight : weight of the consistency term against the input half itself when a
+        Noise2Noise pair is used (1: published; 0: pure Noise2Noise in the measured region).
     schedule : ``"constant"`` (published) or ``"onecycle"``.
     amp : ``"auto"`` (bf16 on CUDA when supported, else float32), ``"bf16"`` or ``"off"``.
     compile : wrap the network in ``torch.compile`` (opt-in; slow first steps).
@@ -120,6 +123,7 @@ class TrainSettings:
     weight_decay: float = 0.01
     alpha: float = 1.0
     beta: float = 0.5
+    self_weight: float = 1.0
     schedule: str = "constant"
     amp: str = "auto"
     compile: bool = False
@@ -142,9 +146,10 @@ class TrainSettings:
             raise InvalidValueError(f"learning_rate must be > 0; got {self.learning_rate}")
         if not self.weight_decay >= 0:
             raise InvalidValueError(f"weight_decay must be ≥ 0; got {self.weight_decay}")
-        if not (self.alpha >= 0 and self.beta >= 0):
+        if not (self.alpha >= 0 and self.beta >= 0 and self.self_weight >= 0):
             raise InvalidValueError(
-                f"alpha and beta must be ≥ 0; got alpha={self.alpha}, beta={self.beta}"
+                f"alpha, beta and self_weight must be ≥ 0; got alpha={self.alpha}, "
+                f"beta={self.beta}, self_weight={self.self_weight}"
             )
         if self.schedule not in ("constant", "onecycle"):
             raise InvalidValueError(
@@ -494,6 +499,7 @@ def train_network(
                             micro.rotations,
                             alpha=settings.alpha,
                             beta=settings.beta,
+                            self_weight=settings.self_weight,
                         )
                     (loss * share).backward()
                 for name, value in parts.items():

@@ -45,8 +45,10 @@ def rot(v: np.ndarray, indices: list[int]) -> np.ndarray:
     return out
 
 
-def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None):
+def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g=1.0):
     """The four terms and the total of ALGORITHM.md §3 for f(x) = a·x + b.
+
+    ``g``: the weight of L_c when the Noise2Noise terms are present (1 elsewhere).
 
     ``a_target``/``b_target``: the parameters used inside the targets y and R(f(x2))
     (equal to a, b unless the targets are held fixed).
@@ -63,8 +65,9 @@ def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None):
     fpy = f(p_w(y_in, w), a, b)
     le = np.mean(np.abs(fpy - y_tg))
     parts = {"consistency": lc, "equivariance": le}
-    total = alpha * le + lc
-    if x2 is not None and beta > 0:
+    with_pair = x2 is not None and beta > 0
+    total = alpha * le + (g if with_pair else 1.0) * lc
+    if with_pair:
         lc2 = np.mean(np.abs(p_w(f(x1, a, b), w) - x2))
         le2 = np.mean(np.abs(fpy - rot(f(x2, at, bt), idx)))
         total += beta * (alpha * le2 + lc2)
@@ -114,6 +117,49 @@ def test_beta_zero_drops_noise2noise_and_third_pass(batch) -> None:
     assert set(parts) == {"consistency", "equivariance", "total"}
     assert model.calls == 2
     assert float(total.detach()) == pytest.approx(hand_loss(1.2, -0.3, x1, None, w, idx, 1.0, 0)[0])
+
+
+@pytest.mark.parametrize("g", [0.0, 0.25])
+def test_self_weight_scales_consistency_only_with_a_pair(batch, g: float) -> None:
+    x1, x2, w, idx = batch
+    ws = sampling_tensor(w, dtype=torch.float64)
+    total, parts = correction_loss(
+        Affine(0.9, 0.2), torch.from_numpy(x1), torch.from_numpy(x2), ws, idx, self_weight=g
+    )
+    exp_total, exp_parts = hand_loss(0.9, 0.2, x1, x2, w, idx, 1.0, 0.5, g=g)
+    assert float(total.detach()) == pytest.approx(exp_total, rel=1e-10)
+    assert float(parts["consistency"]) == pytest.approx(exp_parts["consistency"], rel=1e-10)
+    published = hand_loss(0.9, 0.2, x1, x2, w, idx, 1.0, 0.5)[0]
+    assert exp_total == pytest.approx(published - (1 - g) * exp_parts["consistency"])
+    # without a pair, L_c is the only data term: the weight does not apply
+    single, _ = correction_loss(
+        Affine(0.9, 0.2), torch.from_numpy(x1), None, ws, idx, self_weight=g
+    )
+    assert float(single.detach()) == pytest.approx(
+        hand_loss(0.9, 0.2, x1, None, w, idx, 1.0, 0.5)[0]
+    )
+
+
+def test_self_weight_zero_makes_the_measured_region_noise2noise() -> None:
+    """With g = 0 and W = 1 (everything measured), the L1 optimum of f(x) = a·x over the
+    scale a is the Noise2Noise one (a < 1 for an independent noisy x2), while with the
+    published g = 1 > beta it stays at the identity a = 1, whatever the noise."""
+    rng = np.random.default_rng(1)
+    signal = rng.standard_normal((4, 1, D, D, D))
+    x1 = torch.from_numpy(signal + rng.standard_normal(signal.shape))
+    x2 = torch.from_numpy(signal + rng.standard_normal(signal.shape))
+    ws = sampling_tensor(np.ones((D, D, D)), dtype=torch.float64)
+    scales = np.linspace(0.2, 1.2, 51)
+
+    def best(g: float) -> float:
+        def loss(a: float) -> float:
+            total, _ = correction_loss(Affine(a, 0.0), x1, x2, ws, [0] * 4, 0.0, self_weight=g)
+            return float(total.detach())
+
+        return float(scales[int(np.argmin([loss(a) for a in scales]))])
+
+    assert best(1.0) == pytest.approx(1.0)
+    assert 0.3 < best(0.0) < 0.8
 
 
 def numeric_grad(fun, a: float, b: float, h: float = 1e-6) -> tuple[float, float]:
@@ -188,5 +234,7 @@ def test_loss_errors(batch) -> None:
         correction_loss(model, t1, t2[:2], ws, idx)
     with pytest.raises(MapShapeError, match=r"x1 must be a \(B, 1, D, D, D\) batch"):
         correction_loss(model, t1[:, 0], None, ws, idx)
-    with pytest.raises(InvalidValueError, match="alpha and beta must be ≥ 0; got alpha=-1"):
+    with pytest.raises(InvalidValueError, match="alpha, beta and self_weight must be ≥ 0; got al"):
         correction_loss(model, t1, t2, ws, idx, alpha=-1)
+    with pytest.raises(InvalidValueError, match=r"self_weight=-0\.5"):
+        correction_loss(model, t1, t2, ws, idx, self_weight=-0.5)

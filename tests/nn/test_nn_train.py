@@ -115,19 +115,28 @@ def test_gradient_accumulation_equals_full_batch(n: int) -> None:
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
 
 
-def test_one_step_matches_a_hand_written_adamw_step() -> None:
-    """One step = AdamW on the gradient of the loss (the loop adds nothing else)."""
+@pytest.mark.parametrize("self_weight", [1.0, 0.0])
+def test_one_step_matches_a_hand_written_adamw_step(self_weight: float) -> None:
+    """One step = AdamW on the gradient of the loss (the loop adds nothing else, and
+    passes the loss weights on)."""
     from spisonet.nn.losses import correction_loss
     from spisonet.nn.operators import sampling_tensor
 
     pairs = _pairs(n=2)
-    s = TrainSettings(**{**TINY, "epochs": 1, "learning_rate": 1e-2})
+    s = TrainSettings(**{**TINY, "epochs": 1, "learning_rate": 1e-2, "self_weight": self_weight})
     trained = train_network(pairs, _weight(), s, model=SmallNet()).model
     ref = SmallNet()
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.01)
     batch = next(pairs.batches(0, 2))
     loss, _ = correction_loss(
-        ref, batch.x1, batch.x2, sampling_tensor(_weight()), batch.rotations, 1.0, 0.5
+        ref,
+        batch.x1,
+        batch.x2,
+        sampling_tensor(_weight()),
+        batch.rotations,
+        1.0,
+        0.5,
+        self_weight=self_weight,
     )
     loss.backward()
     opt.step()
