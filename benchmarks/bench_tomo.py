@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/bench_tomo.py [--preset cpu] [--shape 64,128,128] [--snr 0.5]
-        [--tilt-range -60,60] [--tilt-step 3] [--defocus UM] [--seed 0]
-        [--set KEY=VALUE ...] [--out bench_tomo_out] [--json out.json]
+        [--tilt-range=-60,60] [--tilt-step 3] [--defocus UM] [--seed 0]
+        [--set KEY=VALUE ...] [--model MODEL] [--out bench_tomo_out] [--json out.json]
 
 Runs the workflow a user runs (``spisonet tomo``'s steps through their Python API):
 simulate an even/odd pair with ground truth (real projection and back-projection),
@@ -19,6 +19,11 @@ tomogram's Fourier transform (rfft grid; shells of width 1 / min(Z, Y, X) cycles
 - ``z_elongation``: how stretched along z the molecules are (σz / σxy of the average of
   boxes around their true centres; the truth's value is the target);
 - the wall time of each step, the machine, its load.
+
+``--model`` predicts with a trained model instead of training (to re-score a run after a
+change to ``predict``: same ``--seed``/``--snr``/... give the same simulation). With
+``--defocus`` the measured-region drop is also reported against the deconvolved input,
+the network's actual input (beyond the CTF's first zero the original's phases are flipped).
 
 Writes ``tomo_before_after.png`` (truth / input / corrected: x-y and x-z slices and the
 kx–kz power spectrum) and ``bench_tomo.json`` into ``--out``.
@@ -107,6 +112,12 @@ def z_elongation(volume: np.ndarray, centres: np.ndarray, box: int = 24) -> floa
     return float(sz / np.sqrt((sx**2 + sy**2) / 2))
 
 
+def _deconvolved(list_path: Path) -> list[str]:
+    from spisonet.io.tomograms import read_tomogram_list
+
+    return read_tomogram_list(list_path)[0].inputs()
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu")
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="bench_tomo_out")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--model", default=None, help="predict with this model; no training")
     args = ap.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
     lo, hi = (float(v) for v in args.tilt_range.split(","))
@@ -149,10 +161,14 @@ def main(argv: list[str] | None = None) -> dict:
     make_masks(lst, out / "masks")
     times["make_mask"] = time.perf_counter() - t
     t = time.perf_counter()
-    run = refine(lst, out / "refine", settings)
-    times["refine"] = time.perf_counter() - t
+    if args.model:
+        model, steps = Path(args.model), None
+    else:
+        run = refine(lst, out / "refine", settings)
+        model, steps = run.model, run.steps
+        times["refine"] = time.perf_counter() - t
     t = time.perf_counter()
-    written = predict_tomograms(lst, run.model, out / "predict", settings)
+    written = predict_tomograms(lst, model, out / "predict", settings)
     times["predict"] = time.perf_counter() - t
     times["workflow_total"] = time.perf_counter() - t0
 
@@ -161,11 +177,15 @@ def main(argv: list[str] | None = None) -> dict:
     odd = read_map(paths["odd"], require_cubic=False).data
     corrected = read_map(written[0], require_cubic=False).data
     raw = (even + odd) / 2
+    inputs = [("raw", raw), ("corrected", corrected)]
+    if args.defocus is not None:
+        halves = [read_map(p, require_cubic=False).data for p in _deconvolved(lst)]
+        inputs.append(("deconvolved", sum(halves) / len(halves)))
     shells, missing = wedge_regions(shape, lo, hi)
     n = min(shape)
     band = slice(2, n // 4 + 1)
     res = {}
-    for name, vol in (("raw", raw), ("corrected", corrected)):
+    for name, vol in inputs:
         w = region_fsc(truth, vol, shells, missing)
         m = region_fsc(truth, vol, shells, ~missing)
         res[name] = {
@@ -179,6 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
         res.setdefault(name, {})["z_elongation"] = z_elongation(vol, np.array(centres))
     drop = np.array(res["raw"]["measured_fsc"]) - np.array(res["corrected"]["measured_fsc"])
     worst = int(np.nanargmax(drop[1 : n // 2])) + 1
+    if "deconvolved" in res:
+        drop_d = np.array(res["deconvolved"]["measured_fsc"]) - np.array(
+            res["corrected"]["measured_fsc"]
+        )
+        worst_d = int(np.nanargmax(drop_d[1 : n // 2])) + 1
     summary = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor()}",
@@ -194,7 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
         "measured_gain": res["corrected"]["measured_mean"] - res["raw"]["measured_mean"],
         "worst_measured_drop": float(drop[worst]),
         "worst_measured_shell": worst,
-        "train_steps": run.steps,
+        "worst_drop_vs_deconvolved": float(drop_d[worst_d]) if "deconvolved" in res else None,
+        "worst_shell_vs_deconvolved": worst_d if "deconvolved" in res else None,
+        "model": str(model),
+        "train_steps": steps,
         "times_s": times,
         "results": res,
     }
@@ -211,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(args.json, summary)
     print(f"$ {command}")
     print(f"{summary['date']}  {summary['machine']}  load {summary['load_avg_1m']:.2f}")
-    print(f"preset {settings.preset}: {run.steps} steps; shape {shape}, snr {args.snr}")
+    trained = f"{steps} steps" if steps is not None else f"model {model}"
+    print(f"preset {settings.preset}: {trained}; shape {shape}, snr {args.snr}")
     print(
         f"wedge FSC with truth (shells 2…{n // 4}): {res['raw']['wedge_mean']:.3f} → "
         f"{res['corrected']['wedge_mean']:.3f} ({summary['wedge_gain']:+.3f})"
@@ -221,6 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"{res['corrected']['measured_mean']:.3f}; worst drop of a shell "
         f"{summary['worst_measured_drop']:+.3f} (shell {worst})"
     )
+    if "deconvolved" in res:
+        print(
+            "  against the deconvolved input: worst drop "
+            f"{summary['worst_drop_vs_deconvolved']:+.3f} (shell {worst_d})"
+        )
     print(
         "molecules' z-elongation (σz / σxy of their average): truth "
         f"{res['truth']['z_elongation']:.3f}, input {res['raw']['z_elongation']:.3f}, "

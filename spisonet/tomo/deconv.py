@@ -26,7 +26,7 @@ import scipy.fft
 
 from ..errors import InvalidValueError, MapShapeError, NonFiniteMapError
 
-__all__ = ["ctf_1d", "deconv_filter", "deconvolve"]
+__all__ = ["ctf_1d", "deconv_filter", "deconvolve", "first_ctf_zero"]
 
 #: The 1D filter is sampled at least this finely (0 … Nyquist) before the radial lookup.
 FILTER_SAMPLES = 4096
@@ -150,6 +150,29 @@ def ctf_1d(
         oversampling_factor=1,
     )
     return ctf.detach().cpu().numpy().astype(np.float64).reshape(n)
+
+
+def first_ctf_zero(
+    voxel_size: float,
+    defocus: float,
+    voltage: float = 300.0,
+    spherical_aberration: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    phase_shift: float = 0.0,
+) -> float | None:
+    """The frequency of the CTF's first zero in cycles/voxel (≤ 0.5), or None when the
+    CTF keeps its sign up to Nyquist. Found as the first sign change of :func:`ctf_1d`
+    on 4097 samples, refined by linear interpolation (error ≪ 10⁻⁴ cycles/voxel)."""
+    n = 4097
+    ctf = ctf_1d(
+        n, voxel_size, defocus, voltage, spherical_aberration, amplitude_contrast, phase_shift
+    )
+    change = np.flatnonzero(np.sign(ctf[1:]) != np.sign(ctf[:-1]))
+    if change.size == 0:
+        return None
+    i = int(change[0])
+    step = 0.5 / (n - 1)
+    return float(step * (i + ctf[i] / (ctf[i] - ctf[i + 1])))
 
 
 def deconv_filter(

@@ -33,7 +33,9 @@ from ..io.tomograms import (
 from ..progress import Progress, report
 
 __all__ = [
+    "CTF_HANDOVER",
     "RefineOutputs",
+    "ctf_handover",
     "deconv_tomograms",
     "make_masks",
     "predict_tomograms",
@@ -446,6 +448,29 @@ def refine(
     )
 
 
+#: With a defocus, the measured components from this fraction of the CTF's first zero
+#: up are taken from the input (docs/tomo.md, "Decision: the CTF's first zero").
+CTF_HANDOVER = 0.8
+
+
+def ctf_handover(entry: TomogramEntry) -> float | None:
+    """Where (cycles/voxel) ``predict`` starts taking the measured components from the
+    input because of the CTF: :data:`CTF_HANDOVER` × the first zero of the entry's CTF;
+    None without a defocus or when the CTF has no zero below Nyquist."""
+    if entry.defocus is None:
+        return None
+    from .deconv import first_ctf_zero
+
+    k0 = first_ctf_zero(
+        entry.voxel_size,
+        entry.defocus,
+        entry.voltage,
+        entry.spherical_aberration,
+        entry.amplitude_contrast,
+    )
+    return None if k0 is None else CTF_HANDOVER * k0
+
+
 def predict_tomograms(
     list_path: str | os.PathLike,
     model_path: str | os.PathLike,
@@ -463,7 +488,8 @@ def predict_tomograms(
     spectrum before and after) to ``out_dir``. Even and odd are each corrected and
     averaged. With ``keep_measured_low`` (default) the measured frequencies longer than
     the training cube are taken from the input
-    (:func:`~spisonet.tomo.network.measured_low_frequencies`). Memory: the whole
+    (:func:`~spisonet.tomo.network.measured_low_frequencies`), and with a defocus in the
+    list also those beyond :func:`ctf_handover`. Memory: the whole
     corrected tomogram is held once (plus the slabs, and twice more for that step).
     Returns the files written."""
     from ..nn.train import load_checkpoint, model_from_checkpoint, resolve_device
@@ -530,7 +556,12 @@ def predict_tomograms(
                 slab = sum(r(y0, y1) for r in readers) / len(readers)
                 diff[:, y0:y1] = slab - result[:, y0:y1]
             result += measured_low_frequencies(
-                diff, settings.cube_size, e.tilt_min, e.tilt_max, e.tilt_axis
+                diff,
+                settings.cube_size,
+                e.tilt_min,
+                e.tilt_max,
+                e.tilt_axis,
+                high_from=ctf_handover(e),
             )
             del diff
         with map_slab_writer(

@@ -312,10 +312,13 @@ def measured_low_frequencies(
     tilt_min: float,
     tilt_max: float,
     axis_angle: float = 0.0,
+    high_from: float | None = None,
 ) -> np.ndarray:
     """The part of ``difference`` (original − corrected) that the corrected tomogram
     should get back: its Fourier components that were measured (outside the wedge) and
-    whose wavelength exceeds the training cube of ``cube_size`` voxels.
+    whose wavelength exceeds the training cube of ``cube_size`` voxels — and, with
+    ``high_from`` (cycles/voxel), the measured components above that frequency too
+    (a cosine hand-over from ``high_from`` to 1.125 × ``high_from``).
 
     Why: a network trained on D³ cubes never saw a whole period of a wave longer than D
     voxels, so it cannot have learned those frequencies, and where the tilt series
@@ -323,7 +326,10 @@ def measured_low_frequencies(
     cycles/voxel outside the wedge the original's components are restored, with a cosine
     hand-over to the network's up to 1.5/D; inside the wedge the network's fill stays at
     every frequency. On the benchmark (docs/tomo.md) the measured-region FSC with the
-    truth dropped by 0.1 at the lowest shell without this step.
+    truth dropped by 0.1 at the lowest shell without this step. ``high_from`` serves
+    CTF-affected tomograms: near the CTF's first zero the data hold almost no signal
+    (the deconvolution filter all but removes that band), and there the network's
+    measured-region output was worse than the input (docs/tomo.md).
 
     ``difference``: (Z, Y, X) float32, overwritten (used as FFT workspace). Returns a new
     float32 (Z, Y, X) array. Memory: about twice the tomogram (the half spectrum is
@@ -342,9 +348,17 @@ def measured_low_frequencies(
     psi = np.radians(float(axis_angle))
     kb = np.float32(-np.sin(psi)) * ky + np.float32(np.cos(psi)) * kx
     size = np.float32(cube_size)
+    pi = np.float32(np.pi)
+    if high_from is not None and not high_from > 0:
+        raise InvalidValueError(f"high_from must be > 0 cycles/voxel; got {high_from!r}")
     for iz, kz in enumerate(np.fft.fftfreq(shape[0]).astype(np.float32)):
-        r = np.sqrt(kz * kz + ky * ky + kx * kx) * size  # in units of 1/D
-        keep = np.float32(0.5) * (1 + np.cos(np.float32(np.pi) * np.clip((r - 1) / 0.5, 0, 1)))
+        k = np.sqrt(kz * kz + ky * ky + kx * kx)
+        r = k * size  # in units of 1/D
+        keep = np.float32(0.5) * (1 + np.cos(pi * np.clip((r - 1) / 0.5, 0, 1)))
+        if high_from is not None:
+            h = np.float32(high_from)
+            ramp = np.clip((k - h) / (np.float32(0.125) * h), 0, 1)
+            keep = np.maximum(keep, np.float32(0.5) * (1 - np.cos(pi * ramp)))
         theta = np.degrees(np.arctan2(-kz, kb))
         theta = np.where(theta > 90.0, theta - 180.0, theta)
         theta = np.where(theta <= -90.0, theta + 180.0, theta)

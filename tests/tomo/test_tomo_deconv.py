@@ -49,6 +49,33 @@ def test_ctf_is_the_negated_textbook_ctf(voxel, defocus, kv, cs, amp, phase) -> 
     assert got[0] == pytest.approx(np.sin(np.radians(phase) + np.arcsin(amp)), abs=1e-6)
 
 
+@needs_torch_ctf
+@pytest.mark.parametrize(
+    "voxel, defocus, kv, amp",
+    [(10.0, 3.0, 300.0, 0.07), (5.4, 6.0, 200.0, 0.1), (20.0, 0.5, 300.0, 0.07)],
+)
+def test_first_ctf_zero_is_the_textbook_root(voxel, defocus, kv, amp) -> None:
+    """The first zero of the textbook CTF, by bisection on its sign in cycles/voxel
+    (None when the sign holds up to Nyquist: 20 Å voxels, 0.5 µm)."""
+    from spisonet.tomo.deconv import first_ctf_zero
+
+    def ctf_at(k: float) -> float:  # k in cycles/voxel, through the textbook formula
+        return -_textbook_ctf(2, voxel / (2 * k), defocus, kv, 2.7, amp)[1]
+
+    got = first_ctf_zero(voxel, defocus, kv, 2.7, amp)
+    grid = np.linspace(1e-4, 0.5, 2001)
+    signs = np.sign([ctf_at(k) for k in grid])
+    if np.all(signs == signs[0]):
+        assert got is None
+        return
+    i = int(np.flatnonzero(signs != signs[0])[0])
+    a, b = grid[i - 1], grid[i]
+    for _ in range(60):
+        m = (a + b) / 2
+        a, b = (m, b) if np.sign(ctf_at(m)) == signs[0] else (a, m)
+    assert got == pytest.approx((a + b) / 2, abs=1e-4)
+
+
 def _slow_filter(n, voxel, defocus, snr_falloff, strength, hp_nyquist, **ctf_kw):
     ctf = -_textbook_ctf(n, voxel, defocus, **ctf_kw)
     out = np.zeros(n)

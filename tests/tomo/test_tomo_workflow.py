@@ -4,6 +4,7 @@ with the bad inputs a user meets."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -368,9 +369,12 @@ def test_refine_data_parallel_on_two_cpu_processes(simulated: Path, tmp_path: Pa
     assert report["training"]["steps"] > 0
 
 
-def _slow_low_measured(diff: np.ndarray, d: int, lo: float, hi: float, psi: float) -> np.ndarray:
+def _slow_low_measured(
+    diff: np.ndarray, d: int, lo: float, hi: float, psi: float, high: float | None = None
+) -> np.ndarray:
     """The definition on the full complex grid, voxel by voxel: keep a component when its
-    radius is below 1/D (cosine to 0 at 1.5/D) and its plane's tilt lies in [lo, hi]."""
+    radius is below 1/D (cosine to 0 at 1.5/D) — or, with ``high``, above 1.125·high
+    (cosine from 0 at ``high``) — and its plane's tilt lies in [lo, hi]."""
     nz, ny, nx = diff.shape
     f = np.fft.fftn(diff.astype(np.float64))
     out = np.zeros_like(f)
@@ -385,6 +389,14 @@ def _slow_low_measured(diff: np.ndarray, d: int, lo: float, hi: float, psi: floa
                     if r <= 1
                     else (0.0 if r >= 1.5 else 0.5 * (1 + np.cos(np.pi * (r - 1) / 0.5)))
                 )
+                k = r / d
+                if high is not None and k > high:
+                    up = (
+                        1.0
+                        if k >= 1.125 * high
+                        else 0.5 * (1 - np.cos(np.pi * (k - high) / (0.125 * high)))
+                    )
+                    w = max(w, up)
                 if abs(kz) < 1e-12 and abs(kb) < 1e-12:
                     measured = True
                 else:
@@ -394,15 +406,27 @@ def _slow_low_measured(diff: np.ndarray, d: int, lo: float, hi: float, psi: floa
     return np.real(np.fft.ifftn(out))
 
 
-@pytest.mark.parametrize(("lo", "hi", "psi"), [(-60.0, 60.0, 0.0), (-45.0, 58.0, 30.0)])
-def test_measured_low_frequencies_equal_their_definition(lo: float, hi: float, psi: float) -> None:
+@pytest.mark.parametrize(
+    ("lo", "hi", "psi", "high"),
+    [
+        (-60.0, 60.0, 0.0, None),
+        (-45.0, 58.0, 30.0, None),
+        (-60.0, 60.0, 0.0, 0.3),
+        (-50, 55, 20, 0.2),
+    ],
+)
+def test_measured_low_frequencies_equal_their_definition(lo, hi, psi, high) -> None:
     from spisonet.tomo.network import measured_low_frequencies
 
     rng = np.random.default_rng(4)
-    diff = rng.normal(size=(10, 12, 9)).astype(np.float32)
-    want = _slow_low_measured(diff, 4, lo, hi, psi)
-    got = measured_low_frequencies(diff.copy(), 4, lo, hi, psi)
+    # odd sizes: on an even axis's Nyquist plane a turned tilt axis makes the band
+    # asymmetric under conjugation, an edge where the full and half spectra differ
+    diff = rng.normal(size=(11, 13, 9) if high else (10, 12, 9)).astype(np.float32)
+    want = _slow_low_measured(diff, 4, lo, hi, psi, high)
+    got = measured_low_frequencies(diff.copy(), 4, lo, hi, psi, high_from=high)
     np.testing.assert_allclose(got, want, atol=1e-5)
+    if high is not None:  # the high band adds something, and only in the measured region
+        assert np.abs(got - _slow_low_measured(diff, 4, lo, hi, psi)).max() > 0.1
 
 
 def test_low_waves_come_back_where_measured_only() -> None:
@@ -446,3 +470,20 @@ def test_a_single_tomogram_is_corrected_without_noise2noise(simulated: Path, tmp
     out = predict_tomograms(lst, run.model, tmp_path / "c", s)
     corrected = read_map(out[0], require_cubic=False).data
     assert corrected.shape == (32, 48, 48) and np.isfinite(corrected).all()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch_ctf") is None, reason="torch-ctf needs Python ≥ 3.11"
+)
+def test_ctf_handover_starts_below_the_first_zero_of_the_entrys_ctf() -> None:
+    from spisonet.io.tomograms import TomogramEntry
+    from spisonet.tomo.deconv import first_ctf_zero
+    from spisonet.tomo.files import CTF_HANDOVER, ctf_handover
+
+    plain = TomogramEntry(name="t", voxel_size=10.0, tomogram="t.mrc")
+    assert ctf_handover(plain) is None
+    e = TomogramEntry(name="t", voxel_size=8.0, tomogram="t.mrc", defocus=4.0, voltage=200.0)
+    k0 = first_ctf_zero(8.0, 4.0, 200.0)
+    assert 0 < CTF_HANDOVER < 1 and ctf_handover(e) == pytest.approx(CTF_HANDOVER * k0)
+    far = TomogramEntry(name="t", voxel_size=20.0, tomogram="t.mrc", defocus=0.5)
+    assert ctf_handover(far) is None  # no zero below Nyquist
