@@ -368,8 +368,10 @@ def predict_command(
         bool,
         typer.Option(
             "--keep-measured-low/--network-low",
-            help="Take the measured frequencies longer than the training cube from the "
-            "input (default; the network never saw them whole) or from the network.",
+            help="Take the measured frequencies longer than the training cube (and, with a "
+            "defocus, those from 0.8 × the CTF's first zero up) from the input (default; "
+            "the network never saw them whole / the data hold no signal there) or from "
+            "the network.",
         ),
     ] = True,
 ) -> None:
