@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         "corrected": tomogram_views(corrected),
     }
     tomogram_figure(
-        views, out / "tomo_before_after.png", title=f"{shape}, ±{hi:g}°, snr {args.snr}"
+        views, out / "tomo_before_after.png", title=f"{shape}, tilts {lo:g}…{hi:g}°, snr {args.snr}"
     )
     write_json(out / "bench_tomo.json", summary)
     if args.json:
