@@ -35,6 +35,7 @@ VALUES = {
     "learning_rate": ("0.002", 0.002),
     "alpha": ("0.7", 0.7),
     "beta": ("0.3", 0.3),
+    "self_weight": ("0.25", 0.25),
     "schedule": ("onecycle", "onecycle"),
     "amp": ("auto", "auto"),
     "limit_res": ("7.5", 7.5),
