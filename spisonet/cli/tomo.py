@@ -369,9 +369,9 @@ def predict_command(
         typer.Option(
             "--keep-measured-low/--network-low",
             help="Take the measured frequencies longer than the training cube (and, with a "
-            "defocus, those from 0.8 × the CTF's first zero up) from the input (default; "
-            "the network never saw them whole / the data hold no signal there) or from "
-            "the network.",
+            "defocus, those from just below the CTF's first zero up; docs/tomo.md) from the "
+            "input (default; the network never saw them whole / the data hold no signal "
+            "there) or from the network.",
         ),
     ] = True,
 ) -> None:

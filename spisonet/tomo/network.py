@@ -337,6 +337,8 @@ def measured_low_frequencies(
     """
     import scipy.fft
 
+    if high_from is not None and not high_from > 0:
+        raise InvalidValueError(f"high_from must be > 0 cycles/voxel; got {high_from!r}")
     d = np.asarray(difference)
     if d.ndim != 3:
         raise MapMismatchError(f"expected a 3D tomogram; found shape {d.shape}")
@@ -349,8 +351,6 @@ def measured_low_frequencies(
     kb = np.float32(-np.sin(psi)) * ky + np.float32(np.cos(psi)) * kx
     size = np.float32(cube_size)
     pi = np.float32(np.pi)
-    if high_from is not None and not high_from > 0:
-        raise InvalidValueError(f"high_from must be > 0 cycles/voxel; got {high_from!r}")
     for iz, kz in enumerate(np.fft.fftfreq(shape[0]).astype(np.float32)):
         k = np.sqrt(kz * kz + ky * ky + kx * kx)
         r = k * size  # in units of 1/D

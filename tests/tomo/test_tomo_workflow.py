@@ -487,3 +487,13 @@ def test_ctf_handover_starts_below_the_first_zero_of_the_entrys_ctf() -> None:
     assert 0 < CTF_HANDOVER < 1 and ctf_handover(e) == pytest.approx(CTF_HANDOVER * k0)
     far = TomogramEntry(name="t", voxel_size=20.0, tomogram="t.mrc", defocus=0.5)
     assert ctf_handover(far) is None  # no zero below Nyquist
+
+
+def test_a_bad_high_band_is_refused_before_the_input_is_touched() -> None:
+    from spisonet.tomo.network import measured_low_frequencies
+
+    diff = np.random.default_rng(2).normal(size=(8, 9, 7)).astype(np.float32)
+    before = diff.copy()
+    with pytest.raises(InvalidValueError, match=r"high_from must be > 0 cycles/voxel; got -0\.1"):
+        measured_low_frequencies(diff, 4, -60, 60, high_from=-0.1)
+    np.testing.assert_array_equal(diff, before)
