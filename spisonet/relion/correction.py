@@ -21,7 +21,8 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from .rendezvous import (
     wait_for_partner,
 )
 from .settings import RelionCorrectionSettings, closed_gates
+from .settle import RECORD_SUFFIX, SettleRecord, is_settled, missing_change
 from .watchdog import RelionWatch
 
 __all__ = ["MODEL_SUFFIX", "RelionCorrection", "trained_iterations"]
@@ -123,6 +125,11 @@ class _Gates:
         if self.closed:
             return f"gate closed ({' and '.join(self.closed)}): {self.values()}"
         return f"gates open: {self.values()}"
+
+
+def _network_map(result: Any) -> np.ndarray:
+    """The network's map of a one-network :func:`correct_anisotropy` result."""
+    return result.filtered[0] if result.filtered is not None else result.corrected[0]
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -469,22 +476,31 @@ class RelionCorrection:
             f"{', '.join(steps) or 'no whitening/weighting'}; independent network for half "
             f"{jn.half}" + (" (beta unused: no Noise2Noise pair)" if s.beta is not None else ""),
         )
-        t = time.perf_counter()
-        result = correct_anisotropy(
+        full_steps = cfg.epochs * -(-cfg.n_subvolume // cfg.batch_size)
+        cfg, settled = self._settled_settings(job, jn, cfg, previous)
+        run = partial(
+            correct_anisotropy,
             x,
             None,
             fsc3d_volume=f3d,
             mask=mask,
             voxel_size=voxel,
-            settings=cfg,
             pretrained=previous,
-            checkpoints=(model,),
             progress=self._progress,
             trust=False,  # one more prediction per iteration; RELION's log has the gates
         )
+        t = time.perf_counter()
+        before = None
+        if previous is not None and s.settle_change > 0 and cfg.epochs > 0:
+            before = _network_map(run(settings=replace(cfg, epochs=0)))
+        result = run(settings=cfg, checkpoints=(model,))
         t_train = time.perf_counter() - t
         self._steps = int(result.train[0].steps)
-        net = result.filtered[0] if result.filtered is not None else result.corrected[0]
+        net = _network_map(result)
+        if s.settle_change > 0:
+            self._record_settling(
+                job, before, net, f3d, (half1, half2), mask, voxel, limit, full_steps
+            )
         out, kept = self._finish(job, jn, net, plain, f3d, half1, half2, mask, voxel, limit)
         loss = result.histories[0].get("loss") if result.histories else None
         loss_text = f", loss {loss[-1]:.4g}" if loss else ""
@@ -503,6 +519,8 @@ class RelionCorrection:
         else:
             start = f"continuing {previous.name}" if previous is not None else "a new model"
             how = f"network trained: {cfg.epochs} epochs in {on}, {start}"
+            if settled:
+                how += f" (settled: {self._steps} of {full_steps} steps)"
         self.summary = self._line(
             f"{how}; output "
             + ("with RELION's map beyond " if s.keep_highres else "low-passed to ")
@@ -510,6 +528,54 @@ class RelionCorrection:
             t0,
         )
         return out
+
+    def _settled_settings(
+        self,
+        job: ExternalReconstructJob,
+        jn: JobName,
+        cfg: CorrectionSettings,
+        previous: Path | None,
+    ) -> tuple[CorrectionSettings, bool]:
+        """``cfg`` with ``settled_fraction`` of its cubes (so of its steps) when the
+        previous call's record says the network has settled; and whether it had."""
+        s = self.settings
+        if previous is None or s.settle_change <= 0 or cfg.epochs == 0:
+            return cfg, False
+        record_path = previous.with_name(previous.name[: -len(MODEL_SUFFIX)] + RECORD_SUFFIX)
+        record = SettleRecord.read(record_path)
+        if not is_settled(record, s.settle_change):
+            return cfg, False
+        assert record is not None and record.full_change is not None
+        cubes = max(cfg.batch_size, round(cfg.n_subvolume * s.settled_fraction))
+        self._log(
+            job,
+            f"settled: the last training changed the missing cone by {record.full_change:.3f} "
+            f"(scaled to a full iteration) < {s.settle_change:g}; training "
+            f"{cubes} of {cfg.n_subvolume} cubes",
+        )
+        return replace(cfg, n_subvolume=cubes), True
+
+    def _record_settling(
+        self,
+        job: ExternalReconstructJob,
+        before: np.ndarray | None,
+        after: np.ndarray,
+        f3d: np.ndarray,
+        halves: tuple[np.ndarray, np.ndarray],
+        mask: np.ndarray | None,
+        voxel: float,
+        limit: float,
+        full_steps: int,
+    ) -> None:
+        """How much this call's training changed the network's missing-cone content,
+        left beside the model for the next call (:mod:`.settle`)."""
+        change = None
+        if before is not None:
+            measured = measured_weight(f3d, *halves, mask)
+            change = missing_change(before, after, measured, after.shape[0] * voxel / limit)
+            self._log(job, f"training changed the missing cone by {change:.3f} (relative)")
+        record = SettleRecord(change=change, steps=self._steps, full_steps=full_steps)
+        record.write(job.star_path.parent / f"{job.name}{RECORD_SUFFIX}")
 
     def _finish(
         self,

@@ -76,6 +76,18 @@ class RelionCorrectionSettings:
         "Start every iteration from a fresh network instead of the previous iteration's",
         env="RETRAIN_EACH_ITER",
     )
+    settle_change: float = setting(
+        0.1,
+        "Train only SETTLED_FRACTION of the steps once one iteration's training changed the "
+        "missing-cone content by less than this (relative, scaled to a full iteration); "
+        "0: always train in full",
+        env="SETTLE_CHANGE",
+    )
+    settled_fraction: float = setting(
+        0.25,
+        "Share of an iteration's training steps once the network has settled (SETTLE_CHANGE)",
+        env="SETTLED_FRACTION",
+    )
     whitening: bool = setting(
         True,
         "Flatten the amplitude spectrum between WHITENING_LOW and the current resolution "
@@ -182,6 +194,10 @@ def check_relion_settings(s: RelionCorrectionSettings) -> RelionCorrectionSettin
 
     if s.epochs < 0:
         raise bad("epochs", "an integer >= 0")
+    if not s.settle_change >= 0:
+        raise bad("settle_change", "a relative change >= 0 (0: always train in full)")
+    if not 0 < s.settled_fraction <= 1:
+        raise bad("settled_fraction", "a share of the steps in (0, 1]")
     if s.start_resolution <= 0:
         raise bad("start_resolution", "a resolution > 0 Å")
     if s.whitening_low <= 0:

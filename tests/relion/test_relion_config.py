@@ -186,7 +186,7 @@ def test_every_setting_can_be_set_in_the_file(tmp_path):
         else:  # numbers, and the optional numbers (None: the preset's)
             lines.append(f"{f.name} = {(default or 0.0) + 0.5}")
     s = load_relion_settings(_toml(tmp_path, "\n".join(lines) + "\n"), environ={})
-    assert len(s.sources) == len(lines) == 16
+    assert len(s.sources) == len(lines) == 18
     assert all(getattr(s, name) != getattr(defaults, name) for name in s.sources)
 
 
