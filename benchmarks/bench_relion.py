@@ -128,12 +128,24 @@ def map_metrics(final: Path, truth: np.ndarray, voxel: float) -> dict[str, float
     }
 
 
-def iteration_times(folder: Path, root: str) -> list[float]:
+def iteration_times(folder: Path, root: str) -> dict[int, float]:
+    """Seconds of each iteration k >= 1 (between the optimiser files of k - 1 and k)."""
     pat = re.compile(re.escape(root) + r"_it(\d{3,})_optimiser\.star$")
     stamps = sorted(
         (int(m.group(1)), p.stat().st_mtime) for p in folder.iterdir() if (m := pat.match(p.name))
     )
-    return [b[1] - a[1] for a, b in itertools.pairwise(stamps)]
+    return {b[0]: b[1] - a[1] for a, b in itertools.pairwise(stamps)}
+
+
+def correction_calls(log: Path) -> dict[int, list[int]]:
+    """Training steps of each corrected call per iteration, from spisonet_relion.log."""
+    calls: dict[int, list[int]] = {}
+    if not log.exists():
+        return calls
+    pat = re.compile(r"_it(\d{3,})_half\d_class001: corrected map \(.*; (\d+) steps, [\d.]+ s\)")
+    for m in pat.finditer(log.read_text()):
+        calls.setdefault(int(m.group(1)), []).append(int(m.group(2)))
+    return calls
 
 
 def main() -> None:
@@ -250,17 +262,19 @@ def main() -> None:
                 continue
         errs = angular_errors(data["angles"], folder / "run_data.star", cone_deg)
         times = iteration_times(folder, "run")
-        log = folder / "spisonet_relion.log"
-        corrected = (
-            sorted(set(re.findall(r"_it(\d{3,})_half\d_class001: corrected map", log.read_text())))
-            if log.exists()
-            else []
-        )
+        calls = correction_calls(folder / "spisonet_relion.log")
+        corrected = sorted(calls)
+        in_corrected = [t for k, t in times.items() if k in calls]
         results[name] = {
             "wall_s": round(seconds, 1),
             "iterations": len(times) + 1,
-            "s_per_iteration": round(float(np.mean(times)), 1) if times else None,
-            "corrected_iterations": [int(c) for c in corrected],
+            "s_per_iteration": round(float(np.mean(list(times.values()))), 1) if times else None,
+            "s_per_corrected_iteration": (
+                round(float(np.mean(in_corrected)), 1) if in_corrected else None
+            ),
+            "seconds_by_iteration": {k: round(t, 1) for k, t in times.items()},
+            "corrected_iterations": corrected,
+            "steps_by_iteration": calls,
             **{k: round(v, 3) for k, v in errs.items()},
             **{k: round(v, 3) for k, v in map_metrics(final, truth, voxel).items()},
         }
