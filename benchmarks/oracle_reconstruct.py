@@ -9,6 +9,13 @@ would have used) and cut at the job's current resolution (RELION's ``current_siz
 the phases are perfect, the amplitudes and the band are RELION's. No correction can give
 RELION a better reference, so a refinement run with it bounds what the correction can do
 (``benchmarks/bench_relion.py --only oracle``). Used by the benchmark only.
+
+With ``SPISONET_ORACLE_MODE=network`` the truth takes the place of the *network* inside
+spisonet's own correction instead (``--only oracle-network``): the same gates, the same
+rendezvous and 3D FSC of the two halves, the same low-pass, radial amplitudes and RELION's
+map kept where measured (``RelionCorrection._finish``), only the network's output is the
+truth. That run bounds what a perfect network could give through spisonet's design; the
+plain oracle bounds what any reference could.
 """
 
 from __future__ import annotations
@@ -36,15 +43,41 @@ def oracle_map(truth: np.ndarray, plain: np.ndarray, current_size: int) -> np.nd
     return np.fft.irfftn(ft * ratio[shells], s=truth.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
+def perfect_network_correction(truth: np.ndarray):
+    """spisonet's RELION correction (settings from the environment) with the truth as the
+    network's output."""
+    from spisonet.fsc3d import fsc3d
+    from spisonet.relion import RelionCorrection
+    from spisonet.relion.settings import correction_settings
+
+    class PerfectNetwork(RelionCorrection):
+        def _train(self, job, jn, own, other, plain, voxel, res, t0):
+            if truth.shape != plain.shape:
+                raise SystemExit(f"truth {truth.shape} and job {plain.shape} differ in box")
+            half1, half2 = (own, other) if jn.half == 1 else (other, own)
+            mask = self._mask(job.star_path.parent, jn, voxel, own.shape[0])
+            limit = max(res, 2.0 * voxel)
+            f3d = fsc3d(half1, half2, voxel_size=voxel, mask=mask, limit_res=limit).volume
+            out, kept = self._finish(job, jn, truth, plain, f3d, half1, half2, mask, voxel, limit)
+            self.summary = self._line(f"the truth as the network's output{kept}", t0)
+            return out
+
+    return PerfectNetwork(correction_settings())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the oracle map for the job STAR in ``argv[0]``; 0 on success."""
     from spisonet.io import read_map, write_map
-    from spisonet.relion import read_external_star
+    from spisonet.relion import read_external_star, run_external_reconstruct
     from spisonet.relion.job import reconstruct
 
     args = sys.argv[1:] if argv is None else argv
-    job = read_external_star(Path(args[-1]))
     truth_map = read_map(os.environ["SPISONET_ORACLE_TRUTH"])
+    if os.environ.get("SPISONET_ORACLE_MODE") == "network":
+        correction = perfect_network_correction(truth_map.data)
+        run_external_reconstruct(Path(args[-1]), correction=correction)
+        return 0
+    job = read_external_star(Path(args[-1]))
     plain = reconstruct(job)
     if truth_map.data.shape != plain.shape:
         raise SystemExit(f"truth {truth_map.data.shape} and job {plain.shape} differ in box")

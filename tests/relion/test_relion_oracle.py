@@ -44,3 +44,63 @@ def test_oracle_follows_its_definition_on_random_and_structured_maps() -> None:
     # without noise in the amplitudes (plain = a multiple of the truth) the oracle is it
     got = oracle_map(truth, 2.5 * truth, 4 * n)
     np.testing.assert_allclose(got, 2.5 * truth, atol=1e-4 * np.abs(truth).max() * 2.5)
+
+
+def test_perfect_network_is_spisonets_correction_with_the_truth_as_output(
+    tmp_path, monkeypatch
+) -> None:
+    """``SPISONET_ORACLE_MODE=network``: the same maps as RelionCorrection whose network
+    returns the truth (both halves, run together as RELION runs them)."""
+    import shutil
+    import threading
+    import types
+
+    import mrcfile
+    from helpers import blobs, make_job, write_model_star, write_sampling_star
+    from oracle_reconstruct import perfect_network_correction
+
+    import spisonet.relion.correction
+    from spisonet.relion import read_external_star, run_external_reconstruct
+    from spisonet.relion.correction import RelionCorrection
+    from spisonet.relion.settings import correction_settings
+
+    for name in ("SPISONET_START_RESOLUTION", "SPISONET_START_HEALPIX"):
+        monkeypatch.setenv(name, {"SPISONET_START_RESOLUTION": "100"}.get(name, "3"))
+    truth = blobs(16, 3).astype(np.float32)
+    folder = tmp_path / "a"
+    stars = [make_job(folder, f"r_it004_half{h}_class001", ori=16, pad=2, seed=h) for h in (1, 2)]
+    write_sampling_star(folder / "r_it003_sampling.star", 3)
+    write_model_star(folder / "r_it003_half1_model.star", 2.0)
+    (folder / "r_it003_optimiser.star").write_text("data_o\n_rlnParticleDiameter 24\n")
+    shutil.copytree(folder, tmp_path / "b")
+
+    def both(folder, make):
+        threads = [
+            threading.Thread(
+                target=run_external_reconstruct,
+                args=(folder / s.name,),
+                kwargs={"correction": make(), "keep_inputs": True},
+            )
+            for s in stars
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return [mrcfile.read(str(read_external_star(folder / s.name).result)) for s in stars]
+
+    got = both(tmp_path / "a", lambda: perfect_network_correction(truth))
+
+    def fake(x, *args, **kw):
+        return types.SimpleNamespace(
+            filtered=[truth], corrected=[truth], histories=[{}],
+            train=[types.SimpleNamespace(steps=1, device="cpu")],
+        )  # fmt: skip
+
+    monkeypatch.setattr(spisonet.relion.correction, "correct_anisotropy", fake)
+    want = both(tmp_path / "b", lambda: RelionCorrection(correction_settings()))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6)
+    for log in ((tmp_path / f"{x}/spisonet_relion.log").read_text() for x in "ab"):
+        assert log.count("corrected map") == 2, log  # both halves, neither fell back
+    assert "the truth as the network's output" in (tmp_path / "a/spisonet_relion.log").read_text()
