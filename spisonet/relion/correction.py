@@ -490,11 +490,12 @@ class RelionCorrection:
             trust=False,  # one more prediction per iteration; RELION's log has the gates
         )
         t = time.perf_counter()
-        before = None
+        before, t_before = None, 0.0
         if previous is not None and s.settle_change > 0 and cfg.epochs > 0:
             before = _network_map(run(settings=replace(cfg, epochs=0)))
+            t_before = time.perf_counter() - t
         result = run(settings=cfg, checkpoints=(model,))
-        t_train = time.perf_counter() - t
+        t_train = time.perf_counter() - t - t_before
         self._steps = int(result.train[0].steps)
         net = _network_map(result)
         if s.settle_change > 0:
@@ -506,7 +507,9 @@ class RelionCorrection:
         loss_text = f", loss {loss[-1]:.4g}" if loss else ""
         self._log(
             job,
-            f"3D FSC {t_fsc:.1f} s, training {t_train:.1f} s ({result.train[0].steps} "
+            f"3D FSC {t_fsc:.1f} s, "
+            + (f"previous model's prediction {t_before:.1f} s, " if before is not None else "")
+            + f"training {t_train:.1f} s ({result.train[0].steps} "
             f"steps on {result.train[0].device}{loss_text}); output low-passed "
             f"to {limit:.2f} Å, radial amplitudes of RELION's map"
             + kept

@@ -164,6 +164,7 @@ def test_train_uses_the_previous_record_and_leaves_its_own(
     # x before, 2x after: |2x - x| / |2x| = 0.5 in the missing cone, whatever it is
     assert record == SettleRecord(pytest.approx(0.5), 3 if settled else 6, 6)
     assert "training changed the missing cone by 0.500" in log
+    assert "previous model's prediction " in log  # its seconds, apart from the training's
     assert ("settled: the last training changed the missing cone by 0.050" in log) == settled
     assert ("(settled: 3 of 6 steps)" in corr.summary) == settled
 
