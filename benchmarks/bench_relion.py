@@ -183,6 +183,14 @@ def main() -> None:
     ap.add_argument(
         "--reuse", action="store_true", help="analyse finished runs in --out again (no RELION)"
     )
+    ap.add_argument(
+        "--relion-seed",
+        type=int,
+        default=0,
+        help="RELION's --random_seed (the same particles; another split into halves): runs "
+        "with a seed other than 0 go to folders ending in _seed<N>, to measure RELION's "
+        "run-to-run spread",
+    )
     args = ap.parse_args()
 
     from spisonet.io import read_map
@@ -252,6 +260,8 @@ def main() -> None:
         label = name.capitalize().replace("-", "_") + ("_keephigh" if keep else "")
         if name == "spisonet" and args.label:
             label = args.label
+        if args.relion_seed:
+            label += f"_seed{args.relion_seed}"
         root = f"{label}/run"
         t = time.perf_counter()
         folder = args.out / label
@@ -267,6 +277,7 @@ def main() -> None:
                 env=env,
                 timeout=3600,
                 extra="--ctf" if args.ctf else "",
+                seed=args.relion_seed,
             )
             if proc.returncode != 0 or not final.exists():
                 print(f"{name}: RELION failed (exit {proc.returncode})\n{proc.stdout[-2000:]}")
@@ -276,7 +287,8 @@ def main() -> None:
         calls = correction_calls(folder / "spisonet_relion.log")
         corrected = sorted(calls)
         in_corrected = [t for k, t in times.items() if k in calls]
-        results[name] = {
+        key = name + (f"_seed{args.relion_seed}" if args.relion_seed else "")
+        results[key] = {
             "wall_s": round(seconds, 1),
             "iterations": len(times) + 1,
             "s_per_iteration": round(float(np.mean(list(times.values()))), 1) if times else None,
@@ -289,7 +301,7 @@ def main() -> None:
             **{k: round(v, 3) for k, v in errs.items()},
             **{k: round(v, 3) for k, v in map_metrics(final, truth, voxel).items()},
         }
-        print(name, json.dumps(results[name]), f"({time.perf_counter() - t:.0f} s)", flush=True)
+        print(key, json.dumps(results[key]), f"({time.perf_counter() - t:.0f} s)", flush=True)
     previous = args.out / "results.json"
     if previous.exists():  # runs made by earlier calls (--only) join the summary
         results = {**json.loads(previous.read_text()), **results}

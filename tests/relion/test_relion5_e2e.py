@@ -77,7 +77,7 @@ def refinement(tmp_path_factory):
     (folder / "R5").mkdir()
     cmd = (
         "mpirun --oversubscribe -n 3 relion_refine_mpi --i particles.star --ref ref.mrc "
-        "--o R5/run " + REFINE_ARGS.format(diam=110.0) + " --external_reconstruct"
+        "--o R5/run " + REFINE_ARGS.format(diam=110.0, seed=0) + " --external_reconstruct"
     )
     proc = run_in_root(ROOT, cmd, folder, env=env)
     return {"folder": folder, "proc": proc, "lines": _log_lines(folder / "R5"), "keep": keep}

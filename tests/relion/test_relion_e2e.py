@@ -31,7 +31,7 @@ REFINE_ARGS = (
     "--auto_refine --split_random_halves --ini_high 30 --pad 2 --particle_diameter {diam} "
     "--flatten_solvent --zero_mask --healpix_order 1 --auto_local_healpix_order 2 "
     "--offset_range 3 --offset_step 1 --sym C1 --low_resol_join_halves 40 --norm --scale "
-    "--j 1 --random_seed 0 --dont_combine_weights_via_disc --pool 30"
+    "--j 1 --random_seed {seed} --dont_combine_weights_via_disc --pool 30"
 )
 
 
@@ -167,8 +167,11 @@ def refine(
     diameter: float = 110.0,
     timeout: float = 1500.0,
     extra: str = "",
+    seed: int = 0,
 ) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run ``mpirun -n 3 relion_refine_mpi`` in ``folder``; returns the process and seconds."""
+    """Run ``mpirun -n 3 relion_refine_mpi`` in ``folder`` (RELION's ``--random_seed``
+    ``seed``: the split into halves and its other random choices); returns the process and
+    seconds."""
     (folder / Path(out_root).parent).mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ)
     full_env.update(
@@ -180,7 +183,7 @@ def refine(
         full_env.update(env)
     cmd = (
         "mpirun --oversubscribe -n 3 relion_refine_mpi --i particles.star --ref ref.mrc "
-        f"--o {out_root} " + REFINE_ARGS.format(diam=diameter) + " " + extra
+        f"--o {out_root} " + REFINE_ARGS.format(diam=diameter, seed=seed) + " " + extra
     )
     if external:
         cmd += " --external_reconstruct"
