@@ -49,6 +49,7 @@ def perfect_network_correction(truth: np.ndarray):
     from spisonet.fsc3d import fsc3d
     from spisonet.relion import RelionCorrection
     from spisonet.relion.settings import correction_settings
+    from spisonet.weights import measured_weight
 
     class PerfectNetwork(RelionCorrection):
         def _train(self, job, jn, own, other, plain, voxel, res, t0):
@@ -58,7 +59,8 @@ def perfect_network_correction(truth: np.ndarray):
             mask = self._mask(job.star_path.parent, jn, voxel, own.shape[0])
             limit = max(res, 2.0 * voxel)
             f3d = fsc3d(half1, half2, voxel_size=voxel, mask=mask, limit_res=limit).volume
-            out, kept = self._finish(job, jn, truth, plain, f3d, half1, half2, mask, voxel, limit)
+            measured = measured_weight(f3d, half1, half2, mask)
+            out, kept = self._finish(job, jn, truth, plain, measured, voxel, limit)
             self.summary = self._line(f"the truth as the network's output{kept}", t0)
             return out
 

@@ -498,11 +498,16 @@ class RelionCorrection:
         t_train = time.perf_counter() - t - t_before
         self._steps = int(result.train[0].steps)
         net = _network_map(result)
+        # where the data were measured: both the settle record and the output need it
+        measured = (
+            measured_weight(f3d, half1, half2, mask)
+            if s.keep_measured or s.settle_change > 0
+            else None
+        )
         if s.settle_change > 0:
-            self._record_settling(
-                job, before, net, f3d, (half1, half2), mask, voxel, limit, full_steps
-            )
-        out, kept = self._finish(job, jn, net, plain, f3d, half1, half2, mask, voxel, limit)
+            assert measured is not None
+            self._record_settling(job, before, net, measured, voxel, limit, full_steps)
+        out, kept = self._finish(job, jn, net, plain, measured, voxel, limit)
         loss = result.histories[0].get("loss") if result.histories else None
         loss_text = f", loss {loss[-1]:.4g}" if loss else ""
         self._log(
@@ -563,9 +568,7 @@ class RelionCorrection:
         job: ExternalReconstructJob,
         before: np.ndarray | None,
         after: np.ndarray,
-        f3d: np.ndarray,
-        halves: tuple[np.ndarray, np.ndarray],
-        mask: np.ndarray | None,
+        measured: np.ndarray,
         voxel: float,
         limit: float,
         full_steps: int,
@@ -574,7 +577,6 @@ class RelionCorrection:
         left beside the model for the next call (:mod:`.settle`)."""
         change = None
         if before is not None:
-            measured = measured_weight(f3d, *halves, mask)
             change = missing_change(before, after, measured, after.shape[0] * voxel / limit)
             self._log(job, f"training changed the missing cone by {change:.3f} (relative)")
         record = SettleRecord(change=change, steps=self._steps, full_steps=full_steps)
@@ -586,15 +588,14 @@ class RelionCorrection:
         jn: JobName,
         net: np.ndarray,
         plain: np.ndarray,
-        f3d: np.ndarray,
-        half1: np.ndarray,
-        half2: np.ndarray,
-        mask: np.ndarray | None,
+        measured: np.ndarray | None,
         voxel: float,
         limit: float,
     ) -> tuple[np.ndarray, str]:
         """The network's map low-passed to ``limit`` Å with RELION's radial amplitudes and
-        what the settings keep of RELION's map; and the log text of what was kept."""
+        what the settings keep of RELION's map (``measured``: the measured weight of
+        :func:`spisonet.weights.measured_weight`, needed with ``keep_measured``); and the
+        log text of what was kept."""
         s = self.settings
         n = net.shape[0]
         out = lowpass(net, limit, voxel, falloff=3)
@@ -602,7 +603,8 @@ class RelionCorrection:
         plain_low = lowpass(plain, limit, voxel, falloff=3)
         kept = ""
         if s.keep_measured:
-            measured = measured_weight(f3d, half1, half2, mask)
+            if measured is None:
+                raise ValueError("keep_measured needs the measured weight")
             out = fourier_blend(out, plain_low, measured)
             inside = frequency_radius(n) <= n * voxel / limit
             share = 100 * float(np.mean(measured[inside] > 0.5))
