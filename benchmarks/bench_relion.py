@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "relion"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_relion_e2e import make_dataset, refine
 
@@ -56,6 +57,32 @@ def _rotations(angles: np.ndarray):
     # RELION's matrix is the transpose of the intrinsic ZYZ rotation (rot, tilt, psi); the
     # angle between two orientations does not depend on that transpose.
     return Rotation.from_euler("ZYZ", angles, degrees=True)
+
+
+def _relative_rotations(true_angles: np.ndarray, data_star: Path):
+    """(particle indices, R_true · R_est⁻¹ per particle) of a run's ``_data.star``."""
+    import starfile
+
+    blocks = starfile.read(data_star, always_dict=True)
+    parts = blocks.get("particles")
+    names = parts["rlnImageName"].astype(str)
+    index = np.array([int(n.split("@")[0]) - 1 for n in names])
+    est = parts[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype=np.float64)
+    return index, _rotations(true_angles[index]) * _rotations(est).inv()
+
+
+def offset_candidates(true_angles: np.ndarray, data_star: Path) -> list:
+    """Starting rotations for aligning the run's map to the truth: the poses' global offset
+    g and g⁻¹, each in (x, y, z) and in the maps' (z, y, x) index order (the sense depends
+    on conventions; the alignment keeps the one that fits)."""
+    from scipy.spatial.transform import Rotation
+
+    g = _relative_rotations(true_angles, data_star)[1].mean()
+    flip = np.eye(3)[::-1]  # (x, y, z) <-> (z, y, x)
+    out = []
+    for r in (g, g.inv()):
+        out += [r, Rotation.from_matrix(flip @ r.as_matrix() @ flip)]
+    return out
 
 
 def angular_errors(
@@ -70,14 +97,7 @@ def angular_errors(
     for the preferred views (true tilt within ``cone_deg`` of the z axis, either pole) and
     for the others.
     """
-    import starfile
-
-    blocks = starfile.read(data_star, always_dict=True)
-    parts = blocks.get("particles")
-    names = parts["rlnImageName"].astype(str)
-    index = np.array([int(n.split("@")[0]) - 1 for n in names])
-    est = parts[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype=np.float64)
-    rel = _rotations(true_angles[index]) * _rotations(est).inv()
+    index, rel = _relative_rotations(true_angles, data_star)
     raw = np.degrees(rel.magnitude())
     g = rel.mean()
     residual = np.degrees((g.inv() * rel).magnitude())
@@ -101,16 +121,39 @@ def angular_errors(
     }
 
 
-def map_metrics(final: Path, truth: np.ndarray, voxel: float) -> dict[str, float]:
-    """Resolution (Å) at FSC 0.5 with the truth: global, and best/worst direction."""
-    from spisonet.anisotropy import conical_fsc, directional_resolution, fibonacci_directions
-    from spisonet.fsc_shells import fsc_curve, resolution_at
+def map_metrics(
+    final: Path, truth: np.ndarray, voxel: float, candidates: list | None = None
+) -> dict[str, float]:
+    """Resolution (Å) at FSC 0.5 with the truth: global, and best/worst direction.
+
+    With ``candidates`` (starting rotations, :func:`offset_candidates`), the same figures
+    again with the prefix ``aligned_``, after turning and shifting the map onto the truth
+    (``benchmarks/map_align.py``): a run that drifted as a whole is not penalised for it.
+    """
     from spisonet.io import read_map
     from spisonet.masks import spherical_mask
 
-    m = read_map(final).data
+    m = read_map(final).data.astype(np.float64)
     n = m.shape[0]
     mask = spherical_mask(n, 0.42 * n, soft_edge_voxels=4)
+    out = _map_figures(m, truth, voxel, mask)
+    if candidates is not None:
+        from map_align import align_to_truth
+
+        aligned, found = align_to_truth(m, truth, candidates=candidates, mask=mask)
+        out |= {f"aligned_{k}": v for k, v in _map_figures(aligned, truth, voxel, mask).items()}
+        out["map_rotation_deg"] = found.angle_deg
+        out["map_shift_voxels"] = float(np.linalg.norm(found.shift))
+    return out
+
+
+def _map_figures(
+    m: np.ndarray, truth: np.ndarray, voxel: float, mask: np.ndarray
+) -> dict[str, float]:
+    from spisonet.anisotropy import conical_fsc, directional_resolution, fibonacci_directions
+    from spisonet.fsc_shells import fsc_curve, resolution_at
+
+    n = m.shape[0]
     curve, _ = fsc_curve(m, truth, mask)
     dirs = fibonacci_directions(500)
     cones = conical_fsc(m, truth, mask, dirs, cone_angle=20.0)
@@ -299,7 +342,15 @@ def main() -> None:
             "corrected_iterations": corrected,
             "steps_by_iteration": calls,
             **{k: round(v, 3) for k, v in errs.items()},
-            **{k: round(v, 3) for k, v in map_metrics(final, truth, voxel).items()},
+            **{
+                k: round(v, 3)
+                for k, v in map_metrics(
+                    final,
+                    truth,
+                    voxel,
+                    offset_candidates(data["angles"], folder / "run_data.star"),
+                ).items()
+            },
         }
         print(key, json.dumps(results[key]), f"({time.perf_counter() - t:.0f} s)", flush=True)
     previous = args.out / "results.json"
