@@ -234,6 +234,22 @@ def main() -> None:
         "with a seed other than 0 go to folders ending in _seed<N>, to measure RELION's "
         "run-to-run spread",
     )
+    ap.add_argument(
+        "--relion5",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="run RELION 5.1 from this Debian sid root (tests/relion/relion5.py; .ci/run "
+        "builds it at /var/cache/spisonet/relion5-sid) instead of the host's RELION",
+    )
+    ap.add_argument(
+        "--defocus",
+        type=float,
+        nargs=2,
+        default=(1.0, 2.5),
+        metavar=("MIN", "MAX"),
+        help="defocus range (µm) of the --ctf stack",
+    )
     args = ap.parse_args()
 
     from spisonet.io import read_map
@@ -255,6 +271,7 @@ def main() -> None:
             preferred_fraction=0.97 if args.severe else 0.9,
             cone_deg=cone_deg,
             ctf=args.ctf,
+            defocus_um=tuple(args.defocus),
         )
     truth = read_map(data["truth"]).data
     voxel = float(data["voxel_size"])
@@ -321,6 +338,7 @@ def main() -> None:
                 timeout=3600,
                 extra="--ctf" if args.ctf else "",
                 seed=args.relion_seed,
+                relion5_root=args.relion5,
             )
             if proc.returncode != 0 or not final.exists():
                 print(f"{name}: RELION failed (exit {proc.returncode})\n{proc.stdout[-2000:]}")

@@ -93,3 +93,20 @@ def run_in_root(
         text=True,
         timeout=timeout,
     )
+
+
+#: Runs any host command from inside the root (the oracle, ``spisonet-relion --no-correction``).
+HOST_EXEC_SCRIPT = """#!/bin/sh
+# back to the host, same folder, then the host command given as arguments
+exec chroot /host /bin/sh -c 'cd "$1" || exit 1; shift; exec "$@"' host-exec "$PWD" "$@"
+"""
+
+
+def host_executable(root: Path, command: str) -> str:
+    """An external-reconstruct executable for RELION 5.1 in ``root`` that runs the host's
+    ``command`` (a shell word list, e.g. ``"spisonet-relion --no-correction"``)."""
+    script = root / "usr" / "local" / "bin" / "host-exec"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(HOST_EXEC_SCRIPT, encoding="utf-8")
+    script.chmod(0o755)
+    return f"/usr/local/bin/host-exec {command}"

@@ -77,6 +77,7 @@ def make_dataset(
     snr: float = 1.0,
     seed: int = 0,
     ctf: bool = False,
+    defocus_um: tuple[float, float] = (1.0, 2.5),
 ) -> dict[str, object]:
     """Write a preferred-orientation particle stack for RELION into ``folder``.
 
@@ -86,8 +87,9 @@ def make_dataset(
     truth low-passed to 40 Å, RELION's initial reference), ``angles.star`` (the true
     angles), ``particles.mrcs`` and ``particles.star`` (no angles). Returns the paths and
     the true (N, 3) rot/tilt/psi in degrees. With ``ctf``, every particle gets a defocus
-    (U, V uniform in 1.0 … 2.5 µm, astigmatism angle uniform), ``relion_project --ctf``
-    applies it, and both STAR files carry it (refine with ``--ctf``).
+    (U uniform in ``defocus_um``, V within ±0.05 µm of it, astigmatism angle uniform),
+    ``relion_project --ctf`` applies it, and both STAR files carry it (refine with
+    ``--ctf``; RELION 3.1.3 ignores the CTF on such a stack, RELION 5.1 refines it).
     """
     from spisonet.anisotropy import direction_to_relion
     from spisonet.fourier import lowpass
@@ -114,7 +116,7 @@ def make_dataset(
     angles = np.stack([rot, tilt, psi], axis=1)
     ctf_labels, ctf_values = [], [""] * n_particles
     if ctf:
-        du = rng.uniform(10000.0, 25000.0, n_particles)
+        du = rng.uniform(1e4 * defocus_um[0], 1e4 * defocus_um[1], n_particles)
         dv = du + rng.uniform(-500.0, 500.0, n_particles)
         da = rng.uniform(0.0, 180.0, n_particles)
         ctf_labels = ["_rlnDefocusU", "_rlnDefocusV", "_rlnDefocusAngle"]
@@ -168,10 +170,12 @@ def refine(
     timeout: float = 1500.0,
     extra: str = "",
     seed: int = 0,
+    relion5_root: Path | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``mpirun -n 3 relion_refine_mpi`` in ``folder`` (RELION's ``--random_seed``
     ``seed``: the split into halves and its other random choices); returns the process and
-    seconds."""
+    seconds. With ``relion5_root``, RELION 5.1 from that root runs (``relion5.py``), and an
+    external reconstructor in ``env`` is wrapped to run on the host."""
     (folder / Path(out_root).parent).mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ)
     full_env.update(
@@ -188,6 +192,14 @@ def refine(
     if external:
         cmd += " --external_reconstruct"
     start = time.perf_counter()
+    if relion5_root is not None:
+        from relion5 import host_executable, run_in_root
+
+        exe = full_env.get("RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE")
+        if external and exe:
+            full_env["RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE"] = host_executable(relion5_root, exe)
+        proc = run_in_root(relion5_root, cmd, folder, env=full_env, timeout=timeout)
+        return proc, time.perf_counter() - start
     proc = subprocess.run(
         cmd, shell=True, cwd=folder, env=full_env, capture_output=True, text=True,
         timeout=timeout,
