@@ -192,6 +192,45 @@ def correction_calls(log: Path) -> dict[int, list[int]]:
     return calls
 
 
+#: Figures summarised over seeds (lower is better for the angles, higher for the FSCs).
+SPREAD_KEYS = (
+    "angular_error_median_deg",
+    "residual_error_median_deg",
+    "residual_error_median_preferred_deg",
+    "residual_error_median_rare_deg",
+    "fraction_error_above_10deg",
+    "aligned_mean_fsc_worst_cone",
+    "aligned_mean_fsc_global",
+)
+
+
+def seed_spread(results: dict[str, dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per arm (``plain``, ``spisonet``, ...; runs keyed ``<arm>`` or ``<arm>_seed<N>``):
+    (mean, sample standard deviation, number of seeds) of each figure in SPREAD_KEYS."""
+    arms: dict[str, list[dict]] = {}
+    for key, run in results.items():
+        arms.setdefault(re.sub(r"_seed\d+$", "", key), []).append(run)
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for arm, runs in arms.items():
+        out[arm] = {}
+        for k in SPREAD_KEYS:
+            values = np.array([r[k] for r in runs if r.get(k) is not None], dtype=np.float64)
+            if values.size:
+                sd = float(values.std(ddof=1)) if values.size > 1 else math.nan
+                out[arm][k] = (float(values.mean()), sd, int(values.size))
+    return out
+
+
+def print_seed_spread(results: dict[str, dict]) -> None:
+    """Print mean ± standard deviation over seeds for the arms that have more than one."""
+    spread = seed_spread(results)
+    for arm, figures in spread.items():
+        if not figures or max(n for *_, n in figures.values()) < 2:
+            continue
+        text = ", ".join(f"{k} {m:.3f} ± {sd:.3f} (n={n})" for k, (m, sd, n) in figures.items())
+        print(f"{arm} over seeds: {text}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_relion"))
@@ -382,6 +421,7 @@ def main() -> None:
         "residual_error_median_preferred_deg",
         "residual_error_median_rare_deg",
     )
+    print_seed_spread(results)
     for yardstick in ("oracle", "oracle-network"):
         if not all(k in results for k in ("plain", "spisonet", yardstick)):
             continue
