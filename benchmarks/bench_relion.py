@@ -289,6 +289,13 @@ def main() -> None:
         metavar=("MIN", "MAX"),
         help="defocus range (µm) of the --ctf stack",
     )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=4 * 3600.0,
+        help="seconds one RELION run may take (a spisonet run on 2 loaded cores took over an "
+        "hour; the old fixed limit of 3600 s killed one)",
+    )
     args = ap.parse_args()
 
     from spisonet.io import read_map
@@ -374,7 +381,7 @@ def main() -> None:
                 root,
                 external=external,
                 env=env,
-                timeout=3600,
+                timeout=args.timeout,
                 extra="--ctf" if args.ctf else "",
                 seed=args.relion_seed,
                 relion5_root=args.relion5,
