@@ -42,17 +42,34 @@ def relion_reconstruct_command(
             metavar="TOML",
         ),
     ] = None,
+    minres_map: Annotated[
+        int | None,
+        typer.Option(
+            "--minres-map",
+            "--minres_map",
+            help="Wiener term of the plain map from this shell on (default 5, as "
+            "relion_refine's own reconstruction; -1: as relion_external_reconstruct).",
+            metavar="SHELL",
+        ),
+    ] = None,
 ) -> None:
     """Reconstruct one RELION external-reconstruction job (what relion_refine calls).
 
-    Writes the map RELION reads back, exactly as relion_external_reconstruct would (plus
-    the correction, when enabled). Exit codes as spisonet-relion's (docs/relion.md): 0
-    when a map was written, 2 for bad input, 1 for other failures, 130 when interrupted.
+    Writes the map RELION reads back: the one relion_refine would make itself (plus the
+    correction, when enabled); with --minres-map -1 exactly relion_external_reconstruct's.
+    Exit codes as spisonet-relion's (docs/relion.md): 0 when a map was written, 2 for bad
+    input, 1 for other failures, 130 when interrupted.
     """
     # the RELION side is a subsystem of its own (settings from a file and the environment,
     # its runner); loaded only for this command
     from ..relion import run_job
 
-    code = run_job(star, correct=not no_correction, keep_inputs=keep_inputs, config=config)
+    code = run_job(
+        star,
+        correct=not no_correction,
+        keep_inputs=keep_inputs,
+        config=config,
+        minres_map=minres_map,
+    )
     if code:
         raise typer.Exit(code)

@@ -3,14 +3,16 @@
 Pure numerics on arrays (no files): :func:`reconstruct_arrays` turns the padded
 half-complex Fourier data and weights that ``relion_refine --external_reconstruct`` writes
 into the map ``relion_external_reconstruct`` would write (trilinear interpolation, C1,
-``minres_map = -1``, ``normalise = 1``):
+``minres_map = -1``, ``normalise = 1``), or, with ``minres_map = 5``, the one
+``relion_refine`` makes itself when it does not call an external program (its
+``--minres_map`` default: no Wiener term below shell 5):
 
 1. ``r_max = min(current_size, ori_size) // 2``, ``R = ROUND(pad * r_max)``; the Fourier
    components with ``|k|² < R²`` are copied from the files (size ``P = ROUND(pad * ori)``)
    onto an odd working grid of ``2 (R + 1) + 1`` voxels.
-2. Wiener term (``--no_map`` off): the weight of a voxel in shell
-   ``ires = ROUND(|k| / pad)`` gains ``1 / (pad³ · fudge · tau2[ires])`` where tau2 > 0,
-   and ``1000 × weight`` where tau2 < 1e-20.
+2. Wiener term (``--no_map`` off), in shells ``ires = ROUND(|k| / pad) >= minres_map``:
+   the weight gains ``1 / (pad³ · fudge · tau2[ires])`` where tau2 > 0, and
+   ``1000 × weight`` where tau2 < 1e-20.
 3. Gridding pre-conditioning (10 iterations, after Pipe & Menon 1999): start from 1
    inside ``R``, multiply by the weight, convolve with the Fourier transform of a
    Kaiser-Bessel blob (radius 3.8, alpha 15, order 0; via real space on the working
@@ -199,11 +201,13 @@ def _add_wiener_term(
     tau2: np.ndarray,
     pad: float,
     fudge: float,
+    minres_map: int = -1,
 ) -> None:
-    """Step 2, in place: 1 / (pad³·fudge·tau2) per shell; 1000 × weight where tau2 is 0."""
+    """Step 2, in place: 1 / (pad³·fudge·tau2) per shell; 1000 × weight where tau2 is 0;
+    only in shells >= ``minres_map``."""
     tau2 = np.asarray(tau2, dtype=np.float64)
     ires = _shell_of(r2[inside], pad)
-    known = ires < tau2.size
+    known = (ires < tau2.size) & (ires >= minres_map)
     t = np.zeros(ires.shape)
     t[known] = tau2[ires[known]]
     w = fweight[inside]
@@ -360,6 +364,7 @@ def reconstruct_arrays(
     skip_gridding: bool = False,
     iterations: int = 10,
     workers: int | None = None,
+    minres_map: int = -1,
 ) -> np.ndarray:
     """RELION's reconstruction of a map from padded half-complex Fourier data and weights.
 
@@ -378,6 +383,8 @@ def reconstruct_arrays(
     iterations : gridding pre-conditioning iterations (RELION: 10); <= 0 behaves like
         ``skip_gridding``, as in RELION.
     workers : FFT threads (default: all cores).
+    minres_map : the Wiener term only from this shell on (-1: everywhere, as
+        ``relion_external_reconstruct``; 5: as ``relion_refine``'s own reconstruction).
 
     Returns
     -------
@@ -399,7 +406,7 @@ def reconstruct_arrays(
     r2 = _radius2(n)
     inside = r2 < max_r2
     if wiener and tau2 is not None and len(tau2) > 0:
-        _add_wiener_term(fweight, r2, inside, tau2, pad, tau2_fudge)
+        _add_wiener_term(fweight, r2, inside, tau2, pad, tau2_fudge, minres_map)
     if skip_gridding or iterations <= 0:
         fconv = _divide_by_shell_floor(fdata, fweight, r2, r_max, pad)
     else:

@@ -383,12 +383,14 @@ def reconstruct(
     wiener: bool = True,
     skip_gridding: bool = False,
     iterations: int = 10,
+    minres_map: int = -1,
 ) -> np.ndarray:
     """Reconstruct the job's map exactly as ``relion_external_reconstruct`` does.
 
     ``wiener=False`` is RELION's ``--no_map``; ``skip_gridding=True`` its
-    ``--skip_gridding``. Returns a (box, box, box) float32 array
-    (:func:`spisonet.relion.backprojector.reconstruct_arrays`).
+    ``--skip_gridding``; ``minres_map=5`` makes the map ``relion_refine`` makes itself
+    (no Wiener term below shell 5, its ``--minres_map`` default). Returns a (box, box, box)
+    float32 array (:func:`spisonet.relion.backprojector.reconstruct_arrays`).
 
     Raises
     ------
@@ -406,6 +408,7 @@ def reconstruct(
         wiener=wiener,
         skip_gridding=skip_gridding,
         iterations=iterations,
+        minres_map=minres_map,
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MapShapeError, SpisonetError
+from ..errors import InvalidValueError, MapShapeError, SpisonetError
 from ..io import write_map
 from ..io.relion_runs import find_pixel_size, job_name_of_star
 from .config import load_relion_settings, log_settings
@@ -35,7 +35,14 @@ from .job import (
     write_result_star,
 )
 
-__all__ = ["Correction", "console_main", "resolve_correction", "run_external_reconstruct"]
+__all__ = [
+    "RELION_REFINE_MINRES_MAP",
+    "Correction",
+    "console_main",
+    "minres_map_setting",
+    "resolve_correction",
+    "run_external_reconstruct",
+]
 
 #: A correction: (job, plain map, pixel size in Å) -> corrected map, or None to keep plain.
 Correction = Callable[[ExternalReconstructJob, np.ndarray, float], "np.ndarray | None"]
@@ -116,6 +123,30 @@ def _apply(
     return corrected.astype(np.float32), "corrected", str(getattr(correction, "summary", "") or "")
 
 
+#: ``relion_refine``'s ``--minres_map`` default: its own reconstruction adds no Wiener term
+#: below this shell; ``relion_external_reconstruct`` adds it everywhere (-1).
+RELION_REFINE_MINRES_MAP = 5
+
+
+def minres_map_setting(value: int | None = None) -> int:
+    """The shell from which the plain map gets the Wiener term: ``value``, else
+    ``SPISONET_MINRES_MAP``, else 5 (what ``relion_refine`` does without an external
+    program). -1 reproduces ``relion_external_reconstruct``."""
+    if value is None:
+        text = os.environ.get("SPISONET_MINRES_MAP", "").strip()
+        if not text:
+            return RELION_REFINE_MINRES_MAP
+        try:
+            value = int(text)
+        except ValueError:
+            raise InvalidValueError(
+                f"SPISONET_MINRES_MAP={text!r}: expected a whole number of shells (-1 or more)"
+            ) from None
+    if value < -1:
+        raise InvalidValueError(f"minres_map is {value}, expected -1 or more")
+    return value
+
+
 def run_external_reconstruct(
     star_path: str | os.PathLike,
     *,
@@ -124,6 +155,7 @@ def run_external_reconstruct(
     write_tau2_star: bool = False,
     wiener: bool = True,
     skip_gridding: bool = False,
+    minres_map: int | None = None,
 ) -> Path:
     """Do one RELION external reconstruction: read, reconstruct, (correct), write.
 
@@ -135,7 +167,11 @@ def run_external_reconstruct(
     ``write_tau2_star`` the job's tau2 table is written back to
     ``rlnExtReconsResultStarfile`` (unchanged values). The data and weight files are
     deleted after the map is written unless ``keep_inputs``. One line goes to stdout and
-    to ``spisonet_relion.log`` beside the STAR.
+    to ``spisonet_relion.log`` beside the STAR. ``minres_map`` (:func:`minres_map_setting`,
+    default 5): the plain map is the one ``relion_refine`` would make itself, whose Wiener
+    term starts at shell 5; ``relion_external_reconstruct`` starts it at shell 0 (-1),
+    which damps the sparsely measured low-resolution Fourier space of a preferred-
+    orientation data set (docs/relion.md).
 
     Raises
     ------
@@ -145,7 +181,8 @@ def run_external_reconstruct(
     start = time.perf_counter()
     star = Path(star_path)
     job = read_external_star(star)
-    plain = reconstruct(job, wiener=wiener, skip_gridding=skip_gridding)
+    minres = minres_map_setting(minres_map)
+    plain = reconstruct(job, wiener=wiener, skip_gridding=skip_gridding, minres_map=minres)
     t_plain = time.perf_counter() - start
     pixel = find_pixel_size(job.star_path, job.pixel_size)
     voxel = pixel.value if pixel.value is not None else 1.0
@@ -168,7 +205,8 @@ def run_external_reconstruct(
     msg = (
         f"{job.name}: {how} map{f' ({detail})' if detail else ''}, box {job.ori_size}, "
         f"pad {job.padding_factor:g}, "
-        f"current size {job.current_size}, {'no Wiener term, ' if not wiener else ''}"
+        f"current size {job.current_size}, "
+        f"{'no Wiener term, ' if not wiener else f'Wiener term from shell {max(minres, 0)}, '}"
         f"{'skip gridding, ' if skip_gridding else ''}pixel {pix_text}, "
         f"reconstruction {t_plain:.1f} s, total {elapsed:.1f} s -> {job.result}"
         + (f"; removed {removed} input files" if removed else "")
@@ -197,12 +235,21 @@ def _parse_args(argv: list[str] | None):
     )
     parser.add_argument("--no-correction", "--no_correction", action="store_true")
     parser.add_argument("--keep-inputs", "--keep_inputs", action="store_true")
+    parser.add_argument(
+        "--minres-map",
+        "--minres_map",
+        type=int,
+        default=None,
+        metavar="SHELL",
+        help="Wiener term of the plain map from this shell on (default 5, as relion_refine's "
+        "own reconstruction; -1: as relion_external_reconstruct; or SPISONET_MINRES_MAP)",
+    )
     return parser.parse_args(argv)
 
 
 def console_main(argv: list[str] | None = None) -> int:
-    """``spisonet-relion [--config TOML] [--no-correction] [--keep-inputs] STAR``: RELION's
-    executable.
+    """``spisonet-relion [--config TOML] [--no-correction] [--keep-inputs] [--minres-map N]
+    STAR``: RELION's executable.
 
     RELION runs ``/bin/sh -c "$RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE <star>"``, so
     options may be put in the variable before the STAR. Returns the exit code: 0 when a
@@ -220,6 +267,7 @@ def console_main(argv: list[str] | None = None) -> int:
         correct=not args.no_correction,
         keep_inputs=args.keep_inputs,
         config=args.config,
+        minres_map=args.minres_map,
     )
 
 
@@ -229,6 +277,7 @@ def run_job(
     correct: bool = True,
     keep_inputs: bool = False,
     config: str | os.PathLike | None = None,
+    minres_map: int | None = None,
 ) -> int:
     """One external reconstruction with its error handling; returns the exit code.
 
@@ -243,6 +292,7 @@ def run_job(
             star,
             correction=resolve_correction(correct, config=config, star=star),
             keep_inputs=keep_inputs,
+            minres_map=minres_map,
         )
     except KeyboardInterrupt:
         print("spisonet-relion: interrupted", file=sys.stderr, flush=True)

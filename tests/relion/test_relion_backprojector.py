@@ -31,7 +31,9 @@ def _rnd(x: float) -> int:
     return int(x + 0.5) if x > 0 else int(x - 0.5)
 
 
-def slow_relion(star: Path, *, wiener: bool = True, skip_gridding: bool = False) -> np.ndarray:
+def slow_relion(
+    star: Path, *, wiener: bool = True, skip_gridding: bool = False, minres_map: int = -1
+) -> np.ndarray:
     job = read_external_star(star)
     re_ = mrcfile.read(str(job.data_real)).astype(np.float64)
     im_ = mrcfile.read(str(job.data_imag)).astype(np.float64)
@@ -71,6 +73,8 @@ def slow_relion(star: Path, *, wiener: bool = True, skip_gridding: bool = False)
             if r2 < max_r2:
                 ires = _rnd(math.sqrt(r2) / pad)
                 w = fweight[k, i, j]
+                if ires < minres_map:  # RELION: the term only for ires >= minres_map
+                    continue
                 if tau2[ires] > 0:
                     inv = 1.0 / (pad**3 * job.tau2_fudge * tau2[ires])
                 elif tau2[ires] < 1e-20:
@@ -200,6 +204,22 @@ def test_reconstruct_equals_slow_statement(tmp_path, monkeypatch, ori, pad, curr
     slow = slow_relion(star, wiener=wiener, skip_gridding=skip)
     assert ours.shape == (ori, ori, ori) and ours.dtype == np.float32
     assert _rel_err(ours, slow) < 2e-6
+
+
+@pytest.mark.parametrize(("minres", "skip"), [(5, False), (2, True), (0, False)])
+def test_minres_map_equals_slow_statement(tmp_path, monkeypatch, minres, skip):
+    """relion_refine's own reconstruction: no Wiener term below shell ``minres_map``."""
+    monkeypatch.chdir(tmp_path)
+    star = make_job(tmp_path / "job", ori=12, pad=2, current=12, tau2_scale=0.05)
+    job = read_external_star(star)
+    ours = reconstruct(job, skip_gridding=skip, minres_map=minres)
+    slow = slow_relion(star, skip_gridding=skip, minres_map=minres)
+    assert _rel_err(ours, slow) < 2e-6
+    # shell 0 is the only one below 1: minres_map 0 and 1 differ, -1 and 0 do not
+    if minres == 0:
+        assert _rel_err(ours, reconstruct(job, skip_gridding=skip)) < 1e-12
+    else:
+        assert _rel_err(ours, reconstruct(job, skip_gridding=skip)) > 1e-4
 
 
 def test_wiener_term_and_gridding_change_the_map(tmp_path, monkeypatch):

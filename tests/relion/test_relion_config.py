@@ -257,7 +257,7 @@ def test_a_broken_config_gives_relion_the_plain_map(tmp_path, monkeypatch, capsy
     star = make_job(tmp_path / "job", "r_it002_half1_class001", ori=8, pad=1)
     if text is not None:
         _toml(tmp_path, text)
-    plain = reconstruct(read_external_star(star))
+    plain = reconstruct(read_external_star(star), minres_map=5)
     assert console_main(["--keep-inputs", "--config", "relion.toml", str(star)]) == 0
     np.testing.assert_array_equal(mrcfile.read(str(read_external_star(star).result)), plain)
     out = capsys.readouterr().out

@@ -21,7 +21,7 @@ def test_run_writes_map_with_pixel_size_and_removes_inputs(tmp_path, monkeypatch
     write_model_star(folder / "run_x_y_it002_half1_model.star", 9.9)  # older: not used
     write_model_star(folder / "other_run_it003_half1_model.star", 5.5)  # another run
     job = read_external_star(star)
-    expected = reconstruct(job)
+    expected = reconstruct(job, minres_map=5)
     out = run_external_reconstruct(star)
     assert out == job.result
     with mrcfile.open(str(out)) as mrc:
@@ -48,7 +48,7 @@ def test_pixel_size_unknown_falls_back_to_one(tmp_path, monkeypatch, capsys):
 def test_correction_is_applied(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     star = make_job(tmp_path / "job", ori=8, pad=1)
-    plain = reconstruct(read_external_star(star))
+    plain = reconstruct(read_external_star(star), minres_map=5)
     seen = {}
 
     def double(job, volume, pixel):
@@ -63,7 +63,7 @@ def test_correction_is_applied(tmp_path, monkeypatch):
 def test_correction_returning_none_keeps_the_plain_map_and_says_why(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     star = make_job(tmp_path / "job", ori=8, pad=1)
-    plain = reconstruct(read_external_star(star))
+    plain = reconstruct(read_external_star(star), minres_map=5)
 
     class Keep:
         summary = "gate closed, for a reason"
@@ -87,7 +87,7 @@ def test_correction_returning_none_keeps_the_plain_map_and_says_why(tmp_path, mo
 def test_failing_correction_writes_the_plain_map(tmp_path, monkeypatch, capsys, bad, message):
     monkeypatch.chdir(tmp_path)
     star = make_job(tmp_path / "job", ori=8, pad=1)
-    plain = reconstruct(read_external_star(star))
+    plain = reconstruct(read_external_star(star), minres_map=5)
     out = run_external_reconstruct(star, correction=bad)
     np.testing.assert_array_equal(mrcfile.read(str(out)), plain)
     text = capsys.readouterr().out
@@ -100,7 +100,7 @@ def test_bad_env_never_kills_relion(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ISONET_EPOCHS", "many")
     star = make_job(tmp_path / "job", "r_it002_half1_class001", ori=8, pad=1)
-    plain = reconstruct(read_external_star(star))
+    plain = reconstruct(read_external_star(star), minres_map=5)
     assert console_main(["--keep-inputs", str(star)]) == 0
     np.testing.assert_array_equal(mrcfile.read(str(read_external_star(star).result)), plain)
     out = capsys.readouterr().out
