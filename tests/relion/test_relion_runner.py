@@ -187,3 +187,26 @@ def test_console_main_refuses_abbreviated_options(tmp_path, capsys):
     """argparse would read --keep-input as --keep-inputs; a typo must be an error."""
     assert console_main(["--keep-input", str(tmp_path / "x.star")]) == 2
     assert "unrecognized arguments: --keep-input" in capsys.readouterr().err
+
+
+def test_minres_map_option_and_variable(tmp_path, monkeypatch):
+    """The plain map's Wiener term from shell 5 by default (relion_refine's own map);
+    ``--minres-map -1`` or ``SPISONET_MINRES_MAP=-1``: relion_external_reconstruct's map."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPISONET_MINRES_MAP", raising=False)
+    star = make_job(tmp_path / "job", ori=12, pad=2, tau2_scale=0.05)
+    job = read_external_star(star)
+    refine_map, external_map = reconstruct(job, minres_map=5), reconstruct(job)
+    assert np.abs(refine_map - external_map).max() > 1e-4 * np.abs(external_map).max()
+
+    def written(argv):
+        assert console_main(["--keep-inputs", "--no-correction", *argv, str(star)]) == 0
+        return mrcfile.read(str(job.result))
+
+    np.testing.assert_array_equal(written([]), refine_map)
+    np.testing.assert_array_equal(written(["--minres-map", "-1"]), external_map)
+    monkeypatch.setenv("SPISONET_MINRES_MAP", "-1")
+    np.testing.assert_array_equal(written([]), external_map)
+    monkeypatch.setenv("SPISONET_MINRES_MAP", "five")
+    assert console_main(["--keep-inputs", "--no-correction", str(star)]) == 2  # named error
+    assert console_main(["--keep-inputs", "--minres-map", "-3", str(star)]) == 2
