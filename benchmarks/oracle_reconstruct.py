@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from spisonet.io import read_map, write_map
     from spisonet.relion import read_external_star, run_external_reconstruct
     from spisonet.relion.job import reconstruct
+    from spisonet.relion.runner import minres_map_setting
 
     args = sys.argv[1:] if argv is None else argv
     truth_map = read_map(os.environ["SPISONET_ORACLE_TRUTH"])
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         run_external_reconstruct(Path(args[-1]), correction=correction)
         return 0
     job = read_external_star(Path(args[-1]))
-    plain = reconstruct(job)
+    plain = reconstruct(job, minres_map=minres_map_setting())  # RELION's own map, as refine's
     if truth_map.data.shape != plain.shape:
         raise SystemExit(f"truth {truth_map.data.shape} and job {plain.shape} differ in box")
     out = oracle_map(truth_map.data, plain, job.current_size)
