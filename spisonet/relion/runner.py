@@ -34,6 +34,7 @@ from .job import (
     reconstruct,
     write_result_star,
 )
+from .settings import RelionCorrectionSettings, correction_settings_from_env
 
 __all__ = [
     "RELION_REFINE_MINRES_MAP",
@@ -84,10 +85,28 @@ def resolve_correction(
     """
     if not enabled:
         return None
+    settings, error = _read_settings(config)
+    return _correction_of(settings, error, star)
+
+
+def _read_settings(
+    config: str | os.PathLike | None,
+) -> tuple[RelionCorrectionSettings | None, Exception | None]:
+    """(the settings, None) or (None, the error): never raises (RELION keeps running)."""
     try:
-        settings = load_relion_settings(config)
+        return load_relion_settings(config), None
     except Exception as exc:  # never kill RELION
-        return _BrokenCorrection(exc)
+        return None, exc
+
+
+def _correction_of(
+    settings: RelionCorrectionSettings | None,
+    error: Exception | None,
+    star: str | os.PathLike | None,
+) -> Correction:
+    """The correction of read settings, or one that raises ``error`` when called."""
+    if settings is None:
+        return _BrokenCorrection(error or SpisonetError("no settings"))
     if star is not None:
         log_settings(star, settings)
     return RelionCorrection(settings)
@@ -125,23 +144,26 @@ def _apply(
 
 #: ``relion_refine``'s ``--minres_map`` default: its own reconstruction adds no Wiener term
 #: below this shell; ``relion_external_reconstruct`` adds it everywhere (-1).
-RELION_REFINE_MINRES_MAP = 5
+RELION_REFINE_MINRES_MAP: int = RelionCorrectionSettings.minres_map
 
 
-def minres_map_setting(value: int | None = None) -> int:
+def minres_map_setting(
+    value: int | None = None, settings: RelionCorrectionSettings | None = None
+) -> int:
     """The shell from which the plain map gets the Wiener term: ``value``, else
-    ``SPISONET_MINRES_MAP``, else 5 (what ``relion_refine`` does without an external
-    program). -1 reproduces ``relion_external_reconstruct``."""
+    ``settings.minres_map`` (settings file, ``SPISONET_MINRES_MAP``), else the environment's,
+    else 5 (what ``relion_refine`` does without an external program). -1 reproduces
+    ``relion_external_reconstruct``.
+
+    Raises
+    ------
+    InvalidValueError when ``value`` (or the variable, read when neither is given) is
+    below -1 or does not parse.
+    """
     if value is None:
-        text = os.environ.get("SPISONET_MINRES_MAP", "").strip()
-        if not text:
-            return RELION_REFINE_MINRES_MAP
-        try:
-            value = int(text)
-        except ValueError:
-            raise InvalidValueError(
-                f"SPISONET_MINRES_MAP={text!r}: expected a whole number of shells (-1 or more)"
-            ) from None
+        if settings is None:
+            settings = correction_settings_from_env()
+        return settings.minres_map
     if value < -1:
         raise InvalidValueError(f"minres_map is {value}, expected -1 or more")
     return value
@@ -287,12 +309,21 @@ def run_job(
     the input), 1 (anything else) or 130 (interrupted). ``config`` is the settings file
     (a problem with it is logged and gives the plain map, like any correction failure).
     """
+    settings, error = _read_settings(config)
     try:
+        if settings is None and not correct:  # the plain map's setting may be what failed
+            log_line(
+                star,
+                f"{job_name_of_star(star.name)}: settings not read ({error}); "
+                f"plain map with the default Wiener term (from shell {RELION_REFINE_MINRES_MAP})",
+            )
         run_external_reconstruct(
             star,
-            correction=resolve_correction(correct, config=config, star=star),
+            correction=_correction_of(settings, error, star) if correct else None,
             keep_inputs=keep_inputs,
-            minres_map=minres_map,
+            minres_map=minres_map_setting(
+                minres_map, settings if settings is not None else RelionCorrectionSettings()
+            ),
         )
     except KeyboardInterrupt:
         print("spisonet-relion: interrupted", file=sys.stderr, flush=True)

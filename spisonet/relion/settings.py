@@ -1,4 +1,5 @@
-"""Settings of the correction inside RELION: a settings file, then environment variables.
+"""Settings of the correction (and the plain map) inside RELION: a settings file, then
+environment variables.
 
 RELION refuses command-line options it does not know, so these settings come from a
 settings file (``spisonet-relion --config relion.toml``, read by :mod:`.config`) and from
@@ -128,6 +129,13 @@ class RelionCorrectionSettings:
     )
     preset: str = setting("auto", _help("preset"), env="PRESET", choices=PRESET_CHOICES)
     threads: int | None = setting(None, "Torch CPU threads per half", env="THREADS")
+    minres_map: int = setting(
+        5,
+        "The plain map's Wiener term from this Fourier shell on: 5 is the map relion_refine "
+        "makes itself, -1 exactly relion_external_reconstruct's (also without the correction)",
+        unit="shells",
+        env="MINRES_MAP",
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -208,6 +216,8 @@ def check_relion_settings(s: RelionCorrectionSettings) -> RelionCorrectionSettin
         raise bad("acc_batches", "an integer >= 1")
     if s.threads is not None and s.threads < 1:
         raise bad("threads", "an integer >= 1")
+    if s.minres_map < -1:
+        raise bad("minres_map", "a Fourier shell >= -1 (-1: the Wiener term everywhere)")
     return s
 
 

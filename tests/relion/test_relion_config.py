@@ -24,6 +24,7 @@ from spisonet.relion import (
     reconstruct,
 )
 from spisonet.relion.config import log_settings
+from spisonet.relion.runner import RELION_REFINE_MINRES_MAP
 from spisonet.relion.settings import describe_settings
 
 
@@ -186,7 +187,7 @@ def test_every_setting_can_be_set_in_the_file(tmp_path):
         else:  # numbers, and the optional numbers (None: the preset's)
             lines.append(f"{f.name} = {(default or 0.0) + 0.5}")
     s = load_relion_settings(_toml(tmp_path, "\n".join(lines) + "\n"), environ={})
-    assert len(s.sources) == len(lines) == 18
+    assert len(s.sources) == len(lines) == 19
     assert all(getattr(s, name) != getattr(defaults, name) for name in s.sources)
 
 
@@ -257,7 +258,7 @@ def test_a_broken_config_gives_relion_the_plain_map(tmp_path, monkeypatch, capsy
     star = make_job(tmp_path / "job", "r_it002_half1_class001", ori=8, pad=1)
     if text is not None:
         _toml(tmp_path, text)
-    plain = reconstruct(read_external_star(star), minres_map=5)
+    plain = reconstruct(read_external_star(star), minres_map=RELION_REFINE_MINRES_MAP)
     assert console_main(["--keep-inputs", "--config", "relion.toml", str(star)]) == 0
     np.testing.assert_array_equal(mrcfile.read(str(read_external_star(star).result)), plain)
     out = capsys.readouterr().out

@@ -26,6 +26,7 @@ from spisonet.relion import (
     run_external_reconstruct,
 )
 from spisonet.relion.correction import _match_radial_amplitude
+from spisonet.relion.runner import RELION_REFINE_MINRES_MAP
 from spisonet.weights import measured_weight
 
 # --------------------------------------------------------------------------------------
@@ -127,7 +128,9 @@ def test_closed_gate_keeps_relions_map_and_says_why_in_one_line(
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "job"
     stars = _pair(folder, order=order)
-    plains = [reconstruct(read_external_star(s), minres_map=5) for s in stars]
+    plains = [
+        reconstruct(read_external_star(s), minres_map=RELION_REFINE_MINRES_MAP) for s in stars
+    ]
     corr = [_Echo(_settings(start_resolution=start_res)) for _ in stars]
     maps, seconds = _run_both(stars, corr)
     for m, p in zip(maps, plains, strict=True):
@@ -180,7 +183,7 @@ def test_one_half_alone_times_out_to_the_plain_map(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "job"
     stars = _pair(folder)
-    plain = reconstruct(read_external_star(stars[0]), minres_map=5)
+    plain = reconstruct(read_external_star(stars[0]), minres_map=RELION_REFINE_MINRES_MAP)
     start = time.perf_counter()
     run_external_reconstruct(
         stars[0], correction=_Echo(_settings(wait_timeout=0.5)), keep_inputs=True
@@ -222,7 +225,9 @@ def test_correction_raising_after_the_rendezvous_writes_plain_maps(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "job"
     stars = _pair(folder)
-    plains = [reconstruct(read_external_star(s), minres_map=5) for s in stars]
+    plains = [
+        reconstruct(read_external_star(s), minres_map=RELION_REFINE_MINRES_MAP) for s in stars
+    ]
     maps, _ = _run_both(stars, [RelionCorrection(_settings()) for _ in stars])
     for m, p in zip(maps, plains, strict=True):
         np.testing.assert_array_equal(m, p)
@@ -240,7 +245,9 @@ def test_training_error_is_logged_and_plain_written(tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "job"
     stars = _pair(folder)
-    plains = [reconstruct(read_external_star(s), minres_map=5) for s in stars]
+    plains = [
+        reconstruct(read_external_star(s), minres_map=RELION_REFINE_MINRES_MAP) for s in stars
+    ]
     maps, _ = _run_both(stars, [Broken(_settings()) for _ in stars])
     for m, p in zip(maps, plains, strict=True):
         np.testing.assert_array_equal(m, p)
@@ -301,7 +308,7 @@ def test_last_joined_iteration_keeps_relions_map_and_says_whether_the_network_ra
     (folder / "my_run_it006_half1_class002_spisonet.pt").write_text("model")  # another class
     star = make_job(folder, "my_run_it009_class001", ori=16, pad=2)
     (folder / "my_run_it008_half1_class001_spisonet.lock").write_text("1\n")  # stale
-    plain = reconstruct(read_external_star(star), minres_map=5)
+    plain = reconstruct(read_external_star(star), minres_map=RELION_REFINE_MINRES_MAP)
     start = time.perf_counter()
     run_external_reconstruct(star, correction=_Echo(_settings()), keep_inputs=True)
     assert time.perf_counter() - start < 10  # no waiting for a partner
@@ -359,7 +366,9 @@ def test_tiny_training_in_two_iterations_continues_the_model(tmp_path, monkeypat
     settings = _settings(preset="tiny", epochs=1, threads=1)
     for it in (5, 6):
         stars = _pair(folder, f"my_run_it{it:03d}", ori=32)
-        plains = [reconstruct(read_external_star(s), minres_map=5) for s in stars]
+        plains = [
+            reconstruct(read_external_star(s), minres_map=RELION_REFINE_MINRES_MAP) for s in stars
+        ]
         maps, _ = _run_both(stars, [RelionCorrection(settings) for _ in stars], timeout=120)
         for m, p in zip(maps, plains, strict=True):
             assert m.shape == p.shape and np.all(np.isfinite(m)) and not np.allclose(m, p)
@@ -436,7 +445,7 @@ def test_training_step_wiring_with_a_fake_network(
     (folder / "r_it003_half1_class001_spisonet.pt").write_text("model")
     jobs = [read_external_star(s) for s in stars]
     own, other = (reconstruct(j, wiener=False) for j in jobs)
-    plain = reconstruct(jobs[0], minres_map=5)
+    plain = reconstruct(jobs[0], minres_map=RELION_REFINE_MINRES_MAP)
     s = _settings(
         preset="tiny",
         epochs=3,

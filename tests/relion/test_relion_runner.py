@@ -11,6 +11,7 @@ from helpers import make_job, write_model_star
 
 import spisonet.relion.runner
 from spisonet.relion import console_main, read_external_star, reconstruct, run_external_reconstruct
+from spisonet.relion.runner import RELION_REFINE_MINRES_MAP
 
 
 def test_run_writes_map_with_pixel_size_and_removes_inputs(tmp_path, monkeypatch, capsys):
@@ -21,7 +22,7 @@ def test_run_writes_map_with_pixel_size_and_removes_inputs(tmp_path, monkeypatch
     write_model_star(folder / "run_x_y_it002_half1_model.star", 9.9)  # older: not used
     write_model_star(folder / "other_run_it003_half1_model.star", 5.5)  # another run
     job = read_external_star(star)
-    expected = reconstruct(job, minres_map=5)
+    expected = reconstruct(job, minres_map=RELION_REFINE_MINRES_MAP)
     out = run_external_reconstruct(star)
     assert out == job.result
     with mrcfile.open(str(out)) as mrc:
@@ -48,7 +49,7 @@ def test_pixel_size_unknown_falls_back_to_one(tmp_path, monkeypatch, capsys):
 def test_correction_is_applied(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     star = make_job(tmp_path / "job", ori=8, pad=1)
-    plain = reconstruct(read_external_star(star), minres_map=5)
+    plain = reconstruct(read_external_star(star), minres_map=RELION_REFINE_MINRES_MAP)
     seen = {}
 
     def double(job, volume, pixel):
@@ -63,7 +64,7 @@ def test_correction_is_applied(tmp_path, monkeypatch):
 def test_correction_returning_none_keeps_the_plain_map_and_says_why(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     star = make_job(tmp_path / "job", ori=8, pad=1)
-    plain = reconstruct(read_external_star(star), minres_map=5)
+    plain = reconstruct(read_external_star(star), minres_map=RELION_REFINE_MINRES_MAP)
 
     class Keep:
         summary = "gate closed, for a reason"
@@ -87,7 +88,7 @@ def test_correction_returning_none_keeps_the_plain_map_and_says_why(tmp_path, mo
 def test_failing_correction_writes_the_plain_map(tmp_path, monkeypatch, capsys, bad, message):
     monkeypatch.chdir(tmp_path)
     star = make_job(tmp_path / "job", ori=8, pad=1)
-    plain = reconstruct(read_external_star(star), minres_map=5)
+    plain = reconstruct(read_external_star(star), minres_map=RELION_REFINE_MINRES_MAP)
     out = run_external_reconstruct(star, correction=bad)
     np.testing.assert_array_equal(mrcfile.read(str(out)), plain)
     text = capsys.readouterr().out
@@ -100,7 +101,7 @@ def test_bad_env_never_kills_relion(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ISONET_EPOCHS", "many")
     star = make_job(tmp_path / "job", "r_it002_half1_class001", ori=8, pad=1)
-    plain = reconstruct(read_external_star(star), minres_map=5)
+    plain = reconstruct(read_external_star(star), minres_map=RELION_REFINE_MINRES_MAP)
     assert console_main(["--keep-inputs", str(star)]) == 0
     np.testing.assert_array_equal(mrcfile.read(str(read_external_star(star).result)), plain)
     out = capsys.readouterr().out
@@ -196,7 +197,10 @@ def test_minres_map_option_and_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("SPISONET_MINRES_MAP", raising=False)
     star = make_job(tmp_path / "job", ori=12, pad=2, tau2_scale=0.05)
     job = read_external_star(star)
-    refine_map, external_map = reconstruct(job, minres_map=5), reconstruct(job)
+    refine_map, external_map = (
+        reconstruct(job, minres_map=RELION_REFINE_MINRES_MAP),
+        reconstruct(job),
+    )
     assert np.abs(refine_map - external_map).max() > 1e-4 * np.abs(external_map).max()
 
     def written(argv):
@@ -207,6 +211,16 @@ def test_minres_map_option_and_variable(tmp_path, monkeypatch):
     np.testing.assert_array_equal(written(["--minres-map", "-1"]), external_map)
     monkeypatch.setenv("SPISONET_MINRES_MAP", "-1")
     np.testing.assert_array_equal(written([]), external_map)
+    monkeypatch.delenv("SPISONET_MINRES_MAP")
+    toml = tmp_path / "relion.toml"
+    toml.write_text("minres_map = -1\n")
+    np.testing.assert_array_equal(written(["--config", str(toml)]), external_map)
+    monkeypatch.setenv("SPISONET_MINRES_MAP", "5")  # a variable overrides the file
+    np.testing.assert_array_equal(written(["--config", str(toml)]), refine_map)
+    # a bad variable must not stop RELION: logged, and the default map
     monkeypatch.setenv("SPISONET_MINRES_MAP", "five")
-    assert console_main(["--keep-inputs", "--no-correction", str(star)]) == 2  # named error
+    np.testing.assert_array_equal(written([]), refine_map)
+    log = (star.parent / "spisonet_relion.log").read_text()
+    assert "settings not read" in log and "SPISONET_MINRES_MAP" in log
+    # an explicit bad option is a usage error: RELION stops at its first call
     assert console_main(["--keep-inputs", "--minres-map", "-3", str(star)]) == 2

@@ -24,6 +24,7 @@ from spisonet.relion import (
     reconstruct,
     run_external_reconstruct,
 )
+from spisonet.relion.runner import RELION_REFINE_MINRES_MAP
 
 PIXEL, DIAMETER = 1.35, 180.0
 
@@ -112,7 +113,7 @@ def _settings() -> RelionCorrectionSettings:
 def _run(folder: Path, name: str, capsys) -> tuple[np.ndarray, np.ndarray, str, str]:
     """Run job ``name`` with the correction; (written map, plain map, stdout, log)."""
     star = _as_version(make_job(folder, name, ori=16, pad=2), "5.x")
-    plain = reconstruct(read_external_star(star), minres_map=5)
+    plain = reconstruct(read_external_star(star), minres_map=RELION_REFINE_MINRES_MAP)
     start = time.perf_counter()
     run_external_reconstruct(star, correction=RelionCorrection(_settings()), keep_inputs=True)
     assert time.perf_counter() - start < 10  # decided at once, no waiting for a partner
