@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from spisonet.io import read_map, write_map
     from spisonet.relion import read_external_star, run_external_reconstruct
     from spisonet.relion.job import reconstruct
+    from spisonet.relion.plain_map import plain_map_options
     from spisonet.relion.runner import minres_map_setting
 
     args = sys.argv[1:] if argv is None else argv
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         run_external_reconstruct(Path(args[-1]), correction=correction)
         return 0
     job = read_external_star(Path(args[-1]))
-    plain = reconstruct(job, minres_map=minres_map_setting())  # RELION's own map, as refine's
+    options = plain_map_options(job, minres_map=minres_map_setting())  # as relion_refine's
+    plain = reconstruct(job, minres_map=options.minres_map, skip_gridding=options.skip_gridding)
     if truth_map.data.shape != plain.shape:
         raise SystemExit(f"truth {truth_map.data.shape} and job {plain.shape} differ in box")
     out = oracle_map(truth_map.data, plain, job.current_size)

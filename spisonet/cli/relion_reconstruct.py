@@ -47,16 +47,27 @@ def relion_reconstruct_command(
         typer.Option(
             "--minres-map",
             "--minres_map",
-            help="Wiener term of the plain map from this shell on (default 5, as "
-            "relion_refine's own reconstruction; -1: as relion_external_reconstruct).",
+            help="Wiener term of the plain map from this shell on (default: as the run's "
+            "relion_refine, its --minres_map or 5; -1: as relion_external_reconstruct).",
             metavar="SHELL",
+        ),
+    ] = None,
+    skip_gridding: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-gridding/--dont-skip-gridding",
+            help="Gridding correction of the plain map off/on (default: as the run's "
+            "relion_refine: skipped from RELION 4.0 on, done by 3.x; "
+            "relion_external_reconstruct does it).",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
     """Reconstruct one RELION external-reconstruction job (what relion_refine calls).
 
-    Writes the map RELION reads back: the one relion_refine would make itself (plus the
-    correction, when enabled); with --minres-map -1 exactly relion_external_reconstruct's.
+    Writes the map RELION reads back: the one the run's relion_refine would make itself
+    (plus the correction, when enabled); with --minres-map -1 --dont-skip-gridding exactly
+    relion_external_reconstruct's.
     Exit codes as spisonet-relion's (docs/relion.md): 0 when a map was written, 2 for bad
     input, 1 for other failures, 130 when interrupted.
     """
@@ -70,6 +81,7 @@ def relion_reconstruct_command(
         keep_inputs=keep_inputs,
         config=config,
         minres_map=minres_map,
+        skip_gridding=skip_gridding,
     )
     if code:
         raise typer.Exit(code)

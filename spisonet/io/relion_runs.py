@@ -38,6 +38,7 @@ __all__ = [
     "EXTERNAL_STAR_SUFFIX",
     "JobName",
     "PixelSize",
+    "RefineCommand",
     "find_pixel_size",
     "healpix_order_of_run",
     "job_name_of_star",
@@ -46,6 +47,7 @@ __all__ = [
     "parse_job_name",
     "parse_run_file",
     "positive_number",
+    "read_refine_command",
     "read_star_value",
     "run_has_halves",
 ]
@@ -248,6 +250,76 @@ def optimiser_command_option(path: Path, option: str) -> str | None:
                             return parts[i + 1]
     except OSError:
         return None
+    return None
+
+
+@dataclass(frozen=True)
+class RefineCommand:
+    """What ``relion_refine`` wrote atop a run's ``_optimiser.star``: its release
+    (``# RELION optimiser; version 5.1.0``) and its command line (``# --i ... --o ...``).
+
+    ``major`` is the release's first number (3, 4, 5), None when the header has none;
+    ``arguments`` the command line split at white space; ``source`` the file's name.
+    """
+
+    release: str | None
+    major: int | None
+    arguments: tuple[str, ...]
+    source: str
+
+    def has(self, option: str) -> bool:
+        """Whether the command line holds the flag ``option`` (e.g. ``--skip_gridding``)."""
+        return option in self.arguments
+
+    def value(self, option: str) -> str | None:
+        """The word after ``option`` on the command line, None when absent."""
+        if option not in self.arguments:
+            return None
+        i = self.arguments.index(option)
+        return self.arguments[i + 1] if i + 1 < len(self.arguments) else None
+
+
+_RELEASE_LINE = re.compile(r"^#\s*RELION optimiser;\s*version\s+(\S+)")
+
+
+def _read_refine_header(path: Path) -> RefineCommand | None:
+    """The :class:`RefineCommand` of one ``_optimiser.star``; None when it has neither."""
+    release, arguments = None, ()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for _ in range(5):
+                line = fh.readline()
+                m = _RELEASE_LINE.match(line)
+                if m:
+                    release = m.group(1)
+                elif line.startswith("# --") or line.startswith("#--"):
+                    arguments = tuple(line[1:].split())
+    except OSError:
+        return None
+    if release is None and not arguments:
+        return None
+    major = None
+    if release is not None:
+        head = re.match(r"\d+", release)
+        major = int(head.group()) if head else None
+    return RefineCommand(release, major, arguments, path.name)
+
+
+def read_refine_command(star_path: str | os.PathLike) -> RefineCommand | None:
+    """The ``relion_refine`` release and command line of the run that wrote the job
+    ``star_path``: from the run's newest ``<root>_it<MMM>_optimiser.star`` before the job's
+    iteration (RELION writes ``_it000_`` before the first), else of the same iteration.
+    None when the STAR's name is not RELION's or no such file can be read."""
+    star = Path(star_path)
+    jn = parse_job_name(job_name_of_star(star.name))
+    if jn is None:
+        return None
+    for before in (True, False):
+        path = newest_iteration_file(star.parent, jn, "_optimiser.star", before=before)
+        if path is not None:
+            command = _read_refine_header(path)
+            if command is not None:
+                return command
     return None
 
 

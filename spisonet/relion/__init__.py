@@ -8,6 +8,8 @@ The modules, in the order a job flows through them:
   (:func:`reconstruct`, :func:`write_result_star`) and its log;
 - :mod:`.backprojector` – the float64 port of RELION's ``BackProjector::reconstruct``
   (:func:`reconstruct_arrays`), pure numerics;
+- :mod:`.plain_map` – the options of the map the run's ``relion_refine`` would make itself
+  (its ``--minres_map`` and its release's gridding default; :func:`plain_map_options`);
 - :mod:`.settings` – the correction's settings, from a settings file's table and
   ``SPISONET_*`` / ``ISONET_*`` environment variables (:func:`correction_settings`);
 - :mod:`.config` – the settings file, ``spisonet-relion --config relion.toml``
@@ -44,6 +46,7 @@ from .job import (
     reconstruct,
     write_result_star,
 )
+from .plain_map import PlainMapOptions, plain_map_options
 from .rendezvous import RendezvousResult, wait_for_partner
 from .runner import (
     Correction,
@@ -64,6 +67,7 @@ __all__ = [
     "ExternalReconstructJob",
     "JobName",
     "PixelSize",
+    "PlainMapOptions",
     "RelionCorrection",
     "RelionCorrectionSettings",
     "RelionSetupReport",
@@ -79,6 +83,7 @@ __all__ = [
     "healpix_order_of_run",
     "load_relion_settings",
     "parse_job_name",
+    "plain_map_options",
     "read_external_star",
     "read_settings_file",
     "reconstruct",

@@ -34,6 +34,7 @@ from .job import (
     reconstruct,
     write_result_star,
 )
+from .plain_map import RELION_REFINE_MINRES_MAP, plain_map_options
 from .settings import RelionCorrectionSettings, correction_settings_from_env
 
 __all__ = [
@@ -142,18 +143,14 @@ def _apply(
     return corrected.astype(np.float32), "corrected", str(getattr(correction, "summary", "") or "")
 
 
-#: ``relion_refine``'s ``--minres_map`` default: its own reconstruction adds no Wiener term
-#: below this shell; ``relion_external_reconstruct`` adds it everywhere (-1).
-RELION_REFINE_MINRES_MAP: int = RelionCorrectionSettings.minres_map
-
-
 def minres_map_setting(
     value: int | None = None, settings: RelionCorrectionSettings | None = None
-) -> int:
-    """The shell from which the plain map gets the Wiener term: ``value``, else
-    ``settings.minres_map`` (settings file, ``SPISONET_MINRES_MAP``), else the environment's,
-    else 5 (what ``relion_refine`` does without an external program). -1 reproduces
-    ``relion_external_reconstruct``.
+) -> int | None:
+    """The shell from which the plain map gets the Wiener term, when one was asked for:
+    ``value``, else ``settings.minres_map`` (settings file, ``SPISONET_MINRES_MAP``; the
+    environment's when ``settings`` is None); None: as the run's ``relion_refine`` (its
+    ``--minres_map``, default 5; :func:`~spisonet.relion.plain_map.plain_map_options`).
+    -1 reproduces ``relion_external_reconstruct``.
 
     Raises
     ------
@@ -176,7 +173,7 @@ def run_external_reconstruct(
     keep_inputs: bool = False,
     write_tau2_star: bool = False,
     wiener: bool = True,
-    skip_gridding: bool = False,
+    skip_gridding: bool | None = None,
     minres_map: int | None = None,
 ) -> Path:
     """Do one RELION external reconstruction: read, reconstruct, (correct), write.
@@ -189,11 +186,14 @@ def run_external_reconstruct(
     ``write_tau2_star`` the job's tau2 table is written back to
     ``rlnExtReconsResultStarfile`` (unchanged values). The data and weight files are
     deleted after the map is written unless ``keep_inputs``. One line goes to stdout and
-    to ``spisonet_relion.log`` beside the STAR. ``minres_map`` (:func:`minres_map_setting`,
-    default 5): the plain map is the one ``relion_refine`` would make itself, whose Wiener
-    term starts at shell 5; ``relion_external_reconstruct`` starts it at shell 0 (-1),
-    which damps the sparsely measured low-resolution Fourier space of a preferred-
-    orientation data set (docs/relion.md).
+    to ``spisonet_relion.log`` beside the STAR. The plain map is the one the run's
+    ``relion_refine`` would make itself (:func:`~spisonet.relion.plain_map.plain_map_options`:
+    its ``--minres_map``, default 5, and its release's gridding default) unless
+    ``minres_map`` or ``skip_gridding`` say otherwise (``spisonet-relion`` reads them from
+    the settings, :func:`minres_map_setting`);
+    ``minres_map=-1, skip_gridding=False`` is ``relion_external_reconstruct``'s map, whose
+    Wiener term from shell 0 damps the sparsely measured low-resolution Fourier space of a
+    preferred-orientation data set (docs/relion.md).
 
     Raises
     ------
@@ -203,8 +203,15 @@ def run_external_reconstruct(
     start = time.perf_counter()
     star = Path(star_path)
     job = read_external_star(star)
-    minres = minres_map_setting(minres_map)
-    plain = reconstruct(job, wiener=wiener, skip_gridding=skip_gridding, minres_map=minres)
+    if minres_map is not None and minres_map < -1:
+        raise InvalidValueError(f"minres_map is {minres_map}, expected -1 or more")
+    options = plain_map_options(job, minres_map=minres_map, skip_gridding=skip_gridding)
+    plain = reconstruct(
+        job,
+        wiener=wiener,
+        skip_gridding=options.skip_gridding,
+        minres_map=options.minres_map,
+    )
     t_plain = time.perf_counter() - start
     pixel = find_pixel_size(job.star_path, job.pixel_size)
     voxel = pixel.value if pixel.value is not None else 1.0
@@ -228,8 +235,7 @@ def run_external_reconstruct(
         f"{job.name}: {how} map{f' ({detail})' if detail else ''}, box {job.ori_size}, "
         f"pad {job.padding_factor:g}, "
         f"current size {job.current_size}, "
-        f"{'no Wiener term, ' if not wiener else f'Wiener term from shell {max(minres, 0)}, '}"
-        f"{'skip gridding, ' if skip_gridding else ''}pixel {pix_text}, "
+        f"{'no Wiener term, ' if not wiener else ''}{options.describe()}, pixel {pix_text}, "
         f"reconstruction {t_plain:.1f} s, total {elapsed:.1f} s -> {job.result}"
         + (f"; removed {removed} input files" if removed else "")
     )
@@ -263,15 +269,35 @@ def _parse_args(argv: list[str] | None):
         type=int,
         default=None,
         metavar="SHELL",
-        help="Wiener term of the plain map from this shell on (default 5, as relion_refine's "
-        "own reconstruction; -1: as relion_external_reconstruct; or SPISONET_MINRES_MAP)",
+        help="Wiener term of the plain map from this shell on (default: as the run's "
+        "relion_refine, its --minres_map or 5; -1: as relion_external_reconstruct; or "
+        "SPISONET_MINRES_MAP)",
+    )
+    gridding = parser.add_mutually_exclusive_group()
+    gridding.add_argument(
+        "--skip-gridding",
+        "--skip_gridding",
+        dest="skip_gridding",
+        action="store_const",
+        const=True,
+        default=None,
+        help="no gridding correction of the plain map (default: as the run's relion_refine: "
+        "skipped from RELION 4.0 on, done by 3.x)",
+    )
+    gridding.add_argument(
+        "--dont-skip-gridding",
+        "--dont_skip_gridding",
+        dest="skip_gridding",
+        action="store_const",
+        const=False,
+        help="gridding correction of the plain map (as relion_external_reconstruct)",
     )
     return parser.parse_args(argv)
 
 
 def console_main(argv: list[str] | None = None) -> int:
     """``spisonet-relion [--config TOML] [--no-correction] [--keep-inputs] [--minres-map N]
-    STAR``: RELION's executable.
+    [--skip-gridding | --dont-skip-gridding] STAR``: RELION's executable.
 
     RELION runs ``/bin/sh -c "$RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE <star>"``, so
     options may be put in the variable before the STAR. Returns the exit code: 0 when a
@@ -290,6 +316,7 @@ def console_main(argv: list[str] | None = None) -> int:
         keep_inputs=args.keep_inputs,
         config=args.config,
         minres_map=args.minres_map,
+        skip_gridding=args.skip_gridding,
     )
 
 
@@ -300,6 +327,7 @@ def run_job(
     keep_inputs: bool = False,
     config: str | os.PathLike | None = None,
     minres_map: int | None = None,
+    skip_gridding: bool | None = None,
 ) -> int:
     """One external reconstruction with its error handling; returns the exit code.
 
@@ -315,7 +343,7 @@ def run_job(
             log_line(
                 star,
                 f"{job_name_of_star(star.name)}: settings not read ({error}); "
-                f"plain map with the default Wiener term (from shell {RELION_REFINE_MINRES_MAP})",
+                "plain map as the run's relion_refine makes it",
             )
         run_external_reconstruct(
             star,
@@ -324,6 +352,7 @@ def run_job(
             minres_map=minres_map_setting(
                 minres_map, settings if settings is not None else RelionCorrectionSettings()
             ),
+            skip_gridding=skip_gridding,
         )
     except KeyboardInterrupt:
         print("spisonet-relion: interrupted", file=sys.stderr, flush=True)

@@ -129,10 +129,11 @@ class RelionCorrectionSettings:
     )
     preset: str = setting("auto", _help("preset"), env="PRESET", choices=PRESET_CHOICES)
     threads: int | None = setting(None, "Torch CPU threads per half", env="THREADS")
-    minres_map: int = setting(
-        5,
-        "The plain map's Wiener term from this Fourier shell on: 5 is the map relion_refine "
-        "makes itself, -1 exactly relion_external_reconstruct's (also without the correction)",
+    minres_map: int | None = setting(
+        None,
+        "The plain map's Wiener term from this Fourier shell on; by default as the run's "
+        "relion_refine makes its own map (its --minres_map, default 5); -1 with the gridding "
+        "correction is relion_external_reconstruct's map (also without the correction)",
         unit="shells",
         env="MINRES_MAP",
     )
@@ -216,7 +217,7 @@ def check_relion_settings(s: RelionCorrectionSettings) -> RelionCorrectionSettin
         raise bad("acc_batches", "an integer >= 1")
     if s.threads is not None and s.threads < 1:
         raise bad("threads", "an integer >= 1")
-    if s.minres_map < -1:
+    if s.minres_map is not None and s.minres_map < -1:
         raise bad("minres_map", "a Fourier shell >= -1 (-1: the Wiener term everywhere)")
     return s
 
@@ -227,6 +228,7 @@ _SHOWN_DEFAULTS = {
     "beta": "preset's (unused: one network per half)",
     "acc_batches": "preset's",
     "threads": "cores / 2",
+    "minres_map": "the run's (5)",
 }
 
 

@@ -182,7 +182,7 @@ def test_every_setting_can_be_set_in_the_file(tmp_path):
             lines.append(f"{f.name} = {'false' if default else 'true'}")
         elif f.name == "preset":
             lines.append('preset = "tiny"')
-        elif isinstance(default, int) or f.name in ("acc_batches", "threads"):
+        elif isinstance(default, int) or f.name in ("acc_batches", "threads", "minres_map"):
             lines.append(f"{f.name} = {(default or 0) + 3}")
         else:  # numbers, and the optional numbers (None: the preset's)
             lines.append(f"{f.name} = {(default or 0.0) + 0.5}")
