@@ -301,7 +301,27 @@ def main() -> None:
     from spisonet.io import read_map
 
     cone_deg = 10.0 if args.severe else 15.0
-    if args.reuse and (args.out / "particles.star").exists():
+    recipe = {
+        "particles": args.particles,
+        "preferred_fraction": 0.97 if args.severe else 0.9,
+        "cone_deg": cone_deg,
+        "ctf": bool(args.ctf),
+        "defocus_um": list(args.defocus),
+    }
+    recipe_file = args.out / "dataset.json"
+    if (args.out / "particles.star").exists() and not args.reuse:
+        # a RELION run of an earlier call may be reading this stack right now: never
+        # rewrite it under its feet (it killed a run once); a different stack needs
+        # another --out
+        held = json.loads(recipe_file.read_text()) if recipe_file.exists() else None
+        if held is not None and held != recipe:
+            raise SystemExit(
+                f"{args.out} holds another data set ({held}); use another --out for {recipe}"
+            )
+        reuse_data = True
+    else:
+        reuse_data = args.reuse
+    if reuse_data and (args.out / "particles.star").exists():
         import starfile
 
         table = starfile.read(args.out / "angles.star", always_dict=True)["particles"]
@@ -319,6 +339,7 @@ def main() -> None:
             ctf=args.ctf,
             defocus_um=tuple(args.defocus),
         )
+        recipe_file.write_text(json.dumps(recipe))
     truth = read_map(data["truth"]).data
     voxel = float(data["voxel_size"])
     gates = {
