@@ -48,6 +48,7 @@ __all__ = [
     "parse_run_file",
     "positive_number",
     "read_refine_command",
+    "read_refine_header",
     "read_star_value",
     "run_has_halves",
 ]
@@ -282,8 +283,10 @@ class RefineCommand:
 _RELEASE_LINE = re.compile(r"^#\s*RELION optimiser;\s*version\s+(\S+)")
 
 
-def _read_refine_header(path: Path) -> RefineCommand | None:
-    """The :class:`RefineCommand` of one ``_optimiser.star``; None when it has neither."""
+def read_refine_header(path: str | os.PathLike) -> RefineCommand | None:
+    """The :class:`RefineCommand` atop one ``_optimiser.star``; None when it has neither
+    line or cannot be read."""
+    path = Path(path)
     release, arguments = None, ()
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -317,7 +320,7 @@ def read_refine_command(star_path: str | os.PathLike) -> RefineCommand | None:
     for before in (True, False):
         path = newest_iteration_file(star.parent, jn, "_optimiser.star", before=before)
         if path is not None:
-            command = _read_refine_header(path)
+            command = read_refine_header(path)
             if command is not None:
                 return command
     return None

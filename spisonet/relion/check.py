@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from ..correction.settings import resolve_preset
 from ..errors import InvalidValueError, SpisonetError
+from ..io import read_star_blocks
 from ..io.relion_runs import (
     find_pixel_size,
     job_name_of_star,
@@ -33,10 +36,12 @@ from ..io.relion_runs import (
     parse_job_name,
     parse_run_file,
     positive_number,
+    read_refine_header,
     read_star_value,
 )
 from .config import load_relion_settings
 from .job import current_resolution, read_external_star, resolve_input
+from .plain_map import refine_map_options
 from .runner import _parse_args  # the parser spisonet-relion itself uses
 from .settings import RelionCorrectionSettings, closed_gates
 
@@ -256,13 +261,39 @@ def _order(path: Path | None) -> tuple[int | None, str]:
         return None, f"{path.name} has no rlnHealpixOrder"
 
 
+def _model_resolution(model: Path) -> tuple[float | None, str]:
+    """(resolution in Å, its source) of a RELION ``_model.star``, by the rule the correction
+    applies to the job's STAR (:func:`~spisonet.relion.job.current_resolution`: the first
+    shell >= 1 whose ``rlnGoldStandardFsc`` falls below 0.143); RELION's own
+    ``rlnCurrentResolution`` (a coarser estimate, often 2x worse) only when the FSC
+    column cannot be read."""
+    from ..fsc_shells import resolution_at
+
+    try:
+        blocks = read_star_blocks(model)
+        general, table = blocks["model_general"], blocks["model_class_1"]
+        box = int(general["rlnOriginalImageSize"])  # type: ignore[index]
+        pixel = positive_number(general.get("rlnPixelSize"))  # type: ignore[union-attr]
+        index = table["rlnSpectralIndex"].to_numpy(dtype=int)  # type: ignore[index]
+        values = table["rlnGoldStandardFsc"].to_numpy(dtype=float)  # type: ignore[index]
+        if pixel is None or index.size < 2:
+            raise ValueError("no pixel size or FSC")
+        curve = np.zeros(int(index.max()) + 1)
+        curve[index] = values
+        res = float(resolution_at(curve, 0.143, box, pixel, start=1))
+        return res, f"rlnGoldStandardFsc in {model.name}"
+    except Exception:  # an odd model file: RELION's own estimate, else nothing
+        res = positive_number(read_star_value(model, "rlnCurrentResolution"))
+        return res, f"rlnCurrentResolution in {model.name}"
+
+
 def _history(
     folder: Path, root: str, digits: int, settings: RelionCorrectionSettings
 ) -> list[GateRow]:
     """The gates of each iteration after one whose files RELION wrote: iteration M+1
-    sees M's healpix order (``_sampling.star``) and resolution (``rlnCurrentResolution``
-    of M's ``_half1_model.star`` or ``_model.star``: RELION's estimate from the same FSC
-    the job's STAR holds, so the job's own value may differ slightly)."""
+    sees M's healpix order (``_sampling.star``) and resolution (:func:`_model_resolution`
+    of M's ``_half1_model.star`` or ``_model.star``: the correction's rule on M's FSC;
+    the job's own STAR holds M+1's FSC, so its value may differ by a shell)."""
     rows = []
     for m, sampling in sorted(_iteration_files(folder, root, "_sampling.star").items()):
         order, order_src = _order(sampling)
@@ -270,8 +301,7 @@ def _history(
         for tail in ("_half1_model.star", "_model.star"):
             model = folder / f"{root}_it{m:0{digits}d}{tail}"
             if model.exists():
-                res = positive_number(read_star_value(model, "rlnCurrentResolution"))
-                res_src = f"rlnCurrentResolution in {model.name}"
+                res, res_src = _model_resolution(model)
                 break
         closed = closed_gates(order, res, settings.start_healpix, settings.start_resolution)
         rows.append(GateRow(m + 1, order, order_src, res, res_src, closed))
@@ -327,6 +357,8 @@ def _mask_and_reference(
     else:
         text = f"soft sphere of {diameter:g} Å (rlnParticleDiameter in {optimiser.name})"
         out = [Finding("mask", "ok", text)]
+    plain = refine_map_options(read_refine_header(optimiser), minres_map=settings.minres_map)
+    out.append(Finding("plain map", "ok", f"{plain.describe()}, as the run's own map"))
     if settings.keep_lowres:
         ref = optimiser_command_option(optimiser, "--ref")
         ini_high = positive_number(optimiser_command_option(optimiser, "--ini_high"))

@@ -20,12 +20,18 @@ the release is taken from the job's STAR (``rlnPixelSize``: 4.0 or later).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ..io.relion_runs import RefineCommand, read_refine_command
 from .job import ExternalReconstructJob
 
-__all__ = ["RELION_REFINE_MINRES_MAP", "PlainMapOptions", "plain_map_options"]
+__all__ = [
+    "RELION_REFINE_MINRES_MAP",
+    "PlainMapOptions",
+    "plain_map_options",
+    "refine_map_options",
+]
 
 #: ``relion_refine``'s ``--minres_map`` default (every release from 3.0 to 5.0).
 RELION_REFINE_MINRES_MAP = 5
@@ -52,13 +58,15 @@ class PlainMapOptions:
 
 
 def _refine_skips_gridding(
-    command: RefineCommand | None, job: ExternalReconstructJob
+    command: RefineCommand | None, modern_star: bool | None
 ) -> tuple[bool, str]:
     """(whether relion_refine skips the gridding correction, why)."""
     major = command.major if command is not None else None
-    if major is None:  # no release atop the optimiser file: the STAR's labels tell 4.0+
-        modern = job.pixel_size is not None or job.star_version == 50001
-        why = f"RELION {job.relion_release} by its STAR"
+    if major is None and modern_star is None:
+        modern, why = False, "RELION's release unknown: 3.x assumed"
+    elif major is None:  # no release atop the optimiser file: the STAR's labels tell 4.0+
+        modern = modern_star
+        why = f"RELION {'4.0 or later' if modern_star else '3.x'} by the job's STAR"
     else:
         modern = major >= 4
         why = f"relion_refine {command.release}: {command.source}"  # type: ignore[union-attr]
@@ -67,6 +75,31 @@ def _refine_skips_gridding(
     if command is not None and command.has("--skip_gridding"):
         return True, why + ", --skip_gridding"
     return modern, why
+
+
+def refine_map_options(
+    command: RefineCommand | None,
+    *,
+    modern_star: bool | None = None,
+    minres_map: int | None = None,
+    skip_gridding: bool | None = None,
+) -> PlainMapOptions:
+    """The options of ``relion_refine``'s own reconstruction in the run ``command``
+    describes (None: unknown; ``modern_star`` then says whether the job's STAR is 4.0 or
+    later, None: not known either, 3.x assumed). ``minres_map`` / ``skip_gridding``, when
+    given, win. Never raises."""
+    skip, why = _refine_skips_gridding(command, modern_star)
+    if skip_gridding is not None:
+        skip, why = skip_gridding, "as asked"
+    minres, minres_why = RELION_REFINE_MINRES_MAP, ""
+    if minres_map is not None:
+        minres, minres_why = minres_map, "shell as asked"
+    elif command is not None and command.value("--minres_map") is not None:
+        with contextlib.suppress(ValueError):
+            minres = int(command.value("--minres_map"))  # type: ignore[arg-type]
+            minres_why = "--minres_map of the run"
+    source = "; ".join(part for part in (why, minres_why) if part)
+    return PlainMapOptions(minres, skip, source)
 
 
 def plain_map_options(
@@ -80,21 +113,13 @@ def plain_map_options(
 
     ``minres_map`` / ``skip_gridding``, when given, win; otherwise the run's command line
     (``--minres_map N``, ``--skip_gridding``, ``--dont_skip_gridding``) and release decide
-    (``command``: read from the run's files beside the STAR when None). Never raises: an
-    unreadable run gives ``relion_refine``'s defaults for the STAR's release.
+    (``command``: read from the run's files beside the STAR when None; without them the
+    STAR's ``rlnPixelSize`` tells 4.0 and later). Never raises: an unreadable run gives
+    ``relion_refine``'s defaults for the STAR's release.
     """
     if command is None:
         command = read_refine_command(job.star_path)
-    skip, why = _refine_skips_gridding(command, job)
-    if skip_gridding is not None:
-        skip, why = skip_gridding, "as asked"
-    minres, minres_why = RELION_REFINE_MINRES_MAP, ""
-    if minres_map is not None:
-        minres, minres_why = minres_map, "shell as asked"
-    elif command is not None and command.value("--minres_map") is not None:
-        try:
-            minres, minres_why = int(command.value("--minres_map")), "--minres_map of the run"  # type: ignore[arg-type]
-        except ValueError:
-            pass
-    source = "; ".join(part for part in (why, minres_why) if part)
-    return PlainMapOptions(minres, skip, source)
+    modern_star = job.pixel_size is not None or job.star_version == 50001
+    return refine_map_options(
+        command, modern_star=modern_star, minres_map=minres_map, skip_gridding=skip_gridding
+    )

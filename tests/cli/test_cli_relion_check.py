@@ -92,6 +92,36 @@ def test_a_good_set_up_passes_and_says_when_the_network_starts(project, monkeypa
     assert out.rstrip().endswith("ready")
 
 
+def test_the_history_reads_the_resolution_as_the_correction_does(project):
+    """RELION's rlnCurrentResolution can be 2x coarser than the 0.143 crossing of the
+    model's rlnGoldStandardFsc, the rule the correction applies to the job's STAR (seen in
+    a real run: 21.3 Å against 8.5 Å; relion-check then said the gates never opened in a
+    run whose network ran in 8 iterations). The FSC column wins when present."""
+    run = project / "Refine3D" / "job013"
+    write_run(run, orders=[1, 2, 3, 3], resolutions=[40, 30, 30, 30], finished=True)
+    # the slow statement: box 16 at 2 Å, the FSC falls below 0.143 first at shell 4
+    fsc = [1.0, 0.99, 0.9, 0.5, 0.1, 0.3, 0.05, 0.0, 0.0]
+    first_below = next(i for i in range(1, len(fsc)) if fsc[i] < 0.143)
+    expected = 16 * 2.0 / first_below
+    rows = "".join(f"{i} {v:.4f}\n" for i, v in enumerate(fsc))
+    model = run / "run_it002_half1_model.star"
+    model.write_text(
+        model.read_text()
+        + "\n# version 30001\n\ndata_model_class_1\n\nloop_\n_rlnSpectralIndex #1\n"
+        + "_rlnGoldStandardFsc #2\n"
+        + rows
+        + "\n"
+    )
+    result = relion_check("--run-dir", run, env={"SPISONET_START_HEALPIX": "2"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "the network would start at iteration 3: healpix order 3" in out
+    assert f"{expected:.2f} Å (rlnGoldStandardFsc in run_it002_half1_model.star)" in out
+    # where the column is absent, RELION's own estimate (30 Å: closed) is what there is
+    assert "│ 2         │ 2             │ 30.00          │ closed: resolution" in out
+    assert "gridding correction (RELION's release unknown: 3.x assumed)" in out
+
+
 def test_a_star_is_gated_as_the_correction_would(project):
     """The job's own gates: the STAR's FSC and the sampling file before the job's."""
     run = project / "Refine3D" / "job012"
