@@ -127,3 +127,23 @@ def test_spisonet_relion_writes_the_map_of_the_runs_release(tmp_path, monkeypatc
     log = (folder / "spisonet_relion.log").read_text()
     assert "no gridding correction (relion_refine 5.1.0: run_it003_optimiser.star)" in log
     assert console_main(["--skip-gridding", "--dont-skip-gridding", str(star)]) == 2
+
+
+def test_relion_reconstruct_command_takes_the_same_options(tmp_path, monkeypatch):
+    """``spisonet relion-reconstruct`` passes --skip-gridding/--dont-skip-gridding on."""
+    from typer.testing import CliRunner
+
+    from spisonet.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPISONET_MINRES_MAP", raising=False)
+    folder = tmp_path / "Refine3D"
+    star = make_job(folder, "run_it004_half1_class001", ori=12, pad=2, tau2_scale=0.05)
+    _optimiser(folder, "run_it003_optimiser.star", "3.1.3", BASE)
+    job = read_external_star(star)
+    args = ["relion-reconstruct", "--no-correction", "--keep-inputs", str(star)]
+    for flag, skip in (("--skip-gridding", True), ("--dont-skip-gridding", False), (None, False)):
+        result = CliRunner().invoke(app, args[:-1] + ([flag] if flag else []) + args[-1:])
+        assert result.exit_code == 0, result.output
+        expected = reconstruct(job, minres_map=5, skip_gridding=skip)
+        np.testing.assert_array_equal(mrcfile.read(str(job.result)), expected)
