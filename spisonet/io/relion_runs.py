@@ -239,19 +239,8 @@ def read_star_value(path: Path, label: str) -> str | None:
 
 def optimiser_command_option(path: Path, option: str) -> str | None:
     """The value of ``option`` in the command line RELION writes atop ``_optimiser.star``."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for _ in range(5):
-                line = fh.readline()
-                if line.startswith("# --") or line.startswith("#--"):
-                    parts = line[1:].split()
-                    if option in parts:
-                        i = parts.index(option)
-                        if i + 1 < len(parts):
-                            return parts[i + 1]
-    except OSError:
-        return None
-    return None
+    command = read_refine_header(path)
+    return command.value(option) if command is not None else None
 
 
 @dataclass(frozen=True)

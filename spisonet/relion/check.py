@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from ..correction.settings import resolve_preset
 from ..errors import InvalidValueError, SpisonetError
 from ..io import read_star_blocks
@@ -40,7 +38,7 @@ from ..io.relion_runs import (
     read_star_value,
 )
 from .config import load_relion_settings
-from .job import current_resolution, read_external_star, resolve_input
+from .job import current_resolution, fsc_table_resolution, read_external_star, resolve_input
 from .plain_map import refine_map_options
 from .runner import _parse_args  # the parser spisonet-relion itself uses
 from .settings import RelionCorrectionSettings, closed_gates
@@ -267,8 +265,6 @@ def _model_resolution(model: Path) -> tuple[float | None, str]:
     shell >= 1 whose ``rlnGoldStandardFsc`` falls below 0.143); RELION's own
     ``rlnCurrentResolution`` (a coarser estimate, often 2x worse) only when the FSC
     column cannot be read."""
-    from ..fsc_shells import resolution_at
-
     try:
         blocks = read_star_blocks(model)
         general, table = blocks["model_general"], blocks["model_class_1"]
@@ -278,9 +274,7 @@ def _model_resolution(model: Path) -> tuple[float | None, str]:
         values = table["rlnGoldStandardFsc"].to_numpy(dtype=float)  # type: ignore[index]
         if pixel is None or index.size < 2:
             raise ValueError("no pixel size or FSC")
-        curve = np.zeros(int(index.max()) + 1)
-        curve[index] = values
-        res = float(resolution_at(curve, 0.143, box, pixel, start=1))
+        res = fsc_table_resolution(index, values, box, pixel)
         return res, f"rlnGoldStandardFsc in {model.name}"
     except Exception:  # an odd model file: RELION's own estimate, else nothing
         res = positive_number(read_star_value(model, "rlnCurrentResolution"))

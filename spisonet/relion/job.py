@@ -339,14 +339,25 @@ def current_resolution(job: ExternalReconstructJob, pixel_size: float) -> float:
     ``box * pixel_size / shell`` (:func:`spisonet.fsc_shells.resolution_at`); Nyquist when it
     never does; ``inf`` when the column is missing or empty.
     """
+    if job.fsc is None:
+        return math.inf
+    return fsc_table_resolution(job.spectral_index, job.fsc, job.ori_size, pixel_size)
+
+
+def fsc_table_resolution(
+    spectral_index: np.ndarray, fsc: np.ndarray, box: int, pixel_size: float
+) -> float:
+    """RELION's current resolution (Å) from an FSC table (shell index, FSC per row, as in
+    the job's STAR or a ``_model.star``): the first shell >= 1 below 0.143, Nyquist when
+    none is; ``inf`` for fewer than two rows. The one rule of the gates and relion-check."""
     from ..fsc_shells import resolution_at
 
-    if job.fsc is None or job.fsc.size < 2:
+    if fsc.size < 2:
         return math.inf
-    idx = job.spectral_index
+    idx = np.asarray(spectral_index, dtype=int)
     curve = np.zeros(int(idx.max()) + 1)
-    curve[idx] = job.fsc
-    return float(resolution_at(curve, 0.143, job.ori_size, pixel_size, start=1))
+    curve[idx] = fsc
+    return float(resolution_at(curve, 0.143, box, pixel_size, start=1))
 
 
 # --------------------------------------------------------------------------------------

@@ -161,7 +161,12 @@ def minres_map_setting(
         if settings is None:
             settings = correction_settings_from_env()
         return settings.minres_map
-    if value < -1:
+    return _checked_minres(value)
+
+
+def _checked_minres(value: int | None) -> int | None:
+    """``value`` when it is None or a shell >= -1; raises InvalidValueError otherwise."""
+    if value is not None and value < -1:
         raise InvalidValueError(f"minres_map is {value}, expected -1 or more")
     return value
 
@@ -203,9 +208,9 @@ def run_external_reconstruct(
     start = time.perf_counter()
     star = Path(star_path)
     job = read_external_star(star)
-    if minres_map is not None and minres_map < -1:
-        raise InvalidValueError(f"minres_map is {minres_map}, expected -1 or more")
-    options = plain_map_options(job, minres_map=minres_map, skip_gridding=skip_gridding)
+    options = plain_map_options(
+        job, minres_map=_checked_minres(minres_map), skip_gridding=skip_gridding
+    )
     plain = reconstruct(
         job,
         wiener=wiener,

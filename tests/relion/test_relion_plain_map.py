@@ -105,15 +105,21 @@ def test_asked_values_win_and_an_odd_file_is_no_error(tmp_path, monkeypatch):
     assert plain_map_options(job).skip_gridding is False  # 3.1-style STAR, no release
 
 
-def test_spisonet_relion_writes_the_map_of_the_runs_release(tmp_path, monkeypatch):
-    """RELION 5.1's relion_refine skips the gridding correction: so does the plain map;
-    ``--dont-skip-gridding --minres-map -1`` is relion_external_reconstruct's map."""
+def _run_job(tmp_path, monkeypatch, release: str):
+    """(run folder, STAR, job) of a box-12 job whose run says ``release`` atop its
+    optimiser file; in ``tmp_path``, with no minres variable set."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SPISONET_MINRES_MAP", raising=False)
     folder = tmp_path / "Refine3D"
     star = make_job(folder, "run_it004_half1_class001", ori=12, pad=2, tau2_scale=0.05)
-    _optimiser(folder, "run_it003_optimiser.star", "5.1.0", BASE)
-    job = read_external_star(star)
+    _optimiser(folder, "run_it003_optimiser.star", release, BASE)
+    return folder, star, read_external_star(star)
+
+
+def test_spisonet_relion_writes_the_map_of_the_runs_release(tmp_path, monkeypatch):
+    """RELION 5.1's relion_refine skips the gridding correction: so does the plain map;
+    ``--dont-skip-gridding --minres-map -1`` is relion_external_reconstruct's map."""
+    folder, star, job = _run_job(tmp_path, monkeypatch, "5.1.0")
     refine5 = reconstruct(job, minres_map=5, skip_gridding=True)
     external = reconstruct(job)
     assert np.abs(refine5 - reconstruct(job, minres_map=5)).max() > 1e-4 * np.abs(refine5).max()
@@ -135,12 +141,7 @@ def test_relion_reconstruct_command_takes_the_same_options(tmp_path, monkeypatch
 
     from spisonet.cli import app
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SPISONET_MINRES_MAP", raising=False)
-    folder = tmp_path / "Refine3D"
-    star = make_job(folder, "run_it004_half1_class001", ori=12, pad=2, tau2_scale=0.05)
-    _optimiser(folder, "run_it003_optimiser.star", "3.1.3", BASE)
-    job = read_external_star(star)
+    _, star, job = _run_job(tmp_path, monkeypatch, "3.1.3")
     args = ["relion-reconstruct", "--no-correction", "--keep-inputs", str(star)]
     for flag, skip in (("--skip-gridding", True), ("--dont-skip-gridding", False), (None, False)):
         result = CliRunner().invoke(app, args[:-1] + ([flag] if flag else []) + args[-1:])
