@@ -121,6 +121,21 @@ def angular_errors(
     }
 
 
+def errors_by_iteration(
+    true_angles: np.ndarray, folder: Path, cone_deg: float | None
+) -> dict[int, list[float]]:
+    """(residual, rare-view residual) medians in degrees of every ``run_itNNN_data.star``
+    of a run, by iteration: where two runs of the same seed part, and by how much."""
+    out = {}
+    for star in sorted(folder.glob("run_it[0-9][0-9][0-9]_data.star")):
+        errs = angular_errors(true_angles, star, cone_deg)
+        out[int(star.name[6:9])] = [
+            round(errs["residual_error_median_deg"], 2),
+            round(errs.get("residual_error_median_rare_deg", math.nan), 2),
+        ]
+    return out
+
+
 def map_metrics(
     final: Path, truth: np.ndarray, voxel: float, candidates: list | None = None
 ) -> dict[str, float]:
@@ -426,6 +441,7 @@ def main() -> None:
             "seconds_by_iteration": {k: round(t, 1) for k, t in times.items()},
             "corrected_iterations": corrected,
             "steps_by_iteration": calls,
+            "residual_rare_by_iteration": errors_by_iteration(data["angles"], folder, cone_deg),
             **{k: round(v, 3) for k, v in errs.items()},
             **{
                 k: round(v, 3)
