@@ -114,6 +114,9 @@ def angular_errors(
         "angular_error_median_deg": float(np.median(raw)),
         "angular_error_mean_deg": float(np.mean(raw)),
         "fraction_error_above_10deg": float(np.mean(raw > 10)),
+        # the same count once the run's global turn is removed: raw > 10° also counts
+        # particles that are right relative to a map that turned as a whole
+        "fraction_residual_above_10deg": float(np.mean(residual > 10)),
         "global_offset_deg": float(np.degrees(g.magnitude())),
         "residual_error_median_deg": float(np.median(residual)),
         "residual_error_mean_deg": float(np.mean(residual)),
