@@ -434,6 +434,8 @@ def main() -> None:
         corrected = sorted(calls)
         in_corrected = [t for k, t in times.items() if k in calls]
         key = name + (f"_seed{args.relion_seed}" if args.relion_seed else "")
+        if name == "spisonet" and (args.label or keep):
+            key = label.lower()  # a variant keeps its own entry in results.json
         results[key] = {
             "wall_s": round(seconds, 1),
             "iterations": len(times) + 1,
