@@ -85,6 +85,27 @@ def offset_candidates(true_angles: np.ndarray, data_star: Path) -> list:
     return out
 
 
+def particle_errors(true_angles: np.ndarray, data_star: Path):
+    """(particle indices, raw error °, residual error °, the run's global turn g) per
+    particle of a run's ``_data.star``; see :func:`angular_errors`."""
+    index, rel = _relative_rotations(true_angles, data_star)
+    g = rel.mean()
+    return index, np.degrees(rel.magnitude()), np.degrees((g.inv() * rel).magnitude()), g
+
+
+def paired_median_difference(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """median(b) − median(a) of two runs' errors of the same particles (paired arrays),
+    with a 95 % bootstrap interval (particles resampled, the pairs kept together): how far
+    a difference between two runs' medians lies from what the particle sample allows."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    boot = np.median(b[idx], axis=1) - np.median(a[idx], axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(np.median(b) - np.median(a)), float(lo), float(hi)
+
+
 def angular_errors(
     true_angles: np.ndarray, data_star: Path, cone_deg: float | None = None
 ) -> dict[str, float]:
@@ -97,10 +118,7 @@ def angular_errors(
     for the preferred views (true tilt within ``cone_deg`` of the z axis, either pole) and
     for the others.
     """
-    index, rel = _relative_rotations(true_angles, data_star)
-    raw = np.degrees(rel.magnitude())
-    g = rel.mean()
-    residual = np.degrees((g.inv() * rel).magnitude())
+    index, raw, residual, g = particle_errors(true_angles, data_star)
     split = {}
     if cone_deg is not None:
         tilt = true_angles[index, 1]
@@ -249,6 +267,24 @@ def print_seed_spread(results: dict[str, dict]) -> None:
         print(f"{arm} over seeds: {text}")
 
 
+def print_paired(out: Path, labels: list[str], true_angles: np.ndarray, cone_deg: float) -> None:
+    """Print :func:`paired_median_difference` of the final residuals of two runs in ``out``."""
+    (ia, _, ra, _), (ib, _, rb, _) = (
+        particle_errors(true_angles, out / label / "run_data.star") for label in labels
+    )
+    order_a, order_b = np.argsort(ia), np.argsort(ib)
+    if not np.array_equal(ia[order_a], ib[order_b]):
+        raise SystemExit("the two runs hold different particles")
+    ra, rb, index = ra[order_a], rb[order_b], ia[order_a]
+    tilt = true_angles[index, 1]
+    preferred = np.minimum(tilt, 180.0 - tilt) <= cone_deg + 0.5
+    print(f"# {out}: residual of {labels[1]} minus {labels[0]}, 95 % bootstrap interval")
+    for name, sel in (("all", slice(None)), ("preferred", preferred), ("rare", ~preferred)):
+        d, lo, hi = paired_median_difference(ra[sel], rb[sel])
+        n = len(ra[sel])
+        print(f"{name:>9} ({n} particles): {d:+.2f}° [{lo:+.2f}, {hi:+.2f}]")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_relion"))
@@ -314,7 +350,17 @@ def main() -> None:
         help="seconds one RELION run may take (a spisonet run on 2 loaded cores took over an "
         "hour; the old fixed limit of 3600 s killed one)",
     )
+    ap.add_argument(
+        "--paired",
+        nargs=2,
+        metavar=("A", "B"),
+        help="only compare two finished runs in --out (folder names, e.g. Plainext_seed2 "
+        "Spisonet_seed2): median residual of B minus A with a 95 %% bootstrap interval over "
+        "the particles, all / preferred / rare",
+    )
     args = ap.parse_args()
+    if args.paired:
+        args.reuse = True
 
     from spisonet.io import read_map
 
@@ -358,6 +404,9 @@ def main() -> None:
             defocus_um=tuple(args.defocus),
         )
         recipe_file.write_text(json.dumps(recipe))
+    if args.paired:
+        print_paired(args.out, args.paired, data["angles"], cone_deg)
+        return
     truth = read_map(data["truth"]).data
     voxel = float(data["voxel_size"])
     gates = {

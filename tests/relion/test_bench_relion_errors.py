@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from bench_relion import angular_errors, errors_by_iteration
+from bench_relion import angular_errors, errors_by_iteration, paired_median_difference
 
 
 def _angle_deg(m: np.ndarray) -> float:
@@ -82,3 +82,17 @@ def test_raw_and_residual_errors_follow_their_definition(tmp_path: Path) -> None
     assert sorted(by_it) == [1, 3]
     assert by_it[1][0] < 1e-3
     assert abs(by_it[3][0] - got["residual_error_median_deg"]) < 0.01
+
+
+def test_paired_median_difference_is_the_shift_and_its_interval_covers_it() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.gamma(2.0, 2.0, 300)
+    d, lo, hi = paired_median_difference(a, a)
+    assert d == lo == hi == 0.0
+    d, lo, hi = paired_median_difference(a, a - 0.7)  # every particle 0.7° better
+    assert abs(d + 0.7) < 1e-12 and abs(lo + 0.7) < 1e-12 and abs(hi + 0.7) < 1e-12
+    # unrelated noise of the second run: the interval widens and still holds the true
+    # difference of medians of the two distributions (0 here)
+    b = rng.gamma(2.0, 2.0, 300)
+    d, lo, hi = paired_median_difference(a, b)
+    assert lo < 0.0 < hi and hi - lo > 0.3
