@@ -93,13 +93,16 @@ class _Gates:
     start_healpix: int
     resolution: float
     start_resolution: float
+    # iterations of this refinement in which the network already ran: once it has, the
+    # resolution gate stays open (a resolution that wavers around the start would
+    # otherwise hand RELION the uncorrected map between corrected ones)
+    trained: tuple[int, ...] = ()
 
     @property
     def closed(self) -> list[str]:
         """What keeps the gates closed (empty when both are open)."""
-        return list(
-            closed_gates(self.order, self.resolution, self.start_healpix, self.start_resolution)
-        )
+        res = -math.inf if self.trained else self.resolution
+        return list(closed_gates(self.order, res, self.start_healpix, self.start_resolution))
 
     def values(self) -> str:
         """Both values against their starts, with where each came from."""
@@ -119,6 +122,8 @@ class _Gates:
             )
         else:
             res = f"resolution unknown (no rlnGoldStandardFsc; start {self.start_resolution:g} Å)"
+        if self.trained and not self.resolution < self.start_resolution:
+            res += f", held open (the network ran in iteration {_ranges(list(self.trained))})"
         return f"{healpix}, {res}"
 
     def __str__(self) -> str:
@@ -330,7 +335,9 @@ class RelionCorrection:
         s = self.settings
         order, order_src = healpix_order_of_run(job.star_path)
         res = current_resolution(job, pixel_size)
-        return _Gates(order, order_src, s.start_healpix, res, s.start_resolution)
+        jn = parse_job_name(job.name)
+        trained = tuple(trained_iterations(job.star_path.parent, jn)) if jn else ()
+        return _Gates(order, order_src, s.start_healpix, res, s.start_resolution, trained)
 
     def _share_own_half(
         self, job: ExternalReconstructJob, own: HalfFiles, pixel_size: float

@@ -150,6 +150,44 @@ def test_closed_gate_keeps_relions_map_and_says_why_in_one_line(
     assert seconds < 15
 
 
+def test_resolution_gate_stays_open_once_the_network_has_run(tmp_path, monkeypatch):
+    """RELION's resolution wavers: after a corrected iteration a resolution back above the
+    start must not hand RELION the uncorrected map (seen on the CTF stack, RELION 5.1)."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "job"
+    stars = _pair(folder, order=3)
+    # the same job as the closed case above (4.57 Å against a start of 2 Å) ...
+    corr = [_Echo(_settings(start_resolution=2.0)) for _ in stars]
+    # ... but an earlier iteration of this run left a trained model
+    (folder / "my_run_it003_half2_class001_spisonet.pt").write_bytes(b"model")
+    (folder / "my_run_it003_half1_class001_spisonet.pt").write_bytes(b"model")
+    # a model of another run in the folder does not count
+    (folder / "other_it004_half1_class001_spisonet.pt").write_bytes(b"model")
+    jobs = [read_external_star(s) for s in stars]
+    unreg = [reconstruct(j, wiener=False) for j in jobs]
+    maps, _ = _run_both(stars, corr)
+    np.testing.assert_allclose(maps[0], unreg[1], rtol=1e-6, atol=1e-7)
+    log = _log(folder)
+    assert (
+        log.count(
+            f"corrected map (gates open: healpix order 3 >= start 3 {_SAMPLING}, resolution "
+            f"4.57 Å >= start 2 Å {_FSC}, held open (the network ran in iteration 3)"
+        )
+        == 2
+    ), log
+
+
+def test_a_model_of_another_run_does_not_hold_the_gate_open(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "job"
+    stars = _pair(folder, order=3)
+    (folder / "other_it004_half1_class001_spisonet.pt").write_bytes(b"model")
+    corr = [_Echo(_settings(start_resolution=2.0)) for _ in stars]
+    _run_both(stars, corr)
+    assert _log(folder).count("gate closed (resolution not better than start)") == 2
+    assert not any(hasattr(c, "seen") for c in corr)
+
+
 # --------------------------------------------------------------------------------------
 # the two halves meet
 
