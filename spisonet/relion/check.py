@@ -38,6 +38,7 @@ from ..io.relion_runs import (
     read_star_value,
 )
 from .config import load_relion_settings
+from .correction import trained_iterations
 from .job import current_resolution, fsc_table_resolution, read_external_star, resolve_input
 from .plain_map import refine_map_options
 from .runner import _parse_args  # the parser spisonet-relion itself uses
@@ -289,6 +290,7 @@ def _history(
     of M's ``_half1_model.star`` or ``_model.star``: the correction's rule on M's FSC;
     the job's own STAR holds M+1's FSC, so its value may differ by a shell)."""
     rows = []
+    opened = False  # once open, the resolution gate is held open (as the correction does)
     for m, sampling in sorted(_iteration_files(folder, root, "_sampling.star").items()):
         order, order_src = _order(sampling)
         res, res_src = None, "no model file"
@@ -297,7 +299,9 @@ def _history(
             if model.exists():
                 res, res_src = _model_resolution(model)
                 break
-        closed = closed_gates(order, res, settings.start_healpix, settings.start_resolution)
+        gate_res = -math.inf if opened else res
+        closed = closed_gates(order, gate_res, settings.start_healpix, settings.start_resolution)
+        opened = opened or not closed
         rows.append(GateRow(m + 1, order, order_src, res, res_src, closed))
     return rows
 
@@ -326,13 +330,20 @@ def _job_row(
     earlier = [m for m in samplings if m < jn.iteration]
     order, order_src = _order(samplings[max(earlier)] if earlier else None)
     resolution = res if math.isfinite(res) else None
+    # the network ran in an earlier iteration: the correction holds the resolution gate open
+    held = bool(trained_iterations(star.parent, jn))
     row = GateRow(
         jn.iteration,
         order,
         order_src,
         resolution,
         f"rlnGoldStandardFsc in {star.name}",
-        closed_gates(order, resolution, settings.start_healpix, settings.start_resolution),
+        closed_gates(
+            order,
+            -math.inf if held else resolution,
+            settings.start_healpix,
+            settings.start_resolution,
+        ),
     )
     return row, findings
 

@@ -122,6 +122,19 @@ def test_the_history_reads_the_resolution_as_the_correction_does(project):
     assert "gridding correction (RELION's release unknown: 3.x assumed)" in out
 
 
+def test_the_history_holds_the_resolution_gate_open_once_opened(project):
+    """As the correction: after the first open iteration a resolution back above the start
+    (RELION's wavers by a shell) does not close the gates again."""
+    run = project / "Refine3D" / "job014"
+    write_run(run, orders=[2, 2, 2, 2, 2], resolutions=[30, 30, 10, 20, 20], finished=True)
+    report = check_relion_setup(run_dir=run, environ={"SPISONET_START_HEALPIX": "2"})
+    by_iteration = {row.iteration: row for row in report.gates}
+    assert by_iteration[2].closed  # 30 Å (iteration 1's) against a start of 15 Å
+    assert not by_iteration[3].closed  # 10 Å: open
+    assert by_iteration[4].resolution == 20 and not by_iteration[4].closed  # held open
+    assert not by_iteration[5].closed
+
+
 def test_a_star_is_gated_as_the_correction_would(project):
     """The job's own gates: the STAR's FSC and the sampling file before the job's."""
     run = project / "Refine3D" / "job012"
