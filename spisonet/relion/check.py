@@ -299,8 +299,9 @@ def _history(
             if model.exists():
                 res, res_src = _model_resolution(model)
                 break
-        gate_res = -math.inf if opened else res
-        closed = closed_gates(order, gate_res, settings.start_healpix, settings.start_resolution)
+        closed = closed_gates(
+            order, res, settings.start_healpix, settings.start_resolution, held_open=opened
+        )
         opened = opened or not closed
         rows.append(GateRow(m + 1, order, order_src, res, res_src, closed))
     return rows
@@ -330,8 +331,6 @@ def _job_row(
     earlier = [m for m in samplings if m < jn.iteration]
     order, order_src = _order(samplings[max(earlier)] if earlier else None)
     resolution = res if math.isfinite(res) else None
-    # the network ran in an earlier iteration: the correction holds the resolution gate open
-    held = bool(trained_iterations(star.parent, jn))
     row = GateRow(
         jn.iteration,
         order,
@@ -340,9 +339,10 @@ def _job_row(
         f"rlnGoldStandardFsc in {star.name}",
         closed_gates(
             order,
-            -math.inf if held else resolution,
+            resolution,
             settings.start_healpix,
             settings.start_resolution,
+            held_open=bool(trained_iterations(star.parent, jn)),
         ),
     )
     return row, findings

@@ -93,16 +93,22 @@ class _Gates:
     start_healpix: int
     resolution: float
     start_resolution: float
-    # iterations of this refinement in which the network already ran: once it has, the
-    # resolution gate stays open (a resolution that wavers around the start would
-    # otherwise hand RELION the uncorrected map between corrected ones)
+    # iterations of this refinement in which the network already ran (closed_gates'
+    # held_open)
     trained: tuple[int, ...] = ()
 
     @property
     def closed(self) -> list[str]:
         """What keeps the gates closed (empty when both are open)."""
-        res = -math.inf if self.trained else self.resolution
-        return list(closed_gates(self.order, res, self.start_healpix, self.start_resolution))
+        return list(
+            closed_gates(
+                self.order,
+                self.resolution,
+                self.start_healpix,
+                self.start_resolution,
+                held_open=bool(self.trained),
+            )
+        )
 
     def values(self) -> str:
         """Both values against their starts, with where each came from."""

@@ -272,14 +272,20 @@ def describe_settings(s: RelionCorrectionSettings) -> str:
 
 
 def closed_gates(
-    order: int | None, resolution: float | None, start_healpix: int, start_resolution: float
+    order: int | None,
+    resolution: float | None,
+    start_healpix: int,
+    start_resolution: float,
+    held_open: bool = False,
 ) -> tuple[str, ...]:
     """Why the gates are closed for a healpix order and a resolution (Å) (``start_healpix``,
-    ``start_resolution``); empty when open. The one statement of the rule: the correction
-    and ``spisonet relion-check`` both ask it."""
+    ``start_resolution``); empty when open. ``held_open``: the network already ran in this
+    refinement, so the resolution gate stays open (RELION's resolution wavers around the
+    start). The one statement of the rule: the correction and ``spisonet relion-check``
+    both ask it."""
     closed = []
     if order is None or order < start_healpix:
         closed.append("healpix order below start")
-    if resolution is None or not resolution < start_resolution:
+    if not held_open and (resolution is None or not resolution < start_resolution):
         closed.append("resolution not better than start")
     return tuple(closed)
