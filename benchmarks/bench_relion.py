@@ -93,6 +93,13 @@ def particle_errors(true_angles: np.ndarray, data_star: Path):
     return index, np.degrees(rel.magnitude()), np.degrees((g.inv() * rel).magnitude()), g
 
 
+def preferred_views(true_angles: np.ndarray, index: np.ndarray, cone_deg: float) -> np.ndarray:
+    """True for the particles ``index`` whose true tilt lies within ``cone_deg`` of the z
+    axis (either pole)."""
+    tilt = true_angles[index, 1]
+    return np.minimum(tilt, 180.0 - tilt) <= cone_deg + 0.5
+
+
 def paired_median_difference(
     a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -121,8 +128,7 @@ def angular_errors(
     index, raw, residual, g = particle_errors(true_angles, data_star)
     split = {}
     if cone_deg is not None:
-        tilt = true_angles[index, 1]
-        preferred = np.minimum(tilt, 180.0 - tilt) <= cone_deg + 0.5
+        preferred = preferred_views(true_angles, index, cone_deg)
         for name, sel in (("preferred", preferred), ("rare", ~preferred)):
             if sel.any():
                 split[f"angular_error_median_{name}_deg"] = float(np.median(raw[sel]))
@@ -276,8 +282,7 @@ def print_paired(out: Path, labels: list[str], true_angles: np.ndarray, cone_deg
     if not np.array_equal(ia[order_a], ib[order_b]):
         raise SystemExit("the two runs hold different particles")
     ra, rb, index = ra[order_a], rb[order_b], ia[order_a]
-    tilt = true_angles[index, 1]
-    preferred = np.minimum(tilt, 180.0 - tilt) <= cone_deg + 0.5
+    preferred = preferred_views(true_angles, index, cone_deg)
     print(f"# {out}: residual of {labels[1]} minus {labels[0]}, 95 % bootstrap interval")
     for name, sel in (("all", slice(None)), ("preferred", preferred), ("rare", ~preferred)):
         d, lo, hi = paired_median_difference(ra[sel], rb[sel])
