@@ -240,8 +240,9 @@ def run_cell(
 ) -> dict[str, object]:
     """Simulate (or read from ``inputs``), correct and score one cell; a JSON-ready dict.
 
-    ``save_maps``: a folder where ``<cell>.npz`` keeps the corrected average (float32) and
-    the trust check's per-shell curves, to study post-processing without retraining."""
+    ``save_maps``: a folder where ``<cell>.npz`` keeps the corrected average and each
+    corrected half (float32) and the trust check's per-shell curves, to study
+    post-processing without retraining."""
     from spisonet.correction import correct_anisotropy, preset_settings
     from spisonet.correction.evaluate import score_correction
 
@@ -275,6 +276,7 @@ def run_cell(
         np.savez_compressed(
             Path(save_maps) / f"{cell.name}.npz",
             corrected=result.average.astype(np.float32),
+            corrected_halves=np.stack(result.corrected).astype(np.float32),
             **extra,
         )
     return {
