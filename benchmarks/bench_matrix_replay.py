@@ -4,15 +4,15 @@ Usage::
 
     python benchmarks/bench_matrix_replay.py --maps DIR [--inputs DIR]
 
-``DIR`` holds ``<cell>.npz`` files written by ``bench_matrix.py --save-maps DIR`` (the
-corrected average of each cell as the run produced it, before this replay). For every cell
-the half maps are simulated again (or read from ``--inputs``, as the RELION cells must be),
-and the corrected average is scored against the truth as it was and after the hand-over
-at the 3D FSC's own limit (:func:`spisonet.fsc3d.support_limit` with
-:func:`spisonet.maps.combine_map`, what ``correct_anisotropy`` now does by default; here
-applied to the average rather than to each half, which differs only by the per-shell
-amplitude matching). Prints one line per cell: worst-cone gain / worst global-shell drop @
-shell, before and after.
+``DIR`` holds ``<cell>.npz`` files written by ``bench_matrix.py --save-maps DIR`` (each
+corrected half as the run produced it). For every cell the half maps are simulated again
+(or read from ``--inputs``, as the RELION cells must be), and the corrected average is
+scored against the truth as it was and after
+:func:`spisonet.correction.pipeline.measured_data_step` (the measured data kept per shell
+where the half maps say the network is worse, over the measured directions), as
+``correct_anisotropy`` now does; for maps saved by a run without that step. Prints one
+line per cell: worst-cone gain / worst global-shell drop @ shell,
+before and after, and the shells where the data were kept.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from matrix_cells import cell_inputs, cell_mask, ground_truth
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    """Score every saved cell before and after the hand-over; returns the rows."""
+    """Score every saved cell before and after the measured-data blend; returns the rows."""
     from spisonet.correction.evaluate import score_correction
+    from spisonet.correction.pipeline import measured_data_step
     from spisonet.fsc3d import fsc3d, support_limit
-    from spisonet.maps import combine_map
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--maps", type=Path, required=True)
@@ -48,28 +48,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if cell is None:
             print(f"  {path.stem}: not a cell of the matrix, skipped")
             continue
+        with np.load(path) as z:
+            if "corrected_halves" not in z:
+                print(f"  {path.stem}: saved without its halves, skipped")
+                continue
+            halves = list(z["corrected_halves"])
         truth, _ = ground_truth(cell.structure, cell.box, args.seed)
         mask = cell_mask(cell.mask, truth)
         h1, h2, apix = cell_inputs(cell, args.seed, args.inputs)
-        with np.load(path) as z:
-            corrected = z["corrected"]
         raw = 0.5 * (h1 + h2)
         volume = fsc3d(h1, h2, voxel_size=apix, mask=mask, cone_angle=10.0).volume
-        limit = support_limit(volume, apix)
-        after = corrected if limit is None else combine_map(corrected, raw, limit, apix, mask)
-        before_s = score_correction(truth, raw, corrected, mask)
-        after_s = score_correction(truth, raw, after.astype(np.float32), mask)
+        limit = support_limit(volume, apix)  # the pipeline's hand-over (no limit_res here)
+        blend = measured_data_step(halves, [h1, h2], mask, volume, apix, limit)
+        before_s = score_correction(truth, raw, np.mean(halves, axis=0), mask)
+        after_s = score_correction(truth, raw, np.mean(blend.maps, axis=0), mask)
         row = {
             "name": cell.name,
-            "limit": limit,
             "before": (before_s.gain, before_s.max_global_drop, before_s.worst_drop_shell),
             "after": (after_s.gain, after_s.max_global_drop, after_s.worst_drop_shell),
+            "data_kept": blend.shells_with_data_kept,
         }
         rows.append(row)
         b, a = row["before"], row["after"]
         print(
-            f"  {cell.name}: limit {limit:.2f} Å; before {b[0]:+.3f} / {b[1]:.3f}@{b[2]}, "
-            f"after {a[0]:+.3f} / {a[1]:.3f}@{a[2]}",
+            f"  {cell.name}: before {b[0]:+.3f} / {b[1]:.3f}@{b[2]}, "
+            f"after {a[0]:+.3f} / {a[1]:.3f}@{a[2]}; data kept at shells "
+            f"{row['data_kept'] or 'none'}; α {np.round(blend.network_weight, 2).tolist()}",
             flush=True,
         )
     if rows:

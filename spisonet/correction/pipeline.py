@@ -23,7 +23,10 @@
    without, ``corrected`` is ``combine_map(network output, original, L)`` with ``L`` the
    3D FSC's own resolution limit (:func:`spisonet.fsc3d.support_limit`: beyond it W holds
    no data), or, with ``correct_beyond_limit`` or W = 1, the network output at the
-   original's mean/std.
+   original's mean/std. Then, with two halves and a 3D FSC (no reference),
+   :func:`spisonet.correction.measured.keep_measured_data` mixes each half's measured data
+   back in, per shell over the measured directions, where the halves estimate the data to
+   be closer to the truth than the network (off with ``network_only``).
 
 After training, the trust check (:mod:`spisonet.correction.trust`) hides measured data as W
 hides the missing cone and scores what the network restores. This module writes nothing
@@ -66,6 +69,7 @@ __all__ = [
     "TrainSummary",
     "check_inputs",
     "correct_anisotropy",
+    "measured_data_step",
     "predict_maps",
     "prepare_maps",
     "restore_units",
@@ -137,6 +141,9 @@ class CorrectionResult:
     models : the trained networks (torch modules), one or two.
     trust : the :class:`spisonet.correction.trust.TrustCheck` of the (first) network;
         None when it was not run (``trust=False``, or W = 1).
+    network_share : (n//2 + 1,) the network's share α per shell over the measured
+        directions (1: its output kept, 0: the measured data kept); None when the
+        measured-data step did not run.
     """
 
     corrected: list[np.ndarray]
@@ -150,6 +157,7 @@ class CorrectionResult:
     settings: CorrectionSettings
     models: list[Any] = field(default_factory=list)
     trust: Any = None
+    network_share: np.ndarray | None = None
 
     @property
     def average(self) -> np.ndarray:
@@ -674,6 +682,31 @@ def correct_anisotropy(
     corrected, filtered = timed(
         "combine", restore_units, outputs, maps, inputs.mask, voxel_size, s, notes, weight
     )
+    share = None
+    if len(corrected) == 2 and weight.fsc3d_volume is not None and inputs.reference is None:
+        if s.network_only:
+            notes.append("--network-only: the measured-data step was skipped")
+        elif s.independent:
+            notes.append(
+                "independent networks: the measured-data step (which reads both halves) was "
+                "skipped to keep the halves independent"
+            )
+        else:
+            handover = (
+                s.limit_res if s.limit_res is not None else _kept_beyond(weight, voxel_size, s)
+            )
+            blend = timed(
+                "measured",
+                measured_data_step,
+                corrected,
+                inputs.halves,
+                inputs.mask,
+                weight.fsc3d_volume,
+                voxel_size,
+                handover,
+            )
+            notes.append(_measured_note(blend, voxel_size, corrected[0].shape[0]))
+            corrected, share = blend.maps, blend.network_weight
     timings["total"] = time.perf_counter() - t_start
     return CorrectionResult(
         corrected=corrected,
@@ -687,6 +720,61 @@ def correct_anisotropy(
         settings=s,
         models=nets.models,
         trust=trust_result,
+        network_share=share,
+    )
+
+
+def measured_data_step(
+    corrected: list[np.ndarray],
+    halves: list[np.ndarray],
+    mask: np.ndarray | None,
+    fsc3d_volume: np.ndarray,
+    voxel_size: float,
+    handover: float | None,
+):
+    """The measured data mixed back in where the two halves say they beat the network.
+
+    ``corrected``: both halves' corrected maps (after the hand-over at ``handover`` Å, the
+    3D FSC's limit or ``limit_res``; None: none); ``halves``: the raw halves. The mix
+    (:func:`spisonet.correction.measured.keep_measured_data`) runs over the directions
+    :func:`spisonet.weights.measured_weight` calls measured, and only where the hand-over
+    kept the network's output, so the original stays exactly as it was beyond the limit.
+    Returns the :class:`~spisonet.correction.measured.MeasuredBlend`.
+
+    Why: on some maps (the evaluation matrix's ``cftr-z`` ``top`` cell, RESULTS.md) the
+    network loses measured signal well inside the 3D FSC's limit, and only the two halves
+    can tell where without a truth.
+    """
+    from ..maps import _falloff_sphere_per_shell
+    from ..weights import measured_weight
+    from .measured import keep_measured_data
+
+    h1, h2 = halves
+    n = h1.shape[0]
+    within = None
+    if handover is not None:
+        within = _falloff_sphere_per_shell(n * voxel_size / handover, n // 2 + 1)
+    measured = measured_weight(fsc3d_volume, h1, h2, mask)
+    return keep_measured_data(corrected, [h1, h2], measured, mask, within=within)
+
+
+def _measured_note(blend, voxel_size: float, n: int) -> str:
+    """One line for the notes on what the measured-data step did."""
+    from ..fourier import shell_to_resolution
+
+    kept = blend.shells_with_data_kept
+    if not kept:
+        return (
+            "the half maps estimate the network at least as close to the truth as the "
+            "measured data in every shell: its output kept (mean share "
+            f"{float(np.mean(blend.network_weight[1:])):.2f} over the measured directions)"
+        )
+    return (
+        f"measured data kept over the network in {len(kept)} shell(s) between "
+        f"{shell_to_resolution(min(kept), n, voxel_size):.1f} and "
+        f"{shell_to_resolution(max(kept), n, voxel_size):.1f} Å (the network's share fell to "
+        f"{float(np.min(blend.network_weight)):.2f}): the half maps estimate the data to be "
+        "closer to the truth there (--network-only turns this off)"
     )
 
 

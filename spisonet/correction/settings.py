@@ -123,6 +123,14 @@ class CorrectionSettings:
         "with a 5-shell hand-over below the limit)",
         cli=("--correct-beyond-limit",),
     )
+    network_only: bool = setting(
+        False,
+        "Let the network's output stand where Fourier space was measured even where the half "
+        "maps say the data are better (default: per shell, over the measured directions, the "
+        "data are mixed back in by the half maps' own estimate of which is closer to the "
+        "truth)",
+        cli=("--network-only",),
+    )
     ref_resolution: float = setting(
         10.0,
         "With --reference: the reference's content below this resolution replaces the halves'",

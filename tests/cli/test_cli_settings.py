@@ -40,6 +40,7 @@ VALUES = {
     "amp": ("auto", "auto"),
     "limit_res": ("7.5", 7.5),
     "correct_beyond_limit": (None, True),
+    "network_only": (None, True),
     "ref_resolution": ("12", 12.0),
     "independent": (None, True),
     "fsc3d_cone_angle": ("15", 15.0),

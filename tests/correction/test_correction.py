@@ -135,8 +135,9 @@ def test_bad_inputs_fail_before_training(tmp_path) -> None:
 
 def test_paired_run_restores_units_and_uses_noise2noise() -> None:
     h1, h2 = _pair()
-    r = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny())
-    assert len(r.corrected) == 2 and r.filtered is None
+    # network_only: the measured-data step (tested below) mixes in the data, changing the std
+    r = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny(network_only=True))
+    assert len(r.corrected) == 2 and r.filtered is None and r.network_share is None
     for c, h in zip(r.corrected, (h1, h2), strict=True):
         assert c.shape == h.shape and c.dtype == np.float32
         assert c.mean() == pytest.approx(h.mean(), rel=1e-4)
@@ -147,6 +148,29 @@ def test_paired_run_restores_units_and_uses_noise2noise() -> None:
     assert r.weight.shape == (16, 16, 16) and r.weight.min() == 0 and r.weight.max() == 1
     assert set(r.timings) >= {"prepare", "fsc3d", "train", "predict", "total"}
     np.testing.assert_allclose(r.average, (r.corrected[0] + r.corrected[1]) / 2, rtol=1e-6)
+
+
+def test_measured_data_step_is_keep_measured_data_on_the_network_only_output() -> None:
+    """The default run equals the network-only run followed by measured_data_step at the
+    3D FSC's own limit (training is deterministic on the CPU); the step itself is tested in
+    test_measured_blend.py."""
+    from spisonet.correction.pipeline import measured_data_step
+    from spisonet.fsc3d import support_limit
+
+    h1, h2 = _pair()
+    fsc = _fsc3d()
+    alone = correct_anisotropy(h1, h2, fsc, MASK, APIX, _tiny(network_only=True))
+    mixed = correct_anisotropy(h1, h2, fsc, MASK, APIX, _tiny())
+    expect = measured_data_step(
+        alone.corrected, [h1, h2], MASK, fsc, APIX, support_limit(fsc, APIX)
+    )
+    for got, want in zip(mixed.corrected, expect.maps, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(mixed.network_share, expect.network_weight, atol=1e-6)
+    assert any("measured data" in n or "its output kept" in n for n in mixed.notes)
+    assert not np.allclose(mixed.corrected[0], alone.corrected[0], atol=1e-4)
+    single = correct_anisotropy(h1, None, fsc, MASK, APIX, _tiny())
+    assert single.network_share is None  # one map: no second half to judge by
 
 
 def test_limit_res_keeps_the_original_above_it() -> None:
@@ -160,7 +184,8 @@ def test_limit_res_keeps_the_original_above_it() -> None:
     fc, fo = np.fft.fftn(r.corrected[0])[high], np.fft.fftn(h1)[high]
     scale = np.vdot(fo, fc).real / np.vdot(fo, fo).real
     np.testing.assert_allclose(fc, scale * fo, atol=1e-3 * np.abs(fo).max())
-    assert r.corrected[0].std() == pytest.approx(h1.std(), rel=1e-4)
+    # units as the input's (exactly so without the measured-data step: test above)
+    assert r.corrected[0].std() == pytest.approx(h1.std(), rel=0.05)
     # the filtered map has (almost) nothing above limit_res + the 3-shell fall-off
     ff = np.fft.fftn(r.filtered[0])
     assert np.abs(ff[rad > N * APIX / limit + 3.5]).max() < 1e-3 * np.abs(ff).max()
@@ -182,7 +207,8 @@ def test_beyond_the_3d_fsc_limit_the_original_is_kept_unless_asked() -> None:
     fc = np.fft.fftn(kept.corrected[0])[beyond]
     scale = np.vdot(fo, fc).real / np.vdot(fo, fo).real
     np.testing.assert_allclose(fc, scale * fo, atol=1e-3 * np.abs(fo).max())
-    assert kept.corrected[0].std() == pytest.approx(h1.std(), rel=1e-4)
+    # units as the input's (exactly so without the measured-data step: test above)
+    assert kept.corrected[0].std() == pytest.approx(h1.std(), rel=0.05)
     free = correct_anisotropy(h1, h2, fsc, MASK, APIX, _tiny(correct_beyond_limit=True))
     assert not any("resolution limit" in n for n in free.notes)
     fc = np.fft.fftn(free.corrected[0])[beyond]
