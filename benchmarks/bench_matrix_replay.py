@@ -9,8 +9,10 @@ corrected half as the run produced it). For every cell the half maps are simulat
 (or read from ``--inputs``, as the RELION cells must be), and the corrected average is
 scored against the truth as it was and after
 :func:`spisonet.correction.pipeline.measured_data_step` (the measured data kept per shell
-where the half maps say the network is worse, over the measured directions), as
-``correct_anisotropy`` now does; for maps saved by a run without that step. Prints one
+where the half maps say the network lost measured signal, over the measured directions),
+as ``correct_anisotropy`` now does, and with that step made at every shell (no
+correlation margin); for maps saved by a run without the step (``--override
+network_only=true``). Prints one
 line per cell: worst-cone gain / worst global-shell drop @ shell,
 before and after, and the shells where the data were kept.
 """
@@ -60,25 +62,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
         volume = fsc3d(h1, h2, voxel_size=apix, mask=mask, cone_angle=10.0).volume
         limit = support_limit(volume, apix)  # the pipeline's hand-over (no limit_res here)
         blend = measured_data_step(halves, [h1, h2], mask, volume, apix, limit)
+        ungated = measured_data_step(halves, [h1, h2], mask, volume, apix, limit, margin=None)
+        free_s = score_correction(truth, raw, np.mean(ungated.maps, axis=0), mask)
         before_s = score_correction(truth, raw, np.mean(halves, axis=0), mask)
         after_s = score_correction(truth, raw, np.mean(blend.maps, axis=0), mask)
         row = {
             "name": cell.name,
             "before": (before_s.gain, before_s.max_global_drop, before_s.worst_drop_shell),
             "after": (after_s.gain, after_s.max_global_drop, after_s.worst_drop_shell),
-            "data_kept": blend.shells_with_data_kept,
+            "mixed_shells": np.flatnonzero(blend.network_weight < 1.0).tolist(),
+            "ungated": (free_s.gain, free_s.max_global_drop, free_s.worst_drop_shell),
         }
         rows.append(row)
-        b, a = row["before"], row["after"]
+        b, a, u = row["before"], row["after"], row["ungated"]
         print(
             f"  {cell.name}: before {b[0]:+.3f} / {b[1]:.3f}@{b[2]}, "
-            f"after {a[0]:+.3f} / {a[1]:.3f}@{a[2]}; data kept at shells "
-            f"{row['data_kept'] or 'none'}; α {np.round(blend.network_weight, 2).tolist()}",
+            f"after {a[0]:+.3f} / {a[1]:.3f}@{a[2]} (mixed at shells "
+            f"{row['mixed_shells'] or 'none'}); without the margin {u[0]:+.3f} / "
+            f"{u[1]:.3f}@{u[2]}",
             flush=True,
         )
     if rows:
-        worst = {k: max(r[k][1] for r in rows) for k in ("before", "after")}
-        print(f"worst global drop before {worst['before']:.3f}, after {worst['after']:.3f}")
+        worst = {k: max(r[k][1] for r in rows) for k in ("before", "after", "ungated")}
+        print(
+            f"worst global drop before {worst['before']:.3f}, after {worst['after']:.3f}, "
+            f"without the margin {worst['ungated']:.3f}"
+        )
     return rows
 
 

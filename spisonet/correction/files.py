@@ -161,10 +161,9 @@ def _report(
             "training": [t.to_dict() for t in result.train],
             "loss_history": result.histories,
             "trust_check": None if result.trust is None else result.trust.to_dict(),
-            # the network's share per Fourier shell over the measured directions (1: kept)
-            "network_share_per_shell": None
-            if result.network_share is None
-            else [round(float(a), 4) for a in result.network_share],
+            # per shell over the measured directions: the network's share (1: kept) and the
+            # halves' estimates of the network's and the raw map's correlation with the truth
+            "measured_check": result.measured_check,
             "outputs": {
                 "corrected": [str(p) for p in written["corrected"]],
                 "filtered": [str(p) for p in written["filtered"]],

@@ -28,7 +28,18 @@ import numpy as np
 from ..errors import MapMismatchError
 from ..fourier import fourier_blend, rfft_shells, shell_index
 
-__all__ = ["MeasuredBlend", "keep_measured_data", "network_weight_per_shell"]
+#: The mix is made at a shell only where the halves estimate the network's correlation with
+#: the truth this much below the raw map's (RESULTS.md, 2026-11-30 session 12: without it the
+#: MSE-optimal mix also replaced a network output that was only *rescaled*, 1.2× the raw
+#: amplitude with a higher correlation, and cost a `tilt:30` cell 0.16 of its cone gain).
+LOSS_MARGIN = 0.02
+
+__all__ = [
+    "MeasuredBlend",
+    "estimated_correlations",
+    "keep_measured_data",
+    "network_weight_per_shell",
+]
 
 
 @dataclass(frozen=True)
@@ -39,11 +50,17 @@ class MeasuredBlend:
     ----------
     maps : the blended maps, one per half, float32, (n, n, n).
     network_weight : (n//2 + 1,) α per shell in [0, 1] over the measured directions (1: the
-        network's output kept, 0: the measured data kept), as applied (after ``within``).
+        network's output kept, 0: the measured data kept), as applied (after ``margin``
+        and ``within``).
+    rho_network, rho_raw : (n//2 + 1,) the halves' estimate of the network's and the raw
+        map's correlation with the truth over the measured directions
+        (:func:`estimated_correlations`).
     """
 
     maps: list[np.ndarray]
     network_weight: np.ndarray
+    rho_network: np.ndarray | None = None
+    rho_raw: np.ndarray | None = None
 
     @property
     def shells_with_data_kept(self) -> list[int]:
@@ -55,6 +72,68 @@ def _half_grid(weight: np.ndarray) -> np.ndarray:
     """The rfftn half of an fftshift-ed (n, n, n) weight (float64)."""
     n = weight.shape[0]
     return np.fft.ifftshift(np.asarray(weight, dtype=np.float64))[:, :, : n // 2 + 1]
+
+
+def _shell_sums(
+    networks: tuple[np.ndarray, np.ndarray],
+    halves: tuple[np.ndarray, np.ndarray],
+    measured: np.ndarray,
+    mask: np.ndarray | None,
+    smooth: int,
+) -> dict[str, np.ndarray]:
+    """Per-shell inner products over the measured directions, pooled over ±``smooth``
+    shells: ``dh`` <D, H>, ``dd`` |D|², ``ht`` <H1, H2> (≈ <H, T> ≈ |T|²), ``ot``
+    ½(<O1, H2> + <O2, H1>) (≈ <O, T>), ``oo`` |O|², ``hh`` |H|² (O, H the averages)."""
+    o1, o2 = (np.asarray(a, dtype=np.float64) for a in networks)
+    h1, h2 = (np.asarray(a, dtype=np.float64) for a in halves)
+    n = h1.shape[0]
+    for a, name in ((o1, "network 1"), (o2, "network 2"), (h2, "half 2"), (measured, "measured")):
+        if np.shape(a) != h1.shape:
+            raise MapMismatchError(f"{name} has shape {np.shape(a)}; half 1 has {h1.shape}")
+    m = 1.0 if mask is None else np.asarray(mask, dtype=np.float64)
+    f_o1, f_o2, f_h1, f_h2 = (np.fft.rfftn(a * m) for a in (o1, o2, h1, h2))
+    f_h = 0.5 * (f_h1 + f_h2)
+    f_o = 0.5 * (f_o1 + f_o2)
+    f_d = f_h - f_o
+    shells, friedel = rfft_shells(n)
+    r = _half_grid(measured).clip(0.0, 1.0) * friedel
+    n_shells = n // 2 + 1
+    keep = shells < n_shells
+    kernel = np.ones(2 * smooth + 1)
+
+    def per_shell(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        v = np.real(a * np.conj(b))
+        total = np.bincount(shells[keep], weights=(r * v)[keep], minlength=n_shells)
+        return np.convolve(total, kernel, mode="same") if smooth > 0 else total
+
+    return {
+        "dh": per_shell(f_d, f_h),
+        "dd": per_shell(f_d, f_d),
+        "ht": per_shell(f_h1, f_h2),
+        "ot": 0.5 * (per_shell(f_o1, f_h2) + per_shell(f_o2, f_h1)),
+        "oo": per_shell(f_o, f_o),
+        "hh": per_shell(f_h, f_h),
+    }
+
+
+def _alpha(sums: dict[str, np.ndarray]) -> np.ndarray:
+    # α = <D, H − T>/|D|² with <D, H − T> = <D, H> − (<H, T> − <O, T>)
+    numerator = sums["dh"] - (sums["ht"] - sums["ot"])
+    denominator = sums["dd"]
+    tiny = 1e-12 * max(float(denominator.max(initial=0.0)), 1e-300)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alpha = np.where(denominator > tiny, numerator / denominator, 1.0)
+    return np.clip(alpha, 0.0, 1.0)
+
+
+def _correlations(sums: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    # corr(X, T) = <X, T> / (|X| |T|), |T|² ≈ <H1, H2>; NaN where the halves disagree
+    t2 = sums["ht"]
+    ok = (t2 > 0) & (sums["oo"] > 0) & (sums["hh"] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho_o = np.where(ok, sums["ot"] / np.sqrt(sums["oo"] * t2), np.nan)
+        rho_h = np.where(ok, t2 / np.sqrt(sums["hh"] * t2), np.nan)
+    return rho_o, rho_h
 
 
 def network_weight_per_shell(
@@ -81,37 +160,26 @@ def network_weight_per_shell(
     -------
     (n//2 + 1,) float64 in [0, 1]; 1 where a shell has no measured weight.
     """
-    o1, o2 = (np.asarray(a, dtype=np.float64) for a in networks)
-    h1, h2 = (np.asarray(a, dtype=np.float64) for a in halves)
-    n = h1.shape[0]
-    for a, name in ((o1, "network 1"), (o2, "network 2"), (h2, "half 2"), (measured, "measured")):
-        if np.shape(a) != h1.shape:
-            raise MapMismatchError(f"{name} has shape {np.shape(a)}; half 1 has {h1.shape}")
-    m = 1.0 if mask is None else np.asarray(mask, dtype=np.float64)
-    f_o1, f_o2, f_h1, f_h2 = (np.fft.rfftn(a * m) for a in (o1, o2, h1, h2))
-    f_h = 0.5 * (f_h1 + f_h2)
-    f_d = f_h - 0.5 * (f_o1 + f_o2)
-    h_t = np.real(f_h1 * np.conj(f_h2))
-    o_t = 0.5 * np.real(f_o1 * np.conj(f_h2) + f_o2 * np.conj(f_h1))
-    shells, friedel = rfft_shells(n)
-    r = _half_grid(measured).clip(0.0, 1.0) * friedel
-    n_shells = n // 2 + 1
-    keep = shells < n_shells
+    return _alpha(_shell_sums(networks, halves, measured, mask, smooth))
 
-    def per_shell(values: np.ndarray) -> np.ndarray:
-        return np.bincount(shells[keep], weights=(r * values)[keep], minlength=n_shells)
 
-    # <D, H − T> = <D, H> − (<H, T> − <O, T>)
-    numerator = per_shell(np.real(f_d * np.conj(f_h))) - per_shell(h_t - o_t)
-    denominator = per_shell(np.abs(f_d) ** 2)
-    if smooth > 0:
-        kernel = np.ones(2 * smooth + 1)
-        numerator = np.convolve(numerator, kernel, mode="same")
-        denominator = np.convolve(denominator, kernel, mode="same")
-    tiny = 1e-12 * max(float(denominator.max(initial=0.0)), 1e-300)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        alpha = np.where(denominator > tiny, numerator / denominator, 1.0)
-    return np.clip(alpha, 0.0, 1.0)
+def estimated_correlations(
+    networks: tuple[np.ndarray, np.ndarray],
+    halves: tuple[np.ndarray, np.ndarray],
+    measured: np.ndarray,
+    mask: np.ndarray | None = None,
+    smooth: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The half maps' estimate of each map's correlation with the truth, per shell.
+
+    Over the measured directions (weights ``measured``): the network's average O and the
+    raw average H, ``corr(X, T) = <X, T> / (|X| |T|)`` with ``|T|² ≈ <H1, H2>``,
+    ``<H, T> ≈ <H1, H2>``, ``<O, T> ≈ ½(<O1, H2> + <O2, H1>)``. Unlike α this ignores
+    amplitude: a network whose output is the truth at 1.2× its scale scores 1, not worse.
+    Returns ``(network, raw)``, each (n//2 + 1,), NaN where the halves do not agree.
+    Arguments as :func:`network_weight_per_shell`.
+    """
+    return _correlations(_shell_sums(networks, halves, measured, mask, smooth))
 
 
 def keep_measured_data(
@@ -121,23 +189,42 @@ def keep_measured_data(
     mask: np.ndarray | None = None,
     smooth: int = 1,
     within: np.ndarray | None = None,
+    fill_scale: np.ndarray | None = None,
+    margin: float | None = LOSS_MARGIN,
 ) -> MeasuredBlend:
     """Each half's network output with the raw half mixed back in where the data are better.
 
     ``map_i = O_i + within[shell] · measured · (1 − α[shell]) · (H_i − O_i)`` in Fourier
     space, α from :func:`network_weight_per_shell`; the average of the two results is the
-    α-mix of the averages. ``within``: (n//2 + 1,) per-shell factor in [0, 1] limiting where
-    the mix applies (e.g. 0 beyond a hand-over to the original map); None: everywhere.
-    Other arguments as there (two halves and two network outputs).
+    α-mix of the averages. ``margin``: the mix is made only at shells where the halves
+    estimate the network's correlation with the truth (over the measured directions,
+    :func:`estimated_correlations`) more than ``margin`` below the raw map's — where it
+    *lost* measured signal, not merely rescaled it; None: at every shell.
+    ``within``: (n//2 + 1,) per-shell factor in [0, 1] limiting where the mix applies (e.g.
+    0 beyond a hand-over to the original map); None: everywhere. ``fill_scale``:
+    (n//2 + 1,) the network's share g in the *unmeasured* directions (the trust check's
+    :attr:`~spisonet.correction.trust.TrustCheck.fill_scale`): there
+    ``(1 − measured) · (1 − g[shell])`` of the raw half is mixed in; None: the network's
+    fill is kept as it is. Other arguments as :func:`network_weight_per_shell` (two halves
+    and two network outputs).
     """
     if len(networks) != 2 or len(halves) != 2:
         raise MapMismatchError("keep_measured_data needs two half maps and two network outputs")
-    alpha = network_weight_per_shell(
-        (networks[0], networks[1]), (halves[0], halves[1]), measured, mask, smooth
-    )
     n = halves[0].shape[0]
+    sums = _shell_sums((networks[0], networks[1]), (halves[0], halves[1]), measured, mask, smooth)
+    alpha = _alpha(sums)
+    rho_o, rho_h = _correlations(sums)
+    if margin is not None:
+        lost = np.nan_to_num(rho_h - rho_o, nan=0.0) > margin
+        alpha = np.where(lost, alpha, 1.0)
     shells = np.minimum(shell_index(n), n // 2)
-    weight = np.clip(np.asarray(measured, dtype=np.float64), 0.0, 1.0) * (1.0 - alpha[shells])
+    m = np.clip(np.asarray(measured, dtype=np.float64), 0.0, 1.0)
+    weight = m * (1.0 - alpha[shells])
+    if fill_scale is not None:
+        g = np.clip(np.asarray(fill_scale, dtype=np.float64), 0.0, 1.0)
+        if g.shape != (n // 2 + 1,):
+            raise MapMismatchError(f"fill_scale has shape {g.shape}; expected ({n // 2 + 1},)")
+        weight = weight + (1.0 - m) * (1.0 - g[shells])
     weight = np.where(shell_index(n) > n // 2, 0.0, weight)  # corners: no estimate, network
     if within is not None:
         cap = np.clip(np.asarray(within, dtype=np.float64), 0.0, 1.0)
@@ -146,4 +233,4 @@ def keep_measured_data(
         weight = weight * cap[shells]
         alpha = 1.0 - cap * (1.0 - alpha)  # the share actually left to the network
     maps = [fourier_blend(o, h, weight) for o, h in zip(networks, halves, strict=True)]
-    return MeasuredBlend(maps, alpha)
+    return MeasuredBlend(maps, alpha, rho_o, rho_h)

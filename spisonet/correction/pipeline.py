@@ -59,6 +59,7 @@ from ..errors import (
 from ..fourier import frequency_radius, lowpass
 from ..progress import Progress, relabel, report
 from ..weights import power_presence
+from .measured import LOSS_MARGIN
 from .settings import PRESETS, CorrectionSettings
 
 __all__ = [
@@ -141,9 +142,10 @@ class CorrectionResult:
     models : the trained networks (torch modules), one or two.
     trust : the :class:`spisonet.correction.trust.TrustCheck` of the (first) network;
         None when it was not run (``trust=False``, or W = 1).
-    network_share : (n//2 + 1,) the network's share α per shell over the measured
-        directions (1: its output kept, 0: the measured data kept); None when the
-        measured-data step did not run.
+    measured_check : what the measured-data step saw, per shell (lists, JSON-ready):
+        ``network_share`` α over the measured directions (1: the network's output kept, 0:
+        the measured data kept) and the halves' estimates ``rho_network`` / ``rho_raw`` of
+        each map's correlation with the truth there; None when the step did not run.
     """
 
     corrected: list[np.ndarray]
@@ -157,7 +159,7 @@ class CorrectionResult:
     settings: CorrectionSettings
     models: list[Any] = field(default_factory=list)
     trust: Any = None
-    network_share: np.ndarray | None = None
+    measured_check: dict[str, list[float | None]] | None = None
 
     @property
     def average(self) -> np.ndarray:
@@ -682,7 +684,7 @@ def correct_anisotropy(
     corrected, filtered = timed(
         "combine", restore_units, outputs, maps, inputs.mask, voxel_size, s, notes, weight
     )
-    share = None
+    check = None
     if len(corrected) == 2 and weight.fsc3d_volume is not None and inputs.reference is None:
         if s.network_only:
             notes.append("--network-only: the measured-data step was skipped")
@@ -706,7 +708,7 @@ def correct_anisotropy(
                 handover,
             )
             notes.append(_measured_note(blend, voxel_size, corrected[0].shape[0]))
-            corrected, share = blend.maps, blend.network_weight
+            corrected, check = blend.maps, _check_of(blend)
     timings["total"] = time.perf_counter() - t_start
     return CorrectionResult(
         corrected=corrected,
@@ -720,7 +722,7 @@ def correct_anisotropy(
         settings=s,
         models=nets.models,
         trust=trust_result,
-        network_share=share,
+        measured_check=check,
     )
 
 
@@ -731,6 +733,7 @@ def measured_data_step(
     fsc3d_volume: np.ndarray,
     voxel_size: float,
     handover: float | None,
+    margin: float | None = LOSS_MARGIN,
 ):
     """The measured data mixed back in where the two halves say they beat the network.
 
@@ -738,8 +741,9 @@ def measured_data_step(
     3D FSC's limit or ``limit_res``; None: none); ``halves``: the raw halves. The mix
     (:func:`spisonet.correction.measured.keep_measured_data`) runs over the directions
     :func:`spisonet.weights.measured_weight` calls measured, and only where the hand-over
-    kept the network's output, so the original stays exactly as it was beyond the limit.
-    Returns the :class:`~spisonet.correction.measured.MeasuredBlend`.
+    kept the network's output, so the original stays exactly as it was beyond the limit;
+    ``margin`` as there (None: the mix at every shell). Returns the
+    :class:`~spisonet.correction.measured.MeasuredBlend`.
 
     Why: on some maps (the evaluation matrix's ``cftr-z`` ``top`` cell, RESULTS.md) the
     network loses measured signal well inside the 3D FSC's limit, and only the two halves
@@ -755,26 +759,42 @@ def measured_data_step(
     if handover is not None:
         within = _falloff_sphere_per_shell(n * voxel_size / handover, n // 2 + 1)
     measured = measured_weight(fsc3d_volume, h1, h2, mask)
-    return keep_measured_data(corrected, [h1, h2], measured, mask, within=within)
+    return keep_measured_data(corrected, [h1, h2], measured, mask, within=within, margin=margin)
+
+
+def _check_of(blend) -> dict[str, list[float | None]]:
+    """The per-shell figures of a measured-data step, rounded, NaN as None (JSON)."""
+
+    def column(values) -> list[float | None]:
+        return [None if not np.isfinite(v) else round(float(v), 4) for v in values]
+
+    return {
+        "network_share": column(blend.network_weight),
+        "rho_network": column(blend.rho_network),
+        "rho_raw": column(blend.rho_raw),
+    }
 
 
 def _measured_note(blend, voxel_size: float, n: int) -> str:
     """One line for the notes on what the measured-data step did."""
     from ..fourier import shell_to_resolution
+    from .measured import LOSS_MARGIN
 
-    kept = blend.shells_with_data_kept
-    if not kept:
+    mixed = np.flatnonzero(blend.network_weight < 1.0)
+    if mixed.size == 0:
         return (
-            "the half maps estimate the network at least as close to the truth as the "
-            "measured data in every shell: its output kept (mean share "
-            f"{float(np.mean(blend.network_weight[1:])):.2f} over the measured directions)"
+            "measured-data check: in no shell did the network lose measured signal (the "
+            "half maps estimate its correlation with the truth over the measured directions "
+            f"within {LOSS_MARGIN:g} of the raw map's, or above): its output kept"
         )
+    loss = float(np.nanmax((blend.rho_raw - blend.rho_network)[mixed]))
     return (
-        f"measured data kept over the network in {len(kept)} shell(s) between "
-        f"{shell_to_resolution(min(kept), n, voxel_size):.1f} and "
-        f"{shell_to_resolution(max(kept), n, voxel_size):.1f} Å (the network's share fell to "
-        f"{float(np.min(blend.network_weight)):.2f}): the half maps estimate the data to be "
-        "closer to the truth there (--network-only turns this off)"
+        f"measured-data check: the network lost measured signal in {mixed.size} shell(s) "
+        f"between {shell_to_resolution(mixed.min(), n, voxel_size):.1f} and "
+        f"{shell_to_resolution(mixed.max(), n, voxel_size):.1f} Å (estimated correlation with "
+        f"the truth up to {loss:.2f} below the raw map's); the measured data were mixed back "
+        f"in there (the network's share down to {float(blend.network_weight.min()):.2f}; "
+        "--network-only turns this off)"
     )
 
 

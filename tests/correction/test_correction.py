@@ -137,7 +137,7 @@ def test_paired_run_restores_units_and_uses_noise2noise() -> None:
     h1, h2 = _pair()
     # network_only: the measured-data step (tested below) mixes in the data, changing the std
     r = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny(network_only=True))
-    assert len(r.corrected) == 2 and r.filtered is None and r.network_share is None
+    assert len(r.corrected) == 2 and r.filtered is None and r.measured_check is None
     for c, h in zip(r.corrected, (h1, h2), strict=True):
         assert c.shape == h.shape and c.dtype == np.float32
         assert c.mean() == pytest.approx(h.mean(), rel=1e-4)
@@ -166,11 +166,13 @@ def test_measured_data_step_is_keep_measured_data_on_the_network_only_output() -
     )
     for got, want in zip(mixed.corrected, expect.maps, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
-    np.testing.assert_allclose(mixed.network_share, expect.network_weight, atol=1e-6)
+    np.testing.assert_allclose(
+        mixed.measured_check["network_share"], expect.network_weight, atol=1e-4
+    )
     assert any("measured data" in n or "its output kept" in n for n in mixed.notes)
     assert not np.allclose(mixed.corrected[0], alone.corrected[0], atol=1e-4)
     single = correct_anisotropy(h1, None, fsc, MASK, APIX, _tiny())
-    assert single.network_share is None  # one map: no second half to judge by
+    assert single.measured_check is None  # one map: no second half to judge by
 
 
 def test_limit_res_keeps_the_original_above_it() -> None:

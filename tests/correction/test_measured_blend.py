@@ -147,8 +147,8 @@ def test_within_limits_the_mix_to_its_shells():
     h1, h2, o1, o2 = (_smooth_random(n, rng, 0.7) for _ in range(4))
     measured = np.ones((n, n, n))
     within = (np.arange(n // 2 + 1) < 5).astype(float)
-    capped = keep_measured_data([o1, o2], [h1, h2], measured, None, within=within)
-    free = keep_measured_data([o1, o2], [h1, h2], measured, None)
+    capped = keep_measured_data([o1, o2], [h1, h2], measured, None, within=within, margin=None)
+    free = keep_measured_data([o1, o2], [h1, h2], measured, None, margin=None)
     k = np.sqrt(sum(g**2 for g in np.meshgrid(*[np.fft.fftfreq(n, 1 / n)] * 3, indexing="ij")))
     high, low = np.rint(k) >= 5, np.rint(k) < 5
     for c, f, o in zip(capped.maps, free.maps, (o1, o2), strict=True):
@@ -157,3 +157,36 @@ def test_within_limits_the_mix_to_its_shells():
     assert np.all(capped.network_weight[5:] == 1.0)
     np.testing.assert_allclose(capped.network_weight[:5], free.network_weight[:5])
     assert np.any(free.network_weight[5:] < 1.0)  # without the cap those shells were mixed
+
+
+def test_a_rescaled_but_better_network_is_kept_and_its_correlations_are_estimated():
+    """The network returns the truth at 1.2× plus a little noise: closer in correlation than
+    the raw halves, farther in squared error. The ungated MSE mix pulls in the data; the
+    default (the correlation margin) keeps the network, and the estimated correlations
+    follow the true ones."""
+    rng = np.random.default_rng(4)
+    n = 24
+    truth = _smooth_random(n, rng, 1.0)
+    s = truth.std()
+    h1, h2 = (truth + 0.5 * s * rng.standard_normal(truth.shape) for _ in range(2))
+    o1, o2 = (1.2 * truth + 0.1 * s * rng.standard_normal(truth.shape) for _ in range(2))
+    measured = np.ones((n, n, n))
+    gated = keep_measured_data([o1, o2], [h1, h2], measured, None)
+    free = keep_measured_data([o1, o2], [h1, h2], measured, None, margin=None)
+    assert np.all(gated.network_weight == 1.0)
+    np.testing.assert_allclose(gated.maps[0], o1, atol=1e-5)
+    assert np.min(free.network_weight[2:10]) < 0.9  # amplitude alone made the MSE mix act
+
+    def true_corr(x):
+        fx, ft = np.fft.fftn(x), np.fft.fftn(truth)
+        k = np.sqrt(sum(g**2 for g in np.meshgrid(*[np.fft.fftfreq(n, 1 / n)] * 3, indexing="ij")))
+        out = []
+        for shell in range(n // 2 + 1):
+            sel = np.abs(np.rint(k) - shell) <= 1  # pooled like smooth=1
+            a, b = fx[sel], ft[sel]
+            out.append(np.vdot(a, b).real / np.sqrt(np.vdot(a, a).real * np.vdot(b, b).real))
+        return np.array(out)
+
+    band = slice(2, 9)
+    np.testing.assert_allclose(gated.rho_network[band], true_corr((o1 + o2) / 2)[band], atol=0.05)
+    np.testing.assert_allclose(gated.rho_raw[band], true_corr((h1 + h2) / 2)[band], atol=0.05)
