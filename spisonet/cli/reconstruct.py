@@ -200,7 +200,8 @@ def _print_summary(console: Console, outputs: ReconstructOutputs) -> None:
         score = "n/a" if res.trust.score is None else f"{round(100 * res.trust.score)} %"
         line = f"trust check: {score} ({res.trust.verdict})"
         console.print(f"  [bold {colour}]{line}[/] — {res.trust.message}" if colour else line)
-    extra = [p for p in (outputs.trust_figure, outputs.fsc3d) if p is not None]
+    figures = (outputs.trust_figure, outputs.measured_figure, outputs.fsc3d)
+    extra = [p for p in figures if p is not None]
     for p in [*outputs.corrected, *outputs.filtered, *outputs.models, *outputs.losses, *extra]:
         console.print(f"  wrote {p}")
     console.print(f"  wrote {outputs.report} (settings, decisions and timings)")

@@ -19,7 +19,7 @@ from .._outputs import check_output_dir
 from ..errors import MapMismatchError
 from ..io import Map, check_half_maps, check_mask, read_map, write_map
 from ..progress import Progress
-from ..report import loss_figure, trust_figure, write_json
+from ..report import loss_figure, measured_check_figure, trust_figure, write_json
 from .pipeline import CorrectionResult, correct_anisotropy
 from .settings import PRESETS, CorrectionSettings
 
@@ -38,6 +38,7 @@ class ReconstructOutputs:
     result: CorrectionResult
     trust_figure: Path | None = None
     fsc3d: Path | None = None  # FSC3D.mrc, when computed here (no aniso_file given)
+    measured_figure: Path | None = None  # measured_check.png (two halves, a 3D FSC)
 
 
 def _base(path: str | os.PathLike) -> str:
@@ -129,6 +130,12 @@ def _write_maps_and_figures(
     if result.trust is not None:
         written["trust_figure"] = out / "trust.png"
         trust_figure(result.trust, m1.voxel_size, m1.box, written["trust_figure"])
+    written["measured_figure"] = None
+    if result.measured_check is not None:
+        written["measured_figure"] = out / "measured_check.png"
+        measured_check_figure(
+            result.measured_check, m1.voxel_size, m1.box, written["measured_figure"]
+        )
     return written
 
 
@@ -170,6 +177,7 @@ def _report(
                 "models": [str(p) for p in models],
                 "loss_figures": [str(p) for p in written["losses"]],
                 "trust_figure": text(written["trust_figure"]),
+                "measured_check_figure": text(written["measured_figure"]),
                 "fsc3d": text(written["fsc3d"]),
             },
         },
@@ -260,4 +268,5 @@ def reconstruct(
         result=result,
         trust_figure=written["trust_figure"],
         fsc3d=written["fsc3d"],
+        measured_figure=written["measured_figure"],
     )

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from ._plot import _resolution_axis as _resolution_axis
 from .before_after import FSC_THRESHOLD_LABELS, before_after_figure
-from .correction import LOSS_CAPTION, LOSS_LABELS, loss_figure, trust_figure
+from .correction import (
+    LOSS_CAPTION,
+    LOSS_LABELS,
+    loss_figure,
+    measured_check_figure,
+    trust_figure,
+)
 from .json_file import write_json
 from .resolution import _summary_text as _summary_text
 from .resolution import anisotropy_figure, fsc_figure
@@ -30,6 +36,7 @@ __all__ = [
     "before_after_figure",
     "fsc_figure",
     "loss_figure",
+    "measured_check_figure",
     "sampling_figure",
     "trust_figure",
     "write_json",

@@ -18,7 +18,13 @@ from ._plot import _new_figure, _resolution_axis, _save
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["LOSS_CAPTION", "LOSS_LABELS", "loss_figure", "trust_figure"]
+__all__ = [
+    "LOSS_CAPTION",
+    "LOSS_LABELS",
+    "loss_figure",
+    "measured_check_figure",
+    "trust_figure",
+]
 
 
 #: Plain-words legend labels of the training-loss parts (keys of the loss history).
@@ -117,4 +123,46 @@ def trust_figure(trust: Any, voxel_size: float, box: int, path: str | os.PathLik
     ax.set_title(f"trust check: {score} recovered ({trust.verdict})", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
+    _save(fig, path)
+
+
+def measured_check_figure(
+    check: dict[str, list[float | None]], voxel_size: float, box: int, path: str | os.PathLike
+) -> None:
+    """The measured-data check (``CorrectionResult.measured_check``) as a PNG.
+
+    Per shell, over the measured directions: the half maps' estimate of the network's and
+    of the raw map's correlation with the truth, and the network's share of the final map
+    there (1: its output kept); the shells where the data were mixed back in are shaded.
+    """
+
+    def column(key: str) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in check[key]], dtype=np.float64)
+
+    share, rho_o, rho_h = column("network_share"), column("rho_network"), column("rho_raw")
+    shells = np.arange(len(share))
+    freq = shells / (box * voxel_size)
+    fig = _new_figure(7.5, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    ok = shells >= 1
+    ax.plot(freq[ok], rho_h[ok], "-", color="grey", label="raw map (estimated)")
+    ax.plot(freq[ok], rho_o[ok], "-", color="tab:blue", label="network (estimated)")
+    ax.plot(freq[ok], share[ok], ":", color="tab:orange", label="network's share kept")
+    mixed = ok & (share < 1.0)
+    for f in freq[mixed]:
+        ax.axvspan(f - 0.5 / (box * voxel_size), f + 0.5 / (box * voxel_size),
+                   color="tab:red", alpha=0.08, lw=0)  # fmt: skip
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("correlation with the truth / share")
+    _resolution_axis(ax)
+    n_mixed = int(mixed.sum())
+    ax.set_title(
+        f"measured-data check: data mixed back in at {n_mixed} shell(s)"
+        if n_mixed
+        else "measured-data check: the network's output kept everywhere",
+        fontsize=11,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
     _save(fig, path)

@@ -297,17 +297,24 @@ def test_reconstruct_files_resume_and_pretrained(tmp_path) -> None:
         "corrected_h1.mrc",
         "corrected_h2.mrc",
         "loss_h1.png",
+        "measured_check.png",
         "model_h1.pt",
         "reconstruct.json",
         "trust.png",
     ]
     assert full.trust_figure == tmp_path / "a" / "trust.png"
+    assert full.measured_figure == tmp_path / "a" / "measured_check.png"
     m = read_map(full.corrected[0])
     assert m.voxel_size == pytest.approx(APIX)
     report = json.loads(full.report.read_text())
     assert report["settings"]["preset"] == "tiny" and report["settings"]["epochs"] == 2
     assert report["inputs"]["box"] == N and report["timings_s"]["train"] > 0
     assert len(report["loss_history"][0]["total"]) == 2
+    check = report["measured_check"]
+    assert set(check) == {"network_share", "rho_network", "rho_raw"}
+    assert all(len(v) == N // 2 + 1 for v in check.values())
+    assert all(0 <= a <= 1 for a in check["network_share"])
+    assert report["outputs"]["measured_check_figure"].endswith("measured_check.png")
     trust = report["trust_check"]
     assert trust["verdict"] in ("good", "partial", "low", "not applicable")
     assert len(trust["recovery"]) == N // 2 + 1 and report["outputs"]["trust_figure"]
