@@ -740,7 +740,8 @@ def measured_data_step(
     ``corrected``: both halves' corrected maps (after the hand-over at ``handover`` Å, the
     3D FSC's limit or ``limit_res``; None: none); ``halves``: the raw halves. The mix
     (:func:`spisonet.correction.measured.keep_measured_data`) runs over the directions
-    :func:`spisonet.weights.measured_weight` calls measured, and only where the hand-over
+    :func:`spisonet.weights.measured_weight` calls measured (weighted by its square), and
+    only where the hand-over
     kept the network's output, so the original stays exactly as it was beyond the limit;
     ``margin`` as there (None: the mix at every shell). Returns the
     :class:`~spisonet.correction.measured.MeasuredBlend`.
@@ -758,7 +759,10 @@ def measured_data_step(
     within = None
     if handover is not None:
         within = _falloff_sphere_per_shell(n * voxel_size / handover, n // 2 + 1)
-    measured = measured_weight(fsc3d_volume, h1, h2, mask)
+    # squared: the mix stays in the well-measured directions and leaves the missing cone's
+    # rim (0 < w < 1) to the network; under a mask the rim's content leaks into the cone
+    # (RESULTS.md, session 12: the cftr-z top cell kept +0.064 of cone gain instead of +0.042)
+    measured = measured_weight(fsc3d_volume, h1, h2, mask) ** 2
     return keep_measured_data(corrected, [h1, h2], measured, mask, within=within, margin=margin)
 
 
