@@ -273,8 +273,6 @@ def run_cell(
             extra = {"trust_recovery": trust.recovery, "trust_shells": trust.shells_scored}
             if trust.data_fsc is not None:
                 extra["trust_data_fsc"] = trust.data_fsc
-            if trust.fill_scale is not None:
-                extra["trust_fill_scale"] = trust.fill_scale
         np.savez_compressed(
             Path(save_maps) / f"{cell.name}.npz",
             corrected=result.average.astype(np.float32),

@@ -189,7 +189,6 @@ def keep_measured_data(
     mask: np.ndarray | None = None,
     smooth: int = 1,
     within: np.ndarray | None = None,
-    fill_scale: np.ndarray | None = None,
     margin: float | None = LOSS_MARGIN,
 ) -> MeasuredBlend:
     """Each half's network output with the raw half mixed back in where the data are better.
@@ -201,12 +200,8 @@ def keep_measured_data(
     :func:`estimated_correlations`) more than ``margin`` below the raw map's — where it
     *lost* measured signal, not merely rescaled it; None: at every shell.
     ``within``: (n//2 + 1,) per-shell factor in [0, 1] limiting where the mix applies (e.g.
-    0 beyond a hand-over to the original map); None: everywhere. ``fill_scale``:
-    (n//2 + 1,) the network's share g in the *unmeasured* directions (the trust check's
-    :attr:`~spisonet.correction.trust.TrustCheck.fill_scale`): there
-    ``(1 − measured) · (1 − g[shell])`` of the raw half is mixed in; None: the network's
-    fill is kept as it is. Other arguments as :func:`network_weight_per_shell` (two halves
-    and two network outputs).
+    0 beyond a hand-over to the original map); None: everywhere. Other arguments as
+    :func:`network_weight_per_shell` (two halves and two network outputs).
     """
     if len(networks) != 2 or len(halves) != 2:
         raise MapMismatchError("keep_measured_data needs two half maps and two network outputs")
@@ -220,11 +215,6 @@ def keep_measured_data(
     shells = np.minimum(shell_index(n), n // 2)
     m = np.clip(np.asarray(measured, dtype=np.float64), 0.0, 1.0)
     weight = m * (1.0 - alpha[shells])
-    if fill_scale is not None:
-        g = np.clip(np.asarray(fill_scale, dtype=np.float64), 0.0, 1.0)
-        if g.shape != (n // 2 + 1,):
-            raise MapMismatchError(f"fill_scale has shape {g.shape}; expected ({n // 2 + 1},)")
-        weight = weight + (1.0 - m) * (1.0 - g[shells])
     weight = np.where(shell_index(n) > n // 2, 0.0, weight)  # corners: no estimate, network
     if within is not None:
         cap = np.clip(np.asarray(within, dtype=np.float64), 0.0, 1.0)

@@ -131,10 +131,6 @@ class TrustCheck:
         when nothing measured could be hidden.
     verdict : ``"good"``, ``"partial"``, ``"low"`` or ``"not applicable"``.
     message : one sentence for the user.
-    fill_scale : per shell, the scale of the network's addition that best matches the
-        hidden signal, ``Re Σ h A ((1 − W) Y₂)* / Σ h |A|²`` (least squares), pooled over
-        shells s − 1 … s + 1 and clipped to [0, 1]; 1 where the network added nothing.
-        None (the default) for a result built without it.
     """
 
     rotation: int
@@ -145,7 +141,6 @@ class TrustCheck:
     score: float | None
     verdict: str
     message: str
-    fill_scale: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict."""
@@ -162,7 +157,6 @@ class TrustCheck:
             "shells_scored": [int(s) for s in self.shells_scored],
             "recovery": arr(self.recovery),
             "data_fsc": arr(self.data_fsc),
-            "fill_scale": arr(self.fill_scale),
         }
 
 
@@ -267,13 +261,7 @@ def trust_check(
     if fraction >= MIN_HIDDEN_FRACTION and shells.size:
         score = float(numer[shells].sum() / denom[shells].sum())
     verdict, message = _verdict(score)
-    kernel = np.ones(3)
-    pooled_numer = np.convolve(numer, kernel, mode="same")
-    pooled_power = np.convolve(_shell_cross(added, added, hh, n), kernel, mode="same")
-    fill_scale = np.ones(n // 2 + 1)
-    np.divide(pooled_numer, pooled_power, out=fill_scale, where=pooled_power > 0)
     return TrustCheck(
-        fill_scale=np.clip(fill_scale, 0.0, 1.0),
         rotation=int(rotation),
         hidden_fraction=float(fraction),
         recovery=recovery,
