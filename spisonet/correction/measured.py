@@ -36,7 +36,6 @@ LOSS_MARGIN = 0.02
 
 __all__ = [
     "MeasuredBlend",
-    "estimated_correlations",
     "keep_measured_data",
     "network_weight_per_shell",
 ]
@@ -53,8 +52,8 @@ class MeasuredBlend:
         network's output kept, 0: the measured data kept), as applied (after ``margin``
         and ``within``).
     rho_network, rho_raw : (n//2 + 1,) the halves' estimate of the network's and the raw
-        map's correlation with the truth over the measured directions
-        (:func:`estimated_correlations`).
+        map's correlation with the truth over the measured directions, NaN where the
+        halves do not agree.
     """
 
     maps: list[np.ndarray]
@@ -163,25 +162,6 @@ def network_weight_per_shell(
     return _alpha(_shell_sums(networks, halves, measured, mask, smooth))
 
 
-def estimated_correlations(
-    networks: tuple[np.ndarray, np.ndarray],
-    halves: tuple[np.ndarray, np.ndarray],
-    measured: np.ndarray,
-    mask: np.ndarray | None = None,
-    smooth: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The half maps' estimate of each map's correlation with the truth, per shell.
-
-    Over the measured directions (weights ``measured``): the network's average O and the
-    raw average H, ``corr(X, T) = <X, T> / (|X| |T|)`` with ``|T|² ≈ <H1, H2>``,
-    ``<H, T> ≈ <H1, H2>``, ``<O, T> ≈ ½(<O1, H2> + <O2, H1>)``. Unlike α this ignores
-    amplitude: a network whose output is the truth at 1.2× its scale scores 1, not worse.
-    Returns ``(network, raw)``, each (n//2 + 1,), NaN where the halves do not agree.
-    Arguments as :func:`network_weight_per_shell`.
-    """
-    return _correlations(_shell_sums(networks, halves, measured, mask, smooth))
-
-
 def keep_measured_data(
     networks: list[np.ndarray],
     halves: list[np.ndarray],
@@ -197,7 +177,8 @@ def keep_measured_data(
     space, α from :func:`network_weight_per_shell`; the average of the two results is the
     α-mix of the averages. ``margin``: the mix is made only at shells where the halves
     estimate the network's correlation with the truth (over the measured directions,
-    :func:`estimated_correlations`) more than ``margin`` below the raw map's — where it
+    ``<X, T> / (|X| |T|)`` from the same estimates; amplitude does not count) more than
+    ``margin`` below the raw map's — where it
     *lost* measured signal, not merely rescaled it; None: at every shell.
     ``within``: (n//2 + 1,) per-shell factor in [0, 1] limiting where the mix applies (e.g.
     0 beyond a hand-over to the original map); None: everywhere. Other arguments as
