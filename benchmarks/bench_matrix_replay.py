@@ -12,9 +12,8 @@ scored against the truth as it was and after
 where the half maps say the network lost measured signal, over the measured directions),
 as ``correct_anisotropy`` now does, and with that step made at every shell (no
 correlation margin); for maps saved by a run without the step (``--override
-network_only=true``). Prints one
-line per cell: worst-cone gain / worst global-shell drop @ shell,
-before and after, and the shells where the data were kept.
+network_only=true``). Prints one line per cell: worst-cone gain / worst global-shell drop @
+shell before, after and without the margin, and the shells where the data were mixed in.
 """
 
 from __future__ import annotations

@@ -13,9 +13,11 @@ import numpy as np
 __all__ = [
     "fourier_blend",
     "frequency_radius",
+    "half_grid",
     "lowpass",
     "resolution_to_shell",
     "rfft_shells",
+    "shell_cross",
     "shell_index",
     "shell_to_resolution",
     "soft_sphere",
@@ -86,7 +88,6 @@ def fourier_blend(base: np.ndarray, replacement: np.ndarray, weight: np.ndarray)
     ``base``'s. ``weight`` must be centrosymmetric (as a 3D FSC is) for the result to be
     the exact real map of that mix; only its half (rfft) part is read. Returns float32.
     """
-    n = base.shape[0]
     if base.shape != replacement.shape or weight.shape != base.shape or base.ndim != 3:
         from .errors import MapShapeError
 
@@ -94,9 +95,7 @@ def fourier_blend(base: np.ndarray, replacement: np.ndarray, weight: np.ndarray)
             f"fourier_blend needs three (n, n, n) arrays of one shape; got {base.shape}, "
             f"{replacement.shape} and {weight.shape}"
         )
-    w = np.clip(np.fft.ifftshift(np.asarray(weight, dtype=np.float64)), 0.0, 1.0)[
-        :, :, : n // 2 + 1
-    ]
+    w = np.clip(half_grid(weight), 0.0, 1.0)
     fb = np.fft.rfftn(np.asarray(base, dtype=np.float64))
     fr = np.fft.rfftn(np.asarray(replacement, dtype=np.float64))
     return np.fft.irfftn(fb + w * (fr - fb), s=base.shape, axes=(0, 1, 2)).astype(np.float32)
@@ -118,3 +117,19 @@ def rfft_shells(n: int) -> tuple[np.ndarray, np.ndarray]:
     if n % 2 == 0:
         w[-1] = 1.0
     return shells, np.broadcast_to(w[None, None, :], shells.shape)
+
+
+def half_grid(grid: np.ndarray) -> np.ndarray:
+    """An fftshift-ed (n, n, n) grid in ``rfftn`` layout (n, n, n//2 + 1), float64."""
+    n = grid.shape[0]
+    return np.fft.ifftshift(np.asarray(grid, dtype=np.float64))[:, :, : n // 2 + 1]
+
+
+def shell_cross(fa: np.ndarray, fb: np.ndarray, weight: np.ndarray | float, n: int) -> np.ndarray:
+    """Re Σ weight · F_a F_b* per shell round(|k|) over ``rfftn`` half grids of an n-box,
+    Friedel-weighted so the sums equal full-grid sums; (n//2 + 1,) float64 (corner shells
+    beyond n/2 are left out). ``weight``: a half-grid array (:func:`half_grid`) or 1.0."""
+    shells, friedel = rfft_shells(n)
+    m = n // 2 + 1
+    v = weight * friedel * np.real(fa * np.conj(fb))
+    return np.bincount(shells.ravel(), weights=v.ravel(), minlength=m)[:m]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MapMismatchError
-from ..fourier import fourier_blend, rfft_shells, shell_index
+from ..fourier import fourier_blend, half_grid, shell_cross, shell_index
 
 #: The mix is made at a shell only where the halves estimate the network's correlation with
 #: the truth this much below the raw map's (RESULTS.md, 2026-11-30 session 12: without it the
@@ -61,17 +61,6 @@ class MeasuredBlend:
     rho_network: np.ndarray | None = None
     rho_raw: np.ndarray | None = None
 
-    @property
-    def shells_with_data_kept(self) -> list[int]:
-        """Shells where more than half of the measured directions' content is the data's."""
-        return [int(s) for s in np.flatnonzero(self.network_weight < 0.5)]
-
-
-def _half_grid(weight: np.ndarray) -> np.ndarray:
-    """The rfftn half of an fftshift-ed (n, n, n) weight (float64)."""
-    n = weight.shape[0]
-    return np.fft.ifftshift(np.asarray(weight, dtype=np.float64))[:, :, : n // 2 + 1]
-
 
 def _shell_sums(
     networks: tuple[np.ndarray, np.ndarray],
@@ -94,15 +83,11 @@ def _shell_sums(
     f_h = 0.5 * (f_h1 + f_h2)
     f_o = 0.5 * (f_o1 + f_o2)
     f_d = f_h - f_o
-    shells, friedel = rfft_shells(n)
-    r = _half_grid(measured).clip(0.0, 1.0) * friedel
-    n_shells = n // 2 + 1
-    keep = shells < n_shells
+    r = half_grid(measured).clip(0.0, 1.0)
     kernel = np.ones(2 * smooth + 1)
 
     def per_shell(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        v = np.real(a * np.conj(b))
-        total = np.bincount(shells[keep], weights=(r * v)[keep], minlength=n_shells)
+        total = shell_cross(a, b, r, n)
         return np.convolve(total, kernel, mode="same") if smooth > 0 else total
 
     return {
@@ -178,8 +163,8 @@ def keep_measured_data(
     α-mix of the averages. ``margin``: the mix is made only at shells where the halves
     estimate the network's correlation with the truth (over the measured directions,
     ``<X, T> / (|X| |T|)`` from the same estimates; amplitude does not count) more than
-    ``margin`` below the raw map's — where it
-    *lost* measured signal, not merely rescaled it; None: at every shell.
+    ``margin`` below the raw map's — where it *lost* measured signal, not merely rescaled
+    it; None: at every shell.
     ``within``: (n//2 + 1,) per-shell factor in [0, 1] limiting where the mix applies (e.g.
     0 beyond a hand-over to the original map); None: everywhere. Other arguments as
     :func:`network_weight_per_shell` (two halves and two network outputs).
@@ -193,10 +178,11 @@ def keep_measured_data(
     if margin is not None:
         lost = np.nan_to_num(rho_h - rho_o, nan=0.0) > margin
         alpha = np.where(lost, alpha, 1.0)
-    shells = np.minimum(shell_index(n), n // 2)
+    index = shell_index(n)
+    shells = np.minimum(index, n // 2)
     m = np.clip(np.asarray(measured, dtype=np.float64), 0.0, 1.0)
     weight = m * (1.0 - alpha[shells])
-    weight = np.where(shell_index(n) > n // 2, 0.0, weight)  # corners: no estimate, network
+    weight = np.where(index > n // 2, 0.0, weight)  # corners: no estimate, network
     if within is not None:
         cap = np.clip(np.asarray(within, dtype=np.float64), 0.0, 1.0)
         if cap.shape != (n // 2 + 1,):

@@ -741,8 +741,8 @@ def measured_data_step(
     3D FSC's limit or ``limit_res``; None: none); ``halves``: the raw halves. The mix
     (:func:`spisonet.correction.measured.keep_measured_data`) runs over the directions
     :func:`spisonet.weights.measured_weight` calls measured (weighted by its square), and
-    only where the hand-over
-    kept the network's output, so the original stays exactly as it was beyond the limit;
+    only where the hand-over kept the network's output, so the original stays exactly as
+    it was beyond the limit;
     ``margin`` as there (None: the mix at every shell). Returns the
     :class:`~spisonet.correction.measured.MeasuredBlend`.
 
@@ -782,7 +782,6 @@ def _check_of(blend) -> dict[str, list[float | None]]:
 def _measured_note(blend, voxel_size: float, n: int) -> str:
     """One line for the notes on what the measured-data step did."""
     from ..fourier import shell_to_resolution
-    from .measured import LOSS_MARGIN
 
     mixed = np.flatnonzero(blend.network_weight < 1.0)
     if mixed.size == 0:

@@ -37,7 +37,7 @@ import scipy.fft
 
 from .._cube import rotate_array, rotate_fourier
 from ..errors import InvalidValueError, MapMismatchError, MapShapeError
-from ..fourier import frequency_radius, rfft_shells
+from ..fourier import frequency_radius, half_grid, shell_cross
 from .evaluate import scored_shells
 
 __all__ = ["TrustCheck", "choose_hidden_rotation", "hidden_weights", "region_fsc", "trust_check"]
@@ -83,20 +83,6 @@ def choose_hidden_rotation(weight: np.ndarray) -> tuple[int, float]:
     return best, best_mass / max(int(band.sum()), 1)
 
 
-def _shell_cross(fa: np.ndarray, fb: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
-    """Re Σ weight · F_a F_b* per shell round(|k|) over an rfft half grid (Friedel-weighted)."""
-    shells, friedel = rfft_shells(n)
-    m = n // 2 + 1
-    v = weight * friedel * np.real(fa * np.conj(fb))
-    return np.bincount(shells.ravel(), weights=v.ravel(), minlength=m)[:m]
-
-
-def _half_grid(grid: np.ndarray) -> np.ndarray:
-    """An fftshift-ed (n, n, n) grid in rfftn layout (n, n, n//2 + 1), float64."""
-    n = grid.shape[0]
-    return np.fft.ifftshift(np.asarray(grid, dtype=np.float64))[:, :, : n // 2 + 1]
-
-
 def region_fsc(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> np.ndarray:
     """FSC of two real (n, n, n) maps per shell, weighted by a Fourier ``region``.
 
@@ -104,11 +90,11 @@ def region_fsc(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> np.ndarray:
     (n//2 + 1,): Re Σ h F_a F_b* / sqrt(Σ h |F_a|² · Σ h |F_b|²) over shell round(|k|).
     """
     n = a.shape[0]
-    h = _half_grid(region)
+    h = half_grid(region)
     fa = scipy.fft.rfftn(np.asarray(a, dtype=np.float64), workers=-1)
     fb = scipy.fft.rfftn(np.asarray(b, dtype=np.float64), workers=-1)
-    cross = _shell_cross(fa, fb, h, n)
-    denom = np.sqrt(_shell_cross(fa, fa, h, n) * _shell_cross(fb, fb, h, n))
+    cross = shell_cross(fa, fb, h, n)
+    denom = np.sqrt(shell_cross(fa, fa, h, n) * shell_cross(fb, fb, h, n))
     out = np.zeros(n // 2 + 1)
     np.divide(cross, denom, out=out, where=denom > 0)
     return out
@@ -225,13 +211,13 @@ def trust_check(
     h = hidden_weights(w, rotation)
     y1 = rotate_array(a, rotation)
     f1 = scipy.fft.rfftn(y1.astype(np.float64), workers=-1)
-    wf = _half_grid(w)
+    wf = half_grid(w)
     degraded = scipy.fft.irfftn(f1 * wf, s=a.shape, workers=-1).astype(np.float32)
     recovered = np.asarray(predict(degraded), dtype=np.float64)
     if recovered.shape != a.shape:
         raise MapMismatchError(f"trust check: the network returned {recovered.shape}")
     added = scipy.fft.rfftn(recovered, workers=-1) - wf * f1
-    hh = _half_grid(h)
+    hh = half_grid(h)
     data_fsc = None
     if half2 is not None:
         y2 = rotate_array(np.asarray(half2, dtype=np.float32), rotation)
@@ -240,11 +226,11 @@ def trust_check(
     else:
         f2 = f1
     hidden = (1.0 - wf) * f2
-    numer = _shell_cross(added, hidden, hh, n)
-    denom = _shell_cross((1.0 - wf) * f1, hidden, hh, n)
+    numer = shell_cross(added, hidden, hh, n)
+    denom = shell_cross((1.0 - wf) * f1, hidden, hh, n)
     recovery = np.full(n // 2 + 1, np.nan)
     np.divide(numer, denom, out=recovery, where=denom > 0)
-    mass = _shell_cross(np.ones_like(f1), np.ones_like(f1), hh, n)
+    mass = shell_cross(np.ones_like(f1), np.ones_like(f1), hh, n)
     shell_of = np.rint(frequency_radius(n)).astype(np.int64).ravel()
     counts = np.bincount(shell_of, minlength=n // 2 + 1)
     lo, hi = scored_shells(n)
