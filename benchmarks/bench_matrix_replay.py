@@ -8,12 +8,13 @@ Usage::
 corrected half as the run produced it). For every cell the half maps are simulated again
 (or read from ``--inputs``, as the RELION cells must be), and the corrected average is
 scored against the truth as it was and after
-:func:`spisonet.correction.pipeline.measured_data_step` (the measured data kept per shell
-where the half maps say the network lost measured signal, over the measured directions),
-as ``correct_anisotropy`` now does, and with that step made at every shell (no
-correlation margin); for maps saved by a run without the step (``--override
-network_only=true``). Prints one line per cell: worst-cone gain / worst global-shell drop @
-shell before, after and without the margin, and the shells where the data were mixed in.
+:func:`spisonet.correction.pipeline.measured_data_step` (per shell, over the measured directions,
+the mix of network and data the half maps estimate closest in correlation to the truth,
+where it beats the network alone by the margin), as ``correct_anisotropy`` now does, and
+without the margin (wherever the mix beats the network at all); for maps saved by a run
+without the step (``--override network_only=true``). Prints one line per cell: worst-cone
+gain / worst global-shell drop @ shell before, after and without the margin, and the
+shells where the data were mixed in.
 """
 
 from __future__ import annotations

@@ -7,13 +7,16 @@ data say where: per Fourier shell, over the measured directions, the mix
 
     final = α · network + (1 − α) · raw
 
-closest to the truth has ``α = <D, H − T> / |D|²`` with ``D = H − O`` (``H`` the raw average,
-``O`` the network's average). ``|D|²`` and ``<D, H>`` are known; the unknown ``<D, T>`` is
-estimated without bias from the *other* half: ``<H, T> ≈ Re <H1, H2>`` and
-``<O, T> ≈ ½ Re(<O1, H2> + <O2, H1>)`` (each network output against the half it was not
-made from). α is clipped to [0, 1] (1: the network kept), and applied only where Fourier
-space was measured (weight ``measured``), so the missing cone, where the data have nothing
-to say, keeps the network's fill.
+whose correlation with the truth is highest: with ``D = H − O`` (``H`` the raw average,
+``O`` the network's average) the mix is ``H − α D``, its power ``|H|² − 2α<D, H> + α²|D|²``
+is known, and its product with the truth ``<H, T> − α<D, T>`` is estimated without bias
+from the *other* half: ``<H, T> ≈ Re <H1, H2>`` and ``<O, T> ≈ ½ Re(<O1, H2> + <O2, H1>)``
+(each network output against the half it was not made from); ``|T|² ≈ Re <H1, H2>``. The
+best α in [0, 1] is a closed form (1: the network kept). Correlation, not squared error,
+because a Fourier shell correlation is what users read and amplitude is restored later
+anyway: a network output that is the truth at 1.2× the raw amplitude is *better* and must
+be kept. The mix is applied only where Fourier space was measured (weight ``measured``),
+so the missing cone, where the data have nothing to say, keeps the network's fill.
 
 Pure numerics, no files. The sums are taken on the masked maps (the mask limits the noise
 the estimates see); the blend is applied to the unmasked maps.
@@ -28,10 +31,11 @@ import numpy as np
 from ..errors import MapMismatchError
 from ..fourier import fourier_blend, half_grid, shell_cross, shell_index
 
-#: The mix is made at a shell only where the halves estimate the network's correlation with
-#: the truth this much below the raw map's (RESULTS.md, 2026-11-30 session 12: without it the
-#: MSE-optimal mix also replaced a network output that was only *rescaled*, 1.2× the raw
-#: amplitude with a higher correlation, and cost a `tilt:30` cell 0.16 of its cone gain).
+#: The mix is made at a shell only where the halves estimate that it raises the correlation
+#: with the truth over the network alone by more than this (RESULTS.md, session 13: without
+#: a margin, mixes that gained < 0.01 in the lowest shells cost `tilt:20/30` cells and a
+#: RELION-noise cell 0.03–0.12 of their cone gain — under a mask, measured content leaks
+#: into the cone).
 LOSS_MARGIN = 0.02
 
 __all__ = [
@@ -100,14 +104,38 @@ def _shell_sums(
     }
 
 
-def _alpha(sums: dict[str, np.ndarray]) -> np.ndarray:
-    # α = <D, H − T>/|D|² with <D, H − T> = <D, H> − (<H, T> − <O, T>)
-    numerator = sums["dh"] - (sums["ht"] - sums["ot"])
-    denominator = sums["dd"]
-    tiny = 1e-12 * max(float(denominator.max(initial=0.0)), 1e-300)
+def _mix_score(sums: dict[str, np.ndarray], alpha: np.ndarray) -> np.ndarray:
+    """Estimated ``<X, T> / |X|`` for ``X = α·O + (1 − α)·H = H − α·D`` per shell.
+
+    ``<X, T> = <H, T> − α<D, T>`` and ``|X|² = |H|² − 2α<D, H> + α²|D|²``; divided by
+    ``|T|`` it is X's correlation with the truth.
+    """
+    d_t = sums["ht"] - sums["ot"]
+    numerator = sums["ht"] - alpha * d_t
+    power = sums["hh"] - 2.0 * alpha * sums["dh"] + alpha**2 * sums["dd"]
+    tiny = 1e-300
+    return numerator / np.sqrt(np.maximum(power, tiny))
+
+
+def _alpha(sums: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """α in [0, 1] maximising the estimated correlation of the mix with the truth, and the
+    estimated correlation it gains over the network alone (α = 1); α = 1, gain 0 where the
+    halves do not agree (no signal to judge by)."""
+    d_t = sums["ht"] - sums["ot"]
+    # stationary point of (<H,T> − α<D,T>) / |H − αD|, a ratio of a line and a quadratic's root
+    numerator = sums["ht"] * sums["dh"] - d_t * sums["hh"]
+    denominator = sums["ht"] * sums["dd"] - d_t * sums["dh"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        alpha = np.where(denominator > tiny, numerator / denominator, 1.0)
-    return np.clip(alpha, 0.0, 1.0)
+        stationary = np.where(denominator != 0, numerator / denominator, 1.0)
+    candidates = np.stack([np.zeros_like(d_t), np.ones_like(d_t), np.clip(stationary, 0, 1)])
+    scores = np.stack([_mix_score(sums, a) for a in candidates])
+    best = np.argmax(scores, axis=0)
+    columns = np.arange(d_t.size)
+    alpha = candidates[best, columns]
+    ok = (sums["ht"] > 0) & (sums["hh"] > 0) & (sums["oo"] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gain = (scores[best, columns] - scores[1]) / np.sqrt(np.where(ok, sums["ht"], 1.0))
+    return np.where(ok, alpha, 1.0), np.where(ok, gain, 0.0)
 
 
 def _correlations(sums: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -142,9 +170,11 @@ def network_weight_per_shell(
 
     Returns
     -------
-    (n//2 + 1,) float64 in [0, 1]; 1 where a shell has no measured weight.
+    (n//2 + 1,) float64 in [0, 1]: the α maximising the estimated correlation of
+    ``α·network + (1 − α)·raw`` with the truth (no margin); 1 where a shell has no
+    measured weight or the halves do not agree.
     """
-    return _alpha(_shell_sums(networks, halves, measured, mask, smooth))
+    return _alpha(_shell_sums(networks, halves, measured, mask, smooth))[0]
 
 
 def keep_measured_data(
@@ -161,10 +191,9 @@ def keep_measured_data(
     ``map_i = O_i + within[shell] · measured · (1 − α[shell]) · (H_i − O_i)`` in Fourier
     space, α from :func:`network_weight_per_shell`; the average of the two results is the
     α-mix of the averages. ``margin``: the mix is made only at shells where the halves
-    estimate the network's correlation with the truth (over the measured directions,
-    ``<X, T> / (|X| |T|)`` from the same estimates; amplitude does not count) more than
-    ``margin`` below the raw map's — where it *lost* measured signal, not merely rescaled
-    it; None: at every shell.
+    estimate that it raises the correlation with the truth over the measured directions
+    (``<X, T> / (|X| |T|)``) by more than ``margin`` over the network's output alone;
+    None: wherever it raises it at all.
     ``within``: (n//2 + 1,) per-shell factor in [0, 1] limiting where the mix applies (e.g.
     0 beyond a hand-over to the original map); None: everywhere. Other arguments as
     :func:`network_weight_per_shell` (two halves and two network outputs).
@@ -173,11 +202,10 @@ def keep_measured_data(
         raise MapMismatchError("keep_measured_data needs two half maps and two network outputs")
     n = halves[0].shape[0]
     sums = _shell_sums((networks[0], networks[1]), (halves[0], halves[1]), measured, mask, smooth)
-    alpha = _alpha(sums)
+    alpha, gain = _alpha(sums)
     rho_o, rho_h = _correlations(sums)
     if margin is not None:
-        lost = np.nan_to_num(rho_h - rho_o, nan=0.0) > margin
-        alpha = np.where(lost, alpha, 1.0)
+        alpha = np.where(gain > margin, alpha, 1.0)
     index = shell_index(n)
     shells = np.minimum(index, n // 2)
     m = np.clip(np.asarray(measured, dtype=np.float64), 0.0, 1.0)
