@@ -233,12 +233,15 @@ def cell_inputs(
 def run_cell(
     cell: Cell,
     preset: str = "cpu",
-    seed: int = 0,
+    data_seed: int = 0,
     inputs: Path | None = None,
     save_maps: Path | None = None,
     **overrides,
 ) -> dict[str, object]:
     """Simulate (or read from ``inputs``), correct and score one cell; a JSON-ready dict.
+
+    ``data_seed`` draws the noise (and the RELION cells' particles) and, unless
+    ``overrides`` holds a ``seed``, the network's initialisation and cubes.
 
     ``save_maps``: a folder where ``<cell>.npz`` keeps the corrected average and each
     corrected half (float32) and the trust check's per-shell curves, to study
@@ -247,11 +250,11 @@ def run_cell(
     from spisonet.correction.evaluate import score_correction
 
     t0 = time.perf_counter()
-    truth, _ = ground_truth(cell.structure, cell.box, seed)
+    truth, _ = ground_truth(cell.structure, cell.box, data_seed)
     mask = cell_mask(cell.mask, truth)
-    h1, h2, apix = cell_inputs(cell, seed, inputs)
+    h1, h2, apix = cell_inputs(cell, data_seed, inputs)
     t_sim = time.perf_counter() - t0
-    settings = preset_settings(preset, seed=seed, **overrides)
+    settings = preset_settings(preset, **{"seed": data_seed, **overrides})
     t0 = time.perf_counter()
     last = [time.perf_counter()]
 
