@@ -25,8 +25,9 @@
    no data), or, with ``correct_beyond_limit`` or W = 1, the network output at the
    original's mean/std. Then, with two halves and a 3D FSC (no reference),
    :func:`spisonet.correction.measured.keep_measured_data` mixes each half's measured data
-   back in, per shell over the measured directions, where the halves estimate the data to
-   be closer to the truth than the network (off with ``network_only``).
+   back in, per shell over the measured directions, in the share the halves estimate to
+   correlate best with the truth, where that beats the network alone (off with
+   ``network_only``).
 
 After training, the trust check (:mod:`spisonet.correction.trust`) hides measured data as W
 hides the missing cone and scores what the network restores. This module writes nothing

@@ -127,8 +127,8 @@ class CorrectionSettings:
         False,
         "Let the network's output stand where Fourier space was measured even where the half "
         "maps say the data are better (default: per shell, over the measured directions, the "
-        "data are mixed back in by the half maps' own estimate of which is closer to the "
-        "truth)",
+        "mix of network and data the half maps estimate to correlate best with the truth, "
+        "where it beats the network alone by 0.02)",
         cli=("--network-only",),
     )
     ref_resolution: float = setting(
