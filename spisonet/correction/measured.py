@@ -58,12 +58,15 @@ class MeasuredBlend:
     rho_network, rho_raw : (n//2 + 1,) the halves' estimate of the network's and the raw
         map's correlation with the truth over the measured directions, NaN where the
         halves do not agree.
+    gain : (n//2 + 1,) the estimated correlation the best mix gains over the network alone
+        (before ``margin`` and ``within``), 0 where the halves do not agree.
     """
 
     maps: list[np.ndarray]
     network_weight: np.ndarray
     rho_network: np.ndarray | None = None
     rho_raw: np.ndarray | None = None
+    gain: np.ndarray | None = None
 
 
 def _shell_sums(
@@ -104,6 +107,12 @@ def _shell_sums(
     }
 
 
+def _halves_agree(sums: dict[str, np.ndarray]) -> np.ndarray:
+    """Shells where the estimates mean something: the halves share signal, both maps have
+    power."""
+    return (sums["ht"] > 0) & (sums["hh"] > 0) & (sums["oo"] > 0)
+
+
 def _mix_score(sums: dict[str, np.ndarray], alpha: np.ndarray) -> np.ndarray:
     """Estimated ``<X, T> / |X|`` for ``X = α·O + (1 − α)·H = H − α·D`` per shell.
 
@@ -132,7 +141,7 @@ def _alpha(sums: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     best = np.argmax(scores, axis=0)
     columns = np.arange(d_t.size)
     alpha = candidates[best, columns]
-    ok = (sums["ht"] > 0) & (sums["hh"] > 0) & (sums["oo"] > 0)
+    ok = _halves_agree(sums)
     with np.errstate(invalid="ignore", divide="ignore"):
         gain = (scores[best, columns] - scores[1]) / np.sqrt(np.where(ok, sums["ht"], 1.0))
     return np.where(ok, alpha, 1.0), np.where(ok, gain, 0.0)
@@ -141,7 +150,7 @@ def _alpha(sums: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def _correlations(sums: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     # corr(X, T) = <X, T> / (|X| |T|), |T|² ≈ <H1, H2>; NaN where the halves disagree
     t2 = sums["ht"]
-    ok = (t2 > 0) & (sums["oo"] > 0) & (sums["hh"] > 0)
+    ok = _halves_agree(sums)
     with np.errstate(invalid="ignore", divide="ignore"):
         rho_o = np.where(ok, sums["ot"] / np.sqrt(sums["oo"] * t2), np.nan)
         rho_h = np.where(ok, t2 / np.sqrt(sums["hh"] * t2), np.nan)
@@ -218,4 +227,4 @@ def keep_measured_data(
         weight = weight * cap[shells]
         alpha = 1.0 - cap * (1.0 - alpha)  # the share actually left to the network
     maps = [fourier_blend(o, h, weight) for o, h in zip(networks, halves, strict=True)]
-    return MeasuredBlend(maps, alpha, rho_o, rho_h)
+    return MeasuredBlend(maps, alpha, rho_o, rho_h, gain)

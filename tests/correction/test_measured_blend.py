@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spisonet.correction.measured import keep_measured_data, network_weight_per_shell
+from spisonet.correction.measured import (
+    LOSS_MARGIN,
+    keep_measured_data,
+    network_weight_per_shell,
+)
 from spisonet.errors import MapMismatchError
 
 
@@ -134,6 +138,8 @@ def test_the_estimate_follows_the_true_optimum_on_structured_maps():
     assert corr(avg_blend, truth, np.fft.ifftshift(k <= 5)) > 0.99
     kept = np.flatnonzero(blend.network_weight < 0.5)  # shells mostly the data's
     assert kept.size and kept.min() >= 7
+    mixed = blend.network_weight < 1.0  # the reported gain is what the margin was held to
+    assert np.all(blend.gain[mixed] > LOSS_MARGIN) and np.all(blend.gain[~mixed] <= LOSS_MARGIN)
 
 
 def test_unmeasured_directions_keep_the_network_and_identity_changes_nothing():
