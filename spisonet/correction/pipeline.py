@@ -411,6 +411,7 @@ def train_networks(
 ) -> TrainedNetworks:
     """Cut the training cubes and train (or load) the network(s) (step 4)."""
     from ..nn.data import CubePairs, extract_cubes, sample_cube_centres
+    from ..nn.operators import rotation_information
     from ..nn.train import (
         build_model,
         load_checkpoint,
@@ -445,10 +446,14 @@ def train_networks(
     sample_mask = mask if mask is not None else np.ones(work[0].shape, dtype=np.float32)
     centres = sample_cube_centres(sample_mask, s.n_subvolume, s.cube_size, rng=s.seed)
     cubes = [extract_cubes(w, centres, s.cube_size) for w in work]
+    rotation_weights = None
+    if s.equivariance_rotations == "informative":
+        rotation_weights = rotation_information(weight.cube)
     if s.independent:
-        datasets = [CubePairs(c, None, seed=s.seed) for c in cubes]
+        datasets = [CubePairs(c, None, s.seed, rotation_weights=rotation_weights) for c in cubes]
     else:
-        datasets = [CubePairs(cubes[0], cubes[1] if len(cubes) > 1 else None, seed=s.seed)]
+        second = cubes[1] if len(cubes) > 1 else None
+        datasets = [CubePairs(cubes[0], second, s.seed, rotation_weights=rotation_weights)]
 
     ts = s.train_settings()
     out = TrainedNetworks([], [], [], s)

@@ -98,6 +98,14 @@ class CorrectionSettings:
         "published; 0: the measured region learns from the other half only, pure Noise2Noise)",
         cli=("--self-weight", "--self_weight"),
     )
+    equivariance_rotations: str = setting(
+        "uniform",
+        "Rotations of the equivariance term: uniform over the 24 cube rotations (published) "
+        "or informative (each drawn in proportion to the measured data it moves into the "
+        "region W hides; never one that maps the missing cone onto itself)",
+        cli=("--equivariance-rotations",),
+        choices=("uniform", "informative"),
+    )
     schedule: str = setting(
         "constant",
         "Learning-rate schedule: constant (published) or onecycle",

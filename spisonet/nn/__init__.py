@@ -18,6 +18,7 @@ from .operators import (
     rotate,
     rotate_batch,
     rotation_index,
+    rotation_information,
     sampling_tensor,
 )
 from .predict import blend_ramp, predict_map
@@ -39,6 +40,7 @@ __all__ = [
     "rotate",
     "rotate_batch",
     "rotation_index",
+    "rotation_information",
     "sample_cube_centres",
     "sampling_tensor",
 ]

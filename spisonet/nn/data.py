@@ -212,6 +212,9 @@ class CubePairs:
         ``(seed, e)``, so an interrupted run can resume an epoch exactly.
     swap : bool
         Randomly swap x1 and x2 per sample (default True; ignored without ``cubes2``).
+    rotation_weights : (24,) array ≥ 0, optional
+        Draw the equivariance rotation of each sample with these relative weights (e.g.
+        :func:`~spisonet.nn.rotation_information`); None or all zero: uniformly.
     """
 
     def __init__(
@@ -220,6 +223,7 @@ class CubePairs:
         cubes2: np.ndarray | None = None,
         seed: int = 0,
         swap: bool = True,
+        rotation_weights: np.ndarray | None = None,
     ) -> None:
         c1 = np.asarray(cubes1)
         if c1.ndim != 4 or len(set(c1.shape[1:])) != 1 or c1.shape[0] < 1:
@@ -236,6 +240,7 @@ class CubePairs:
         )
         self.seed = int(seed)
         self.swap = bool(swap) and cubes2 is not None
+        self.rotation_p = _rotation_probabilities(rotation_weights)
 
     def __len__(self) -> int:
         return int(self._c1.shape[0])
@@ -280,7 +285,10 @@ class CubePairs:
         gen = np.random.default_rng([self.seed, int(epoch)])
         order = gen.permutation(n)
         swaps = gen.random(n) < 0.5 if self.swap else np.zeros(n, dtype=bool)
-        rots = gen.integers(0, 24, size=n)
+        if self.rotation_p is None:
+            rots = gen.integers(0, 24, size=n)
+        else:
+            rots = gen.choice(24, size=n, p=self.rotation_p)
         for k in range(int(start), self.n_batches(b, drop_last)):
             sel = order[k * b : (k + 1) * b]
             sw = swaps[k * b : (k + 1) * b]
@@ -292,3 +300,16 @@ class CubePairs:
                 m = torch.from_numpy(sw).view(-1, 1, 1, 1, 1)
                 a, x2 = torch.where(m, c, a), torch.where(m, a, c)
             yield CubeBatch(a, x2, rots[k * b : (k + 1) * b].astype(np.int64), sel, sw)
+
+
+def _rotation_probabilities(weights: np.ndarray | None) -> np.ndarray | None:
+    """Normalised rotation probabilities, or None (uniform) for None or all-zero weights."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (24,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise InvalidValueError(
+            f"rotation_weights must be 24 finite values ≥ 0; got shape {w.shape}"
+        )
+    total = w.sum()
+    return None if total <= 0 else w / total

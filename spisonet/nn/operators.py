@@ -33,6 +33,7 @@ __all__ = [
     "rotate",
     "rotate_batch",
     "rotation_index",
+    "rotation_information",
     "sampling_tensor",
 ]
 
@@ -191,6 +192,33 @@ def inverse_rotation(index: int) -> int:
 
 
 _check_index = check_rotation_index
+
+
+def rotation_information(weight: np.ndarray) -> np.ndarray:
+    """How much measured data each cube rotation moves into the region W hides.
+
+    For rotation ``R`` (index into :func:`cube_rotations`): the mean over the cube's
+    Fourier sphere (``0 < |k| ≤ D/2``) of ``(1 − W(k)) · W(R⁻¹k)``: after a map is rotated
+    by ``R`` the content at ``k`` came from ``R⁻¹k``, measured there to the degree
+    ``W(R⁻¹k)``, and ``P_W`` removes ``1 − W(k)`` of it. That is what the equivariance
+    term can teach with ``R``; a rotation mapping the missing cone onto itself (about the
+    cone's axis, the identity) teaches nothing new.
+
+    ``weight``: (D, D, D) fftshift-ed W in [0, 1]. Returns (24,) float64 ≥ 0.
+    """
+    from .._cube import rotate_fourier
+
+    w = np.clip(np.asarray(weight, dtype=np.float64), 0.0, 1.0)
+    if w.ndim != 3 or len(set(w.shape)) != 1:
+        raise MapShapeError(f"W must be a cubic (D, D, D) array; found shape {w.shape}")
+    d = w.shape[0]
+    k = np.indices(w.shape) - d // 2
+    radius = np.sqrt((k.astype(np.float64) ** 2).sum(axis=0))
+    sphere = (radius > 0) & (radius <= d / 2)
+    hidden = (1.0 - w)[sphere]
+    return np.array(
+        [float((hidden * rotate_fourier(w, i)[sphere]).mean()) for i in range(24)]
+    )
 
 
 def rotate(x: torch.Tensor, index: int) -> torch.Tensor:
