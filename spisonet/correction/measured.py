@@ -194,6 +194,7 @@ def keep_measured_data(
     smooth: int = 1,
     within: np.ndarray | None = None,
     margin: float | None = LOSS_MARGIN,
+    estimate_with: np.ndarray | None = None,
 ) -> MeasuredBlend:
     """Each half's network output with the raw half mixed back in where the data are better.
 
@@ -206,11 +207,15 @@ def keep_measured_data(
     ``within``: (n//2 + 1,) per-shell factor in [0, 1] limiting where the mix applies (e.g.
     0 beyond a hand-over to the original map); None: everywhere. Other arguments as
     :func:`network_weight_per_shell` (two halves and two network outputs).
+    ``estimate_with``: (n, n, n) fftshift-ed weight of the shell sums α is estimated from
+    (e.g. the well-measured directions only, where the estimates are sound); None:
+    ``measured``. The mix is applied with ``measured`` either way.
     """
     if len(networks) != 2 or len(halves) != 2:
         raise MapMismatchError("keep_measured_data needs two half maps and two network outputs")
     n = halves[0].shape[0]
-    sums = _shell_sums((networks[0], networks[1]), (halves[0], halves[1]), measured, mask, smooth)
+    judged = measured if estimate_with is None else estimate_with
+    sums = _shell_sums((networks[0], networks[1]), (halves[0], halves[1]), judged, mask, smooth)
     alpha, gain = _alpha(sums)
     rho_o, rho_h = _correlations(sums)
     if margin is not None:

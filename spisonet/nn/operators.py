@@ -216,9 +216,7 @@ def rotation_information(weight: np.ndarray) -> np.ndarray:
     radius = np.sqrt((k.astype(np.float64) ** 2).sum(axis=0))
     sphere = (radius > 0) & (radius <= d / 2)
     hidden = (1.0 - w)[sphere]
-    return np.array(
-        [float((hidden * rotate_fourier(w, i)[sphere]).mean()) for i in range(24)]
-    )
+    return np.array([float((hidden * rotate_fourier(w, i)[sphere]).mean()) for i in range(24)])
 
 
 def rotate(x: torch.Tensor, index: int) -> torch.Tensor:

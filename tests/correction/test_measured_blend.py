@@ -221,3 +221,35 @@ def test_a_rescaled_but_better_network_is_kept_and_its_correlations_are_estimate
     band = slice(2, 9)
     np.testing.assert_allclose(gated.rho_network[band], true_corr((o1 + o2) / 2)[band], atol=0.05)
     np.testing.assert_allclose(gated.rho_raw[band], true_corr((h1 + h2) / 2)[band], atol=0.05)
+
+
+def test_alpha_is_judged_on_one_weight_and_applied_with_the_other():
+    """estimate_with decides α (as network_weight_per_shell with that weight, margin off);
+    the maps get ``measured · (1 − α)`` of the data, written out voxel by voxel here."""
+    rng = np.random.default_rng(5)
+    n = 12
+    truth = _smooth_random(n, rng, 0.8)
+    h1, h2 = (truth + 0.4 * truth.std() * rng.standard_normal(truth.shape) for _ in range(2))
+    o1, o2 = (0.5 * truth + _smooth_random(n, rng, 0.8) for _ in range(2))
+    judge = rng.random((n, n, n))
+    minus = (-np.arange(n)) % n  # index of −k on the fftshift-ed grid (n even)
+    judge = 0.5 * (judge + judge[np.ix_(minus, minus, minus)])  # W(k) = W(−k)
+    applied = np.sqrt(judge)
+    blend = keep_measured_data([o1, o2], [h1, h2], applied, None, margin=None, estimate_with=judge)
+    alpha = network_weight_per_shell((o1, o2), (h1, h2), judge, None)
+    np.testing.assert_allclose(blend.network_weight, alpha)
+    assert np.any(alpha < 1.0)
+    c = n // 2
+    for o, h, out in zip((o1, o2), (h1, h2), blend.maps, strict=True):
+        fo = np.fft.fftshift(np.fft.fftn(o))
+        fh = np.fft.fftshift(np.fft.fftn(h))
+        expected = fo.copy()
+        for i in range(n):
+            for j in range(n):
+                for k in range(n):
+                    s = int(round(np.sqrt((i - c) ** 2 + (j - c) ** 2 + (k - c) ** 2)))
+                    if s <= n // 2:
+                        share = applied[i, j, k] * (1.0 - alpha[s])
+                        expected[i, j, k] = fo[i, j, k] + share * (fh[i, j, k] - fo[i, j, k])
+        want = np.fft.ifftn(np.fft.ifftshift(expected)).real
+        np.testing.assert_allclose(out, want, atol=1e-4 * np.abs(want).max())

@@ -200,3 +200,23 @@ def test_cube_pairs_errors() -> None:
         next(pairs.batches(0, 0))
     with pytest.raises(InvalidValueError, match="acc_batches must be a positive integer"):
         next(pairs.batches(0, 2)).split(0)
+
+
+def test_rotation_weights_steer_the_draw() -> None:
+    """Zero-weight rotations never come; the others come about as often as weighted; all
+    zero or None is the uniform draw; bad weights are refused."""
+    c1 = np.zeros((3000, 2, 2, 2), dtype=np.float32)
+    weights = np.zeros(24)
+    weights[[5, 9, 17]] = [1.0, 2.0, 1.0]
+    pairs = CubePairs(c1, None, seed=3, rotation_weights=weights)
+    rots = np.concatenate([b.rotations for b in pairs.batches(0, 500)])
+    counts = np.bincount(rots, minlength=24)
+    assert set(np.flatnonzero(counts)) == {5, 9, 17}
+    np.testing.assert_allclose(counts[[5, 9, 17]] / len(rots), [0.25, 0.5, 0.25], atol=0.04)
+    uniform = CubePairs(c1, None, seed=3)
+    zero = CubePairs(c1, None, seed=3, rotation_weights=np.zeros(24))
+    for a, b in zip(uniform.batches(0, 500), zero.batches(0, 500), strict=True):
+        np.testing.assert_array_equal(a.rotations, b.rotations)
+    for bad in (np.ones(23), -np.ones(24), np.full(24, np.nan)):
+        with pytest.raises(InvalidValueError, match="rotation_weights"):
+            CubePairs(c1, None, rotation_weights=bad)

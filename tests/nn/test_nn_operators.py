@@ -228,3 +228,40 @@ def test_rotation_errors() -> None:
         rotate_batch(x, [0, 1, 2])
     with pytest.raises(InvalidValueError, match="not one of the 24 cube rotations"):
         rotation_index(-np.eye(3))
+
+
+def _slow_rotation_information(w: np.ndarray) -> np.ndarray:
+    """Σ over 0 < |k| ≤ D/2 of (1 − W(k)) · W(R⁻¹k) / count, one voxel at a time, with
+    R⁻¹ = Rᵀ applied to the centred frequency (indices modulo D, as on the grid)."""
+    from spisonet.nn import cube_rotations
+
+    d = w.shape[0]
+    c = d // 2
+    out = np.zeros(24)
+    for r, m in enumerate(cube_rotations()):
+        total, count = 0.0, 0
+        for idx in np.ndindex(w.shape):
+            k = np.array(idx) - c
+            if not 0 < np.sqrt((k**2).sum()) <= d / 2:
+                continue
+            src = (m.T @ k + c) % d
+            total += (1.0 - w[idx]) * w[tuple(src)]
+            count += 1
+        out[r] = total / count
+    return out
+
+
+def test_rotation_information_matches_the_slow_statement():
+    from spisonet.nn import rotation_information
+
+    rng = np.random.default_rng(0)
+    w = rng.random((6, 6, 6))
+    np.testing.assert_allclose(rotation_information(w), _slow_rotation_information(w), atol=1e-12)
+    d = 12
+    k = np.indices((d,) * 3) - d // 2
+    radius = np.sqrt((k**2).sum(0))
+    cone = (np.abs(k[0]) > np.cos(np.deg2rad(50)) * radius).astype(float)  # missing cone on z
+    info = rotation_information(1.0 - cone)
+    np.testing.assert_allclose(info, _slow_rotation_information(1.0 - cone), atol=1e-12)
+    keeps_z = np.array([abs(m[0, 0]) == 1 for m in cube_rotations()])
+    assert np.all(info[keeps_z] == 0.0) and np.all(info[~keeps_z] > 0.05)
