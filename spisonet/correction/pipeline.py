@@ -771,7 +771,7 @@ def measured_data_step(
     # to the degree m gets that share of the data back. Applying with m² left the partly
     # measured directions to the network, which at high shells lost signal there
     # (RESULTS.md, session 14: cftr-z top cell, worst global drop 0.025 → 0.021, cone
-    # gain +0.064 → +0.061, the 17 other saved cells within 0.005)
+    # gain +0.064 → +0.061, the 18 other saved cells within 0.005)
     measured = measured_weight(fsc3d_volume, h1, h2, mask)
     return keep_measured_data(
         corrected,
