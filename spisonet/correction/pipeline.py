@@ -623,7 +623,7 @@ def correct_anisotropy(
     voxel_size : float
         Å per voxel.
     settings : CorrectionSettings
-        Default: the ``gpu`` preset (the published defaults).
+        Default: the ``gpu`` preset (the published network and training length).
     reference : (n, n, n) array, optional
         Replaces the halves' content below ``settings.ref_resolution``.
     pretrained : path, optional

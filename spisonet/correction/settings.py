@@ -44,9 +44,9 @@ class CorrectionSettings:
 
     preset: str = setting(
         "gpu",
-        "gpu: the published defaults; cpu: 64³ in ~9 min on a quiet 2-core CPU with native "
-        "bf16, ~40 min on an AVX2-only one; tiny: seconds, to check an installation; auto: "
-        "gpu when a CUDA GPU is present, else cpu",
+        "gpu: the published network and training length; cpu: 64³ in ~9 min on a quiet "
+        "2-core CPU with native bf16, ~40 min on an AVX2-only one; tiny: seconds, to check an "
+        "installation; auto: gpu when a CUDA GPU is present, else cpu",
         cli=("--preset",),
         env="PRESET",
         choices=PRESET_CHOICES,
@@ -99,10 +99,11 @@ class CorrectionSettings:
         cli=("--self-weight", "--self_weight"),
     )
     equivariance_rotations: str = setting(
-        "uniform",
-        "Rotations of the equivariance term: uniform over the 24 cube rotations (published) "
-        "or informative (each drawn in proportion to the measured data it moves into the "
-        "region W hides; never one that maps the missing cone onto itself)",
+        "informative",
+        "Rotations of the equivariance term: informative (each of the 24 cube rotations drawn "
+        "in proportion to the measured data it moves into the region W hides, so never one "
+        "that maps the missing cone onto itself) or uniform (all 24 alike, the published "
+        "tool's)",
         cli=("--equivariance-rotations",),
         choices=("uniform", "informative"),
     )
@@ -224,9 +225,10 @@ class CorrectionSettings:
         return d
 
 
-#: ``gpu``: the published defaults. ``cpu``: the best we found for 2 CPU cores (a 4-level
-#: 16…128 network on 32³ cubes, bf16 where the CPU has it natively, one-cycle rate, 600
-#: steps: 9 min with native bf16, ~40 min in float32 on an AVX2-only CPU). Every preset
+#: ``gpu``: the published network and training length. ``cpu``: the best we found for 2 CPU
+#: cores (a 4-level 16…128 network on 32³ cubes, bf16 where the CPU has it natively,
+#: one-cycle rate, 600 steps: 9 min with native bf16, ~40 min in float32 on an AVX2-only
+#: CPU). Every preset
 #: gates W by measured power (:func:`power_presence`, threshold 0.1); 0 turns it off.
 #: ``tiny``: seconds, to check an installation (and for the tests).
 PRESETS: dict[str, CorrectionSettings] = {
