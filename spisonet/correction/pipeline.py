@@ -449,6 +449,12 @@ def train_networks(
     rotation_weights = None
     if s.equivariance_rotations == "informative":
         rotation_weights = rotation_information(weight.cube)
+        idle = int(np.sum(rotation_weights <= 1e-3 * rotation_weights.max()))
+        if rotation_weights.max() > 0 and idle:
+            notes.append(
+                f"equivariance: {idle} of the 24 cube rotations move (almost) no measured data "
+                "into the region W hides and are not drawn (--equivariance-rotations)"
+            )
     if s.independent:
         datasets = [CubePairs(c, None, s.seed, rotation_weights=rotation_weights) for c in cubes]
     else:

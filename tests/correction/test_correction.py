@@ -467,3 +467,33 @@ def test_before_after_figure_compares_like_with_like(tmp_path) -> None:
     for level in (0.143, 0.5):  # the thresholds are named in the legend
         assert FSC_THRESHOLD_LABELS[level] in labels and str(level) in FSC_THRESHOLD_LABELS[level]
     assert "before (raw average)" in labels and "after (corrected)" in labels
+
+
+def test_equivariance_rotations_are_drawn_by_what_they_teach(monkeypatch) -> None:
+    """The default run hands the training cubes the rotation scores of its own W (cube
+    size), says in the notes how many rotations teach nothing; ``uniform`` hands none."""
+    import spisonet.nn.data as data_mod
+    from spisonet.nn import cube_rotations, rotation_information
+
+    handed: list[np.ndarray | None] = []
+
+    class Spy(data_mod.CubePairs):
+        def __init__(self, *args, rotation_weights=None, **kwargs):
+            handed.append(rotation_weights)
+            super().__init__(*args, rotation_weights=rotation_weights, **kwargs)
+
+    monkeypatch.setattr(data_mod, "CubePairs", Spy)
+    h1, h2 = _pair()
+    r = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny(network_only=True))
+    scores = rotation_information(r.weight)
+    np.testing.assert_allclose(handed[-1], scores)
+    keeps_z = np.array([abs(m[0, 0]) == 1 for m in cube_rotations()])  # W is poor along z
+    assert scores[keeps_z].max() < scores[~keeps_z].min()
+    idle = int(np.sum(scores <= 1e-3 * scores.max()))
+    noted = [n for n in r.notes if "cube rotations" in n]
+    assert noted == ([] if idle == 0 else [noted[0]])
+    assert idle == 0 or f"{idle} of the 24 cube rotations" in noted[0]
+    u = correct_anisotropy(
+        h1, h2, _fsc3d(), MASK, APIX, _tiny(network_only=True, equivariance_rotations="uniform")
+    )
+    assert handed[-1] is None and not any("cube rotations" in n for n in u.notes)
