@@ -4,7 +4,9 @@ Pure functions on arrays (no files, no torch). :func:`power_presence` gates the 
 by measured amplitude (ALGORITHM.md §3, our fix of the published W);
 :func:`shell_percentile` is the per-shell reference both gates divide by;
 :func:`measured_weight` is the blend weight of the RELION correction step (keep the
-measured data, take the network only where nothing was measured).
+measured data, take the network only where nothing was measured);
+:func:`directional_weight` carries a weight's mid-resolution directional pattern to every
+shell.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ._checks import check_cubic_map
 from .errors import InvalidValueError
 from .fourier import frequency_radius
 
-__all__ = ["measured_weight", "power_presence", "shell_percentile"]
+__all__ = ["directional_weight", "measured_weight", "power_presence", "shell_percentile"]
 
 
 def power_presence(
@@ -123,3 +125,35 @@ def measured_weight(
     g = np.clip(np.asarray(fsc3d_volume, dtype=np.float64), 0.0, 1.0)
     g = g * power_presence(half1, half2, mask, 0.1)
     return np.clip(g / shell_percentile(g, percentile), 0.0, 1.0).astype(np.float32)
+
+
+def directional_weight(weight: np.ndarray, shells: tuple[float, float] | None = None) -> np.ndarray:
+    """A Fourier weight's directional pattern, read where it is reliable, at every shell.
+
+    Which directions the views sampled does not depend on resolution, but a 3D FSC says so
+    reliably only where the signal is strong: at high shells its per-direction values are
+    mostly noise. Each voxel k ≠ 0 gets the mean of ``weight`` along its own direction
+    k/|k| at radii ``shells[0] … shells[1]`` (every whole voxel radius in between, linear
+    interpolation); default n/8 … n/4, inside the 3D FSC's usual support.
+
+    ``weight``: (n, n, n) fftshift-ed, centre n//2. Returns (n, n, n) float32; the centre
+    keeps its own value.
+    """
+    from scipy.ndimage import map_coordinates
+
+    w = np.asarray(check_cubic_map(weight, "weight"), dtype=np.float64)
+    n = w.shape[0]
+    lo, hi = (n / 8, n / 4) if shells is None else (float(shells[0]), float(shells[1]))
+    if not 0 < lo <= hi <= n / 2 - 1:
+        raise InvalidValueError(f"shells must satisfy 0 < lo ≤ hi ≤ n/2 − 1; got ({lo}, {hi})")
+    c = n // 2
+    k = np.indices(w.shape, dtype=np.float64) - c
+    radius = np.sqrt((k**2).sum(axis=0))
+    unit = k / np.where(radius > 0, radius, 1.0)
+    radii = np.arange(np.ceil(lo), np.floor(hi) + 1) if np.ceil(lo) <= hi else np.array([lo])
+    total = np.zeros_like(w)
+    for r in radii:
+        total += map_coordinates(w, [c + r * unit[i] for i in range(3)], order=1, mode="nearest")
+    out = total / len(radii)
+    out[c, c, c] = w[c, c, c]
+    return out.astype(np.float32)

@@ -764,7 +764,7 @@ def measured_data_step(
     can tell where without a truth.
     """
     from ..maps import _falloff_sphere_per_shell
-    from ..weights import measured_weight
+    from ..weights import directional_weight, measured_weight
     from .measured import keep_measured_data
 
     h1, h2 = halves
@@ -777,12 +777,17 @@ def measured_data_step(
     # to the degree m gets that share of the data back. Applying with m² left the partly
     # measured directions to the network, which at high shells lost signal there
     # (RESULTS.md, session 14: cftr-z top cell, worst global drop 0.025 → 0.021, cone
-    # gain +0.064 → +0.061, the 18 other saved cells within 0.005)
+    # gain +0.064 → +0.061, the 18 other saved cells within 0.005). At high shells the
+    # 3D FSC's directional values are mostly noise, so the application weight is at least
+    # m's pattern along the same direction at mid shells (n/8 … n/4): the views sampled
+    # the same directions at every resolution (same cell, informative rotations: 0.035 →
+    # 0.020; the other 23 saved cells within 0.001)
     measured = measured_weight(fsc3d_volume, h1, h2, mask)
+    applied = np.maximum(measured, directional_weight(measured))
     return keep_measured_data(
         corrected,
         [h1, h2],
-        measured,
+        applied,
         mask,
         within=within,
         margin=margin,
