@@ -76,17 +76,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row)
         b, a, u = row["before"], row["after"], row["ungated"]
         print(
-            f"  {cell.name}: before {b[0]:+.3f} / {b[1]:.3f}@{b[2]}, "
-            f"after {a[0]:+.3f} / {a[1]:.3f}@{a[2]} (mixed at shells "
-            f"{row['mixed_shells'] or 'none'}); without the margin {u[0]:+.3f} / "
-            f"{u[1]:.3f}@{u[2]}",
+            f"  {cell.name}: before {b[0]:+.4f} / {b[1]:.4f}@{b[2]}, "
+            f"after {a[0]:+.4f} / {a[1]:.4f}@{a[2]} (mixed at shells "
+            f"{row['mixed_shells'] or 'none'}); without the margin {u[0]:+.4f} / "
+            f"{u[1]:.4f}@{u[2]}",
             flush=True,
         )
     if rows:
         worst = {k: max(r[k][1] for r in rows) for k in ("before", "after", "ungated")}
         print(
-            f"worst global drop before {worst['before']:.3f}, after {worst['after']:.3f}, "
-            f"without the margin {worst['ungated']:.3f}"
+            f"worst global drop before {worst['before']:.4f}, after {worst['after']:.4f}, "
+            f"without the margin {worst['ungated']:.4f}"
         )
     return rows
 
