@@ -100,7 +100,7 @@ def test_ctrl_c_tells_how_to_resume_and_the_resume_says_so(maps, tmp_path) -> No
     out = tmp_path / "run"
     args = [sys.executable, "-m", "spisonet", "reconstruct", str(maps["h1"]), str(maps["h2"]),
             "--aniso-file", str(maps["fsc"]), "--mask", str(maps["mask"]), "--preset", "tiny",
-            "--epochs", "500", "-o", str(out)]  # fmt: skip
+            "--epochs", "20000", "-o", str(out)]  # fmt: skip
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
         first = subprocess.Popen(
@@ -130,7 +130,7 @@ def test_ctrl_c_tells_how_to_resume_and_the_resume_says_so(maps, tmp_path) -> No
     command = err.strip().splitlines()[-1].strip()
     assert command.endswith("--resume") and "reconstruct" in command
     text = log.read_text()
-    assert "\x1b" not in text and "train: epoch 1/500 done, mean loss" in text
+    assert "\x1b" not in text and "train: epoch 1/20000 done, mean loss" in text
     # the printed command resumes (one more epoch, to keep the test short)
     done = int(load_checkpoint(ckpt)["epoch"])
     again = shlex.split(command)
