@@ -228,8 +228,8 @@ class CorrectionSettings:
 #: ``gpu``: the published network and training length. ``cpu``: the best we found for 2 CPU
 #: cores (a 4-level 16…128 network on 32³ cubes, bf16 where the CPU has it natively,
 #: one-cycle rate, 600 steps: 9 min with native bf16, ~40 min in float32 on an AVX2-only
-#: CPU). Every preset
-#: gates W by measured power (:func:`power_presence`, threshold 0.1); 0 turns it off.
+#: CPU). Every preset gates W by measured power (:func:`power_presence`, threshold 0.1); 0
+#: turns it off.
 #: ``tiny``: seconds, to check an installation (and for the tests).
 PRESETS: dict[str, CorrectionSettings] = {
     "gpu": CorrectionSettings(preset="gpu"),

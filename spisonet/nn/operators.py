@@ -22,8 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._cube import check_rotation_index, rotation_specs
+from .._cube import check_rotation_index, rotate_fourier, rotation_specs
 from ..errors import InvalidValueError, MapShapeError, NonFiniteMapError
+from ..fourier import frequency_radius
 
 __all__ = [
     "apply_sampling",
@@ -206,14 +207,11 @@ def rotation_information(weight: np.ndarray) -> np.ndarray:
 
     ``weight``: (D, D, D) fftshift-ed W in [0, 1]. Returns (24,) float64 ≥ 0.
     """
-    from .._cube import rotate_fourier
-
     w = np.clip(np.asarray(weight, dtype=np.float64), 0.0, 1.0)
     if w.ndim != 3 or len(set(w.shape)) != 1:
         raise MapShapeError(f"W must be a cubic (D, D, D) array; found shape {w.shape}")
     d = w.shape[0]
-    k = np.indices(w.shape) - d // 2
-    radius = np.sqrt((k.astype(np.float64) ** 2).sum(axis=0))
+    radius = frequency_radius(d)
     sphere = (radius > 0) & (radius <= d / 2)
     hidden = (1.0 - w)[sphere]
     return np.array([float((hidden * rotate_fourier(w, i)[sphere]).mean()) for i in range(24)])
