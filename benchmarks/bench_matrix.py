@@ -130,20 +130,28 @@ def summarise(rows: list[dict]) -> dict[str, object]:
         rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
         out.update(trust_spearman=float(rho.statistic), trust_pvalue=float(rho.pvalue))
     out["trust_cells"] = len(pairs)
+    # the amplitude-blind figure under evaluation (rows of older runs lack it)
+    phase = [(r.get("trust_phase_score"), r["gain"]) for r in cone]
+    phase = [p for p in phase if p[0] is not None]
+    if len(phase) >= 3:
+        rho = spearmanr([p[0] for p in phase], [p[1] for p in phase])
+        out.update(phase_spearman=float(rho.statistic), phase_pvalue=float(rho.pvalue))
     return out
 
 
 def table(rows: list[dict]) -> str:
     """The matrix as a markdown table."""
     lines = [
-        "| cell | cone raw | corrected | gain | max global drop | trust | time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| cell | cone raw | corrected | gain | max global drop | trust | phase | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         trust = "n/a" if r["trust_score"] is None else f"{r['trust_score']:.2f}"
+        phase = r.get("trust_phase_score")
+        phase = "n/a" if phase is None else f"{phase:.2f}"
         lines.append(
             f"| {r['name']} | {r['cone_raw']:.3f} | {r['cone_corrected']:.3f} | "
-            f"{r['gain']:+.3f} | {r['max_global_drop']:+.3f} | {trust} | "
+            f"{r['gain']:+.3f} | {r['max_global_drop']:+.3f} | {trust} | {phase} | "
             f"{r['seconds']['correct']:.0f} |"
         )
     return "\n".join(lines)

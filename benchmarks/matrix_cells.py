@@ -274,6 +274,8 @@ def run_cell(
         extra = {}
         if trust is not None:
             extra = {"trust_recovery": trust.recovery, "trust_shells": trust.shells_scored}
+            if trust.phase_recovery is not None:
+                extra["trust_phase_recovery"] = trust.phase_recovery
             if trust.data_fsc is not None:
                 extra["trust_data_fsc"] = trust.data_fsc
         np.savez_compressed(
@@ -299,6 +301,7 @@ def run_cell(
         "worst_drop_shell": score.worst_drop_shell,
         "trust_score": None if trust is None else trust.score,
         "trust_verdict": None if trust is None else trust.verdict,
+        "trust_phase_score": None if trust is None else trust.phase_score,
         "seconds": {"simulate": t_sim, "correct": t_corr, **result.timings},
         "notes": result.notes,
         "final_loss": {k: v[-1] for k, v in (result.histories or [{}])[0].items()},

@@ -38,6 +38,7 @@ def test_matrix_ci_subset_runs_and_does_no_harm(tmp_path, monkeypatch):
         assert r["max_global_drop"] < 0.05, r["name"]
     assert cone["trust_score"] is not None
     assert cone["trust_verdict"] in ("good", "partial", "low")
+    assert np.isfinite(cone["trust_phase_score"])
     # a rerun skips finished cells and reads the same figures back
     again = bench_matrix.main(["--set", "ci", "--preset", "tiny", "--out", str(tmp_path)])
     assert [r["gain"] for r in again] == [r["gain"] for r in rows]

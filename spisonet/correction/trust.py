@@ -23,7 +23,20 @@ score high. Shells enter the score where the two halves' hidden data agree (FSC 
 0.143) and the region covers ≥ 5 % of the shell; the score is Σ numerators / Σ
 denominators over them, the fraction of the recoverable hidden signal that came back.
 With a single map Y₂ := Y₁ (biased low by the noise). The number is shown in the
-summary, in ``reconstruct.json`` and in a figure. Pure
+summary, in ``reconstruct.json`` and in a figure.
+
+A second, amplitude-blind figure rides along for evaluation (``phase_score``, in
+``reconstruct.json`` only): the correlation of what the network added with the other
+half's hidden data, divided by the square root of the two halves' own agreement there,
+
+    phase(s) = [Re Σ h A B₂* / √(Σ h |A|² · Σ h |B₂|²)] / √(Re Σ h B₁ B₂* / √(Σ h |B₁|² Σ h |B₂|²))
+
+with B_i = (1 − W)·Y_i: the estimated correlation of the addition with the hidden
+*signal* (the other half's noise divided out, the usual √FSC step). It is 1 for a
+network that puts back the right content at any amplitude, 0 for nothing or an unrelated
+addition. Why: the power score counts a fill with the right phases and damped amplitude
+as partly missing, and over the evaluation matrix it did not rank the cells by their true
+gain (RESULTS.md); whether this figure does is measured there before it replaces anything. Pure
 numerics: the network enters as a ``predict`` callable (z-scored map in, map out).
 """
 
@@ -46,6 +59,8 @@ __all__ = ["TrustCheck", "choose_hidden_rotation", "hidden_weights", "region_fsc
 MIN_SHELL_COVERAGE = 0.05
 #: Below this share of hidden weight in shells 2 … n/4 there is nothing to check.
 MIN_HIDDEN_FRACTION = 0.02
+#: An addition below this share of the hidden data's power counts as nothing added.
+NOTHING_ADDED = 1e-8
 #: Verdict thresholds on the score (fraction of the hidden signal's power returned).
 #: Provisional, from two measured points until the evaluation matrix calibrates them: the
 #: demo (``tilt:20``, ``cpu`` preset, cone FSC with the truth 0.004 → 0.273) scores 0.13;
@@ -115,6 +130,9 @@ class TrustCheck:
     shells_scored : the shells that entered the score.
     score : Σ numerators / Σ denominators of ``recovery`` over ``shells_scored``; None
         when nothing measured could be hidden.
+    phase_recovery : per shell, the amplitude-blind figure of the module docstring
+        (correlation of the addition with the hidden signal); NaN where undefined.
+    phase_score : the same pooled over ``shells_scored`` (None with ``score``).
     verdict : ``"good"``, ``"partial"``, ``"low"`` or ``"not applicable"``.
     message : one sentence for the user.
     """
@@ -127,6 +145,8 @@ class TrustCheck:
     score: float | None
     verdict: str
     message: str
+    phase_recovery: np.ndarray | None = None
+    phase_score: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict."""
@@ -143,6 +163,8 @@ class TrustCheck:
             "shells_scored": [int(s) for s in self.shells_scored],
             "recovery": arr(self.recovery),
             "data_fsc": arr(self.data_fsc),
+            "phase_score": self.phase_score,
+            "phase_recovery": arr(self.phase_recovery),
         }
 
 
@@ -247,6 +269,21 @@ def trust_check(
     if fraction >= MIN_HIDDEN_FRACTION and shells.size:
         score = float(numer[shells].sum() / denom[shells].sum())
     verdict, message = _verdict(score)
+    hidden1 = (1.0 - wf) * f1
+    sums = {
+        "ab": numer,
+        "aa": shell_cross(added, added, hh, n),
+        "bb": shell_cross(hidden, hidden, hh, n),
+        "b1b": denom,
+        "b1b1": shell_cross(hidden1, hidden1, hh, n),
+    }
+    phase = _phase_recovery(sums)
+    phase_score = None
+    if score is not None:
+        phase_score = float(
+            _phase_recovery({k: v[shells].sum(keepdims=True) for k, v in sums.items()})[0]
+        )
+        phase_score = None if not np.isfinite(phase_score) else phase_score
     return TrustCheck(
         rotation=int(rotation),
         hidden_fraction=float(fraction),
@@ -256,4 +293,21 @@ def trust_check(
         score=score,
         verdict=verdict,
         message=message,
+        phase_recovery=phase,
+        phase_score=phase_score,
     )
+
+
+def _phase_recovery(sums: dict[str, np.ndarray]) -> np.ndarray:
+    """corr(A, B₂) / √corr(B₁, B₂) from the sums (module docstring); 0 where nothing was
+    added, NaN where the halves' hidden data do not agree."""
+    out = np.full(np.shape(sums["ab"]), np.nan)
+    # a correlation is blind to scale: an addition at float32 round-off (the identity
+    # network) would otherwise score like a real one
+    added = sums["aa"] > NOTHING_ADDED * sums["b1b1"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(added, sums["ab"] / np.sqrt(sums["aa"] * sums["bb"]), 0.0)
+        agree = sums["b1b"] / np.sqrt(sums["b1b1"] * sums["bb"])
+    ok = (agree > 0) & (sums["bb"] > 0)
+    out[ok] = corr[ok] / np.sqrt(agree[ok])
+    return out

@@ -145,3 +145,55 @@ def test_single_map_and_mismatch():
     assert t.data_fsc is None and t.score == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(MapMismatchError, match="differ"):
         trust_check(h1, None, w[:20, :20, :20], lambda x: x)
+
+
+def test_phase_recovery_slow_statement():
+    """The amplitude-blind figure against a voxel-sum statement of its definition."""
+    n = 12
+    rng = np.random.default_rng(7)
+    _s, h1, h2 = _signal_and_halves(n=n, noise=0.7, seed=3)
+    w = rng.uniform(0, 1, (n, n, n))
+    w = (0.5 * (w + np.roll(w[::-1, ::-1, ::-1], 1, axis=(0, 1, 2)))).astype(np.float32)
+    index = 5
+    t = trust_check(h1, h2, w, lambda x: x + 0.3 * gaussian_filter(x, 1.0), rotation=index)
+    # slow: every quantity on the full fftshift-ed grid, shell by shell
+    c = np.fft.fftshift
+    y1, y2 = rotate_array(h1, index), rotate_array(h2, index)
+    f1, f2 = c(np.fft.fftn(y1)), c(np.fft.fftn(y2))
+    degraded = np.fft.ifftn(np.fft.ifftshift(f1 * w)).real.astype(np.float32)
+    out = c(np.fft.fftn(degraded + 0.3 * gaussian_filter(degraded, 1.0)))
+    a = out - w * f1
+    b1, b2 = (1 - w) * f1, (1 - w) * f2
+    h = hidden_weights(w, index)
+    k = np.arange(n) - n // 2
+    shell = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2))
+
+    def sums(sel):
+        dot = lambda x, y: np.sum(h[sel] * (x[sel] * np.conj(y[sel])).real)  # noqa: E731
+        return dot(a, b2), dot(a, a), dot(b2, b2), dot(b1, b2), dot(b1, b1)
+
+    def figure(ab, aa, bb, b1b, b1b1):
+        return (ab / np.sqrt(aa * bb)) / np.sqrt(b1b / np.sqrt(b1b1 * bb))
+
+    for shell_number in (2, 3, 4):
+        expect = figure(*sums(shell == shell_number))
+        assert t.phase_recovery[shell_number] == pytest.approx(expect, rel=1e-6)
+    pooled = figure(*sums(np.isin(shell, t.shells_scored)))
+    assert t.phase_score == pytest.approx(pooled, rel=1e-6)
+
+
+def test_phase_score_is_blind_to_amplitude_and_to_unrelated_additions():
+    s, h1, h2 = _signal_and_halves(noise=0.5)
+    w = _cone_weight(24, (1.0, 0.0, 0.0), 35.0)
+    index, _ = choose_hidden_rotation(w)
+    full = trust_check(h1, h2, w, lambda x: rotate_array(s, index))
+    damped = trust_check(h1, h2, w, lambda x: x + 0.4 * (rotate_array(s, index) - x))
+    assert full.phase_score == pytest.approx(1.0, abs=0.1)
+    assert damped.phase_score == pytest.approx(1.0, abs=0.1)  # right content, 40 % amplitude
+    assert damped.score < 0.6  # the power score counts it as mostly missing
+    other = _signal_and_halves(noise=0.5, seed=11)[0]
+    unrelated = trust_check(h1, h2, w, lambda x: x + other)
+    assert abs(unrelated.phase_score) < 0.15
+    nothing = trust_check(h1, h2, w, lambda x: x)
+    assert nothing.phase_score == pytest.approx(0.0, abs=1e-9)
+    assert "phase_score" in nothing.to_dict()
