@@ -61,10 +61,12 @@ MIN_SHELL_COVERAGE = 0.05
 MIN_HIDDEN_FRACTION = 0.02
 #: An addition below this share of the hidden data's power counts as nothing added.
 NOTHING_ADDED = 1e-8
-#: Verdict thresholds on the score (fraction of the hidden signal's power returned).
-#: Provisional, from two measured points until the evaluation matrix calibrates them: the
-#: demo (``tilt:20``, ``cpu`` preset, cone FSC with the truth 0.004 → 0.273) scores 0.13;
-#: a 128-step tiny network that made the cone worse (−0.11) scores 0.001.
+#: Verdict thresholds on the score (fraction of the hidden signal's power returned), from
+#: the first measured points: the demo (``tilt:20``, ``cpu`` preset, cone FSC with the truth
+#: 0.004 → 0.273) scores 0.13; a 128-step tiny network that made the cone worse (−0.11)
+#: scores 0.001. Over the evaluation matrix (RESULTS.md, sessions 14–15) every cone cell
+#: gained, yet half scored < 0.1 (the best, ``tilt:30`` +0.66, scored 0.09): a low score
+#: is the absence of evidence, not evidence of a failure, and the *low* message says so.
 GOOD_SCORE = 0.3
 PARTIAL_SCORE = 0.1
 
@@ -187,8 +189,8 @@ def _verdict(score: float | None) -> tuple[str, str]:
     return (
         "low",
         f"the network restored only {pct} of measured data hidden like the missing cone: "
-        "do not trust the corrected map's missing-cone content (more data, training or "
-        "a larger box may help)",
+        "this check cannot vouch for the corrected map's missing-cone content; compare it "
+        "with the raw average (more data, training or a larger box may help)",
     )
 
 
