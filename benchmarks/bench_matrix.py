@@ -125,17 +125,15 @@ def summarise(rows: list[dict]) -> dict[str, object]:
     if rows:
         worst = max(rows, key=lambda r: r["max_global_drop"])
         out.update(max_global_drop=worst["max_global_drop"], max_drop_cell=worst["name"])
-    pairs = [(r["trust_score"], r["gain"]) for r in cone if r["trust_score"] is not None]
-    if len(pairs) >= 3:
-        rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
-        out.update(trust_spearman=float(rho.statistic), trust_pvalue=float(rho.pvalue))
-    out["trust_cells"] = len(pairs)
-    # the amplitude-blind figure under evaluation (rows of older runs lack it)
-    phase = [(r.get("trust_phase_score"), r["gain"]) for r in cone]
-    phase = [p for p in phase if p[0] is not None]
-    if len(phase) >= 3:
-        rho = spearmanr([p[0] for p in phase], [p[1] for p in phase])
-        out.update(phase_spearman=float(rho.statistic), phase_pvalue=float(rho.pvalue))
+    # the power score, and the amplitude-blind figure under evaluation (older rows lack it)
+    for key, name in (("trust_score", "trust"), ("trust_phase_score", "phase")):
+        pairs = [(r[key], r["gain"]) for r in cone if r.get(key) is not None]
+        if len(pairs) >= 3:
+            rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
+            out[f"{name}_spearman"] = float(rho.statistic)
+            out[f"{name}_pvalue"] = float(rho.pvalue)
+        if name == "trust":
+            out["trust_cells"] = len(pairs)
     return out
 
 

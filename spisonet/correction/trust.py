@@ -36,8 +36,9 @@ with B_i = (1 − W)·Y_i: the estimated correlation of the addition with the hi
 network that puts back the right content at any amplitude, 0 for nothing or an unrelated
 addition. Why: the power score counts a fill with the right phases and damped amplitude
 as partly missing, and over the evaluation matrix it did not rank the cells by their true
-gain (RESULTS.md); whether this figure does is measured there before it replaces anything. Pure
-numerics: the network enters as a ``predict`` callable (z-scored map in, map out).
+gain. Neither did this figure on the six cells measured so far (RESULTS.md, session 15),
+so the verdict stays on the power score. Pure numerics: the network enters as a
+``predict`` callable (z-scored map in, map out).
 """
 
 from __future__ import annotations
