@@ -15,6 +15,12 @@ without the margin (wherever the mix beats the network at all); for maps saved b
 without the step (``--override network_only=true``). Prints one line per cell: worst-cone
 gain / worst global-shell drop @ shell before, after and without the margin, and the
 shells where the data were mixed in.
+
+``--oracle-shells LO-HI``: a bound no rule can beat, with the truth as judge: the raw data
+put back in full at shells LO … HI (the network's output kept elsewhere), once over the
+directions the measured-data step may touch and once over all directions; the worst-cone
+gain, the worst global drop and the global FSC drop at each of shells 2 … HI + 2 are
+printed for both. If neither removes a drop, no mix of network and data can.
 """
 
 from __future__ import annotations
@@ -41,7 +47,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--maps", type=Path, required=True)
     p.add_argument("--inputs", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--oracle-shells", default=None, help="LO-HI: put the data back there")
     args = p.parse_args(argv)
+    oracle = None
+    if args.oracle_shells:
+        lo, hi = (int(v) for v in args.oracle_shells.split("-"))
+        oracle = (lo, hi)
     cells = {c.name: c for c in CORE + HARD + CI}
     print("# command: python " + " ".join(sys.argv), flush=True)
     rows = []
@@ -73,6 +84,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "mixed_shells": np.flatnonzero(blend.network_weight < 1.0).tolist(),
             "ungated": (free_s.gain, free_s.max_global_drop, free_s.worst_drop_shell),
         }
+        if oracle is not None:
+            row["oracle"] = _oracle_lines(truth, raw, halves, (h1, h2), mask, volume, oracle)
         rows.append(row)
         b, a, u = row["before"], row["after"], row["ungated"]
         print(
@@ -82,6 +95,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{u[1]:.4f}@{u[2]}",
             flush=True,
         )
+        for line in row.get("oracle", []):
+            print("    " + line, flush=True)
     if rows:
         worst = {k: max(r[k][1] for r in rows) for k in ("before", "after", "ungated")}
         print(
@@ -89,6 +104,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"without the margin {worst['ungated']:.4f}"
         )
     return rows
+
+
+def _oracle_lines(truth, raw, networks, halves, mask, volume, shells) -> list[str]:
+    """The data put back in full at ``shells`` (over the step's directions, then over all)."""
+    from spisonet.correction.evaluate import score_correction
+    from spisonet.fourier import fourier_blend, shell_index
+    from spisonet.fsc_shells import fsc_curve
+    from spisonet.weights import directional_weight, measured_weight
+
+    lo, hi = shells
+    n = raw.shape[0]
+    index = shell_index(n)
+    band = ((index >= lo) & (index <= hi)).astype(np.float32)
+    measured = measured_weight(volume, halves[0], halves[1], mask)
+    applied = np.maximum(measured, directional_weight(measured))
+    g_raw = fsc_curve(raw, truth, mask)[0]
+    shown = slice(2, min(hi + 3, n // 2))
+    lines = []
+    choices = (("network alone", None), ("measured dirs", applied * band), ("all dirs", band))
+    for label, weight in choices:
+        if weight is None:
+            mixed = np.mean(networks, axis=0)
+        else:
+            pairs = zip(networks, halves, strict=True)
+            mixed = np.mean([fourier_blend(o, h, weight) for o, h in pairs], axis=0)
+        s = score_correction(truth, raw, mixed, mask)
+        drops = np.round(g_raw[shown] - fsc_curve(mixed, truth, mask)[0][shown], 4)
+        lines.append(
+            f"data at shells {lo}-{hi}, {label:13s}: gain {s.gain:+.4f}, worst "
+            f"drop {s.max_global_drop:.4f}@{s.worst_drop_shell}; drop at shells "
+            f"{shown.start}…{shown.stop - 1}: {drops.tolist()}"
+        )
+    return lines
 
 
 if __name__ == "__main__":
