@@ -46,3 +46,32 @@ def test_matrix_ci_subset_runs_and_does_no_harm(tmp_path, monkeypatch):
     assert summary["cells"] == 2 and summary["weakest_cell"] == cone["name"]
     assert json.loads((tmp_path / files[0]).read_text())["name"] in {r["name"] for r in rows}
     sys.modules.pop("bench_matrix", None)
+
+
+@pytest.mark.slow
+def test_matrix_train_seeds_are_runs_of_their_own_and_summarised_per_cell(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_matrix
+
+    name = bench_matrix.CI[0].name
+    argv = ["--cells", name, "--preset", "tiny", "--out", str(tmp_path), "--train-seeds", "0,1"]
+    rows = bench_matrix.main(argv)
+    assert [r["train_seed"] for r in rows] == [0, 1]
+    assert [r["overrides"]["seed"] for r in rows] == [0, 1]
+    saved = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert saved == [f"{name}__tiny__seed0.json", f"{name}__tiny__seed1.json"]
+    # two seeds of one cell train two different networks
+    assert rows[0]["cone_corrected"] != rows[1]["cone_corrected"]
+    (cell,) = bench_matrix.over_seeds(rows)
+    gains = [r["gain"] for r in rows]
+    assert cell["gain"] == pytest.approx(sum(gains) / 2)
+    assert (cell["gain_min"], cell["gain_max"]) == (min(gains), max(gains))
+    assert cell["max_global_drop"] == max(r["max_global_drop"] for r in rows)
+    assert cell["seeds"] == [0, 1]
+    summary = bench_matrix.summarise([cell])
+    assert summary["weakest_gain"] == pytest.approx(cell["gain"])
+    assert summary["widest_seed_spread"] == pytest.approx(max(gains) - min(gains))
+    # a rerun finds both seeds done and trains nothing
+    again = bench_matrix.main(argv)
+    assert [r["gain"] for r in again] == gains
+    sys.modules.pop("bench_matrix", None)
