@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     rows: dict[tuple[str, int | None], dict] = {}
     todo = []
-    for c in cells:
-        for t in train_seeds:
+    for t in train_seeds:  # every cell's first seed before any second (a cut run has all)
+        for c in cells:
             path = _result_path(out, c, args.preset, t)
             wanted = overrides if t is None else {**overrides, "seed": t}
             if path.exists():

@@ -11,6 +11,8 @@
 #   3. the evaluation matrix (benchmarks/bench_matrix.py) with $MATRIX_PRESET, $JOBS
 #      cells at a time on the one GPU; inputs that need RELION are read from
 #      $MATRIX_INPUTS (made beforehand with --prepare on a machine with RELION);
+#      TRAIN_SEEDS=0,1,2 trains each cell once per seed (every cell's first seed before
+#      any cell's second, so a run cut short by the budget still covers every cell);
 #   4. with VARIANT=KEY=VALUE, the matrix's $VARIANT_SET (default hard) again with that
 #      setting changed, when time is left;
 #   5. `spisonet demo` with the gpu preset (one epoch: the user's path, timed);
@@ -54,7 +56,8 @@ bound() { local want=$1 keep=$2 l; l=$(($(left) - keep)); l=$((l < want ? l : wa
 
   echo "## 3. matrix: set $MATRIX_SET, preset $MATRIX_PRESET, $JOBS jobs"
   timeout "$(bound 420 100)" $PY benchmarks/bench_matrix.py --set "$MATRIX_SET" \
-    --preset "$MATRIX_PRESET" --jobs "$JOBS" --inputs "$MATRIX_INPUTS" --out "$WORK/matrix"
+    --preset "$MATRIX_PRESET" --jobs "$JOBS" --inputs "$MATRIX_INPUTS" --out "$WORK/matrix" \
+    ${TRAIN_SEEDS:+--train-seeds "$TRAIN_SEEDS"}
   echo "rc=$?"
   tar -czf "$OUT/matrix.tgz" -C "$WORK" matrix 2>/dev/null
 
