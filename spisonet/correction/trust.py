@@ -107,10 +107,13 @@ def region_fsc(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> np.ndarray:
     ``region`` is an fftshift-ed (n, n, n) weight, symmetric under k → −k. Returns
     (n//2 + 1,): Re Σ h F_a F_b* / sqrt(Σ h |F_a|² · Σ h |F_b|²) over shell round(|k|).
     """
-    n = a.shape[0]
-    h = half_grid(region)
     fa = scipy.fft.rfftn(np.asarray(a, dtype=np.float64), workers=-1)
     fb = scipy.fft.rfftn(np.asarray(b, dtype=np.float64), workers=-1)
+    return _fsc_of_transforms(fa, fb, half_grid(region), a.shape[0])
+
+
+def _fsc_of_transforms(fa: np.ndarray, fb: np.ndarray, h: np.ndarray, n: int) -> np.ndarray:
+    """:func:`region_fsc` from the maps' rfftn transforms and the region's half grid."""
     cross = shell_cross(fa, fb, h, n)
     denom = np.sqrt(shell_cross(fa, fa, h, n) * shell_cross(fb, fb, h, n))
     out = np.zeros(n // 2 + 1)
@@ -247,7 +250,7 @@ def trust_check(
     if half2 is not None:
         y2 = rotate_array(np.asarray(half2, dtype=np.float32), rotation)
         f2 = scipy.fft.rfftn(y2.astype(np.float64), workers=-1)
-        data_fsc = region_fsc(y1, y2, h)
+        data_fsc = _fsc_of_transforms(f1, f2, hh, n)
     else:
         f2 = f1
     hidden = (1.0 - wf) * f2

@@ -109,6 +109,27 @@ def test_region_fsc_slow_statement():
         assert fast[s] == pytest.approx(cross / np.sqrt(p1 * p2), rel=1e-9, abs=1e-12)
 
 
+def test_data_fsc_is_the_rotated_halves_fsc_over_the_hidden_region():
+    _s, h1, h2 = _signal_and_halves(n=12, noise=1.0, seed=3)
+    w = _cone_weight(12, (1.0, 0.0, 0.0), 35.0)
+    t = trust_check(h1, h2, w, lambda x: x)
+    h = hidden_weights(w, t.rotation)
+    fa = np.fft.fftshift(np.fft.fftn(rotate_array(h1, t.rotation).astype(np.float64)))
+    fb = np.fft.fftshift(np.fft.fftn(rotate_array(h2, t.rotation).astype(np.float64)))
+    k = np.arange(12) - 6
+    shell = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2))
+    checked = 0
+    for s in range(1, 7):
+        sel = (shell == s) & (h > 0)
+        if not sel.any():
+            continue
+        cross = np.sum(h[sel] * (fa[sel] * np.conj(fb[sel])).real)
+        p = np.sqrt(np.sum(h[sel] * np.abs(fa[sel]) ** 2) * np.sum(h[sel] * np.abs(fb[sel]) ** 2))
+        assert t.data_fsc[s] == pytest.approx(cross / p, rel=1e-6, abs=1e-9)
+        checked += 1
+    assert checked >= 3
+
+
 def test_identity_network_recovers_nothing():
     _s, h1, h2 = _signal_and_halves()
     w = _cone_weight(24, (1.0, 0.0, 0.0), 35.0)
