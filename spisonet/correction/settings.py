@@ -98,6 +98,14 @@ class CorrectionSettings:
         "published; 0: the measured region learns from the other half only, pure Noise2Noise)",
         cli=("--self-weight", "--self_weight"),
     )
+    consistency_border: int = setting(
+        0,
+        "Voxels at each face of a training cube left out of the consistency terms (0: the "
+        "whole cube, as published). The cube is a window of the map while W acts on it "
+        "periodically, so the two disagree near the faces; opt-in until measured over seeds",
+        unit="voxels",
+        cli=("--consistency-border",),
+    )
     equivariance_rotations: str = setting(
         "informative",
         "Rotations of the equivariance term: informative (each of the 24 cube rotations drawn "
@@ -193,6 +201,13 @@ class CorrectionSettings:
             raise InvalidValueError(
                 f"predict_crop_size must be at least cube_size + 2·{self.predict_edge} = "
                 f"{self.cube_size + 2 * self.predict_edge}; got {self.predict_crop_size}"
+            )
+        b = self.consistency_border
+        integer = isinstance(b, int | np.integer) and not isinstance(b, bool)
+        if not integer or not 0 <= 2 * b < self.cube_size:
+            raise InvalidValueError(
+                f"consistency_border must be an integer with 0 ≤ 2·border < cube_size = "
+                f"{self.cube_size}; got {b!r}"
             )
         if self.limit_res is not None and not self.limit_res > 0:
             raise InvalidValueError(f"limit_res must be a resolution > 0 Å; got {self.limit_res}")

@@ -9,6 +9,14 @@ For a network ``f``, the sampling operator ``P_W`` and per-sample cube rotations
                     L_e2 = |f(P_W(y)) - R(f(x2))|      (f(x2): a third forward pass)
     total           alpha·L_e + g·L_c + beta·(alpha·L_e2 + L_c2)
 
+``border`` > 0 leaves that many voxels at each face of the cube out of the consistency
+means L_c and L_c2 (the equivariance terms keep the whole cube). Why: the data cube is a
+window of the map, which W sampled as a whole, while ``P_W`` acts on the cube
+periodically; near the faces the two disagree, and the consistency term asks the
+network's measured content to cancel what the window leaks of its own fill. Opt-in
+(default 0, the published loss): one seed per cell so far, helpful on one cell and not on
+another (benchmarks/RESULTS.md, session 16).
+
 ``g`` (``self_weight``) is 1 in the published method. With a Noise2Noise pair it may be
 lowered: L_c asks the measured region to reproduce x1 *with its noise*, L_c2 to predict x2;
 under L1 with g = 1 > beta the optimum is x1 itself, so the network never denoises. With
@@ -48,6 +56,7 @@ def correction_loss(
     beta: float = 0.5,
     detach_targets: bool = False,
     self_weight: float = 1.0,
+    border: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total training loss of one (micro-)batch and its parts.
 
@@ -71,6 +80,8 @@ def correction_loss(
     self_weight : float
         Weight of L_c when a Noise2Noise pair is used (≥ 0; 1 = published). Ignored
         without a pair. See the module docstring.
+    border : int
+        Voxels at each face left out of the consistency terms (0: none; 2·border < D).
 
     Returns
     -------
@@ -90,13 +101,17 @@ def correction_loss(
             f"alpha, beta and self_weight must be ≥ 0; got alpha={alpha}, beta={beta}, "
             f"self_weight={self_weight}"
         )
+    d = x1.shape[-1]
+    if isinstance(border, bool) or not isinstance(border, int) or not 0 <= 2 * border < d:
+        raise InvalidValueError(f"border must be an integer, 0 ≤ 2·border < {d}; got {border!r}")
+    inner = (Ellipsis,) + (slice(border, d - border),) * 3
     use_n2n = x2 is not None and beta > 0
     g = float(self_weight) if use_n2n else 1.0
 
     f1 = model(x1)
     p1 = apply_sampling(f1, w_shifted)  # float32 (float64 for float64 input)
     real = p1.dtype  # losses are computed in this precision, also under autocast
-    loss_c = (p1 - x1.to(real)).abs().mean()
+    loss_c = (p1 - x1.to(real))[inner].abs().mean()
     y = rotate_batch(f1.to(real), rotation_indices)
     y_target = y.detach() if detach_targets else y
     f_py = model(apply_sampling(y, w_shifted)).to(real)
@@ -105,7 +120,7 @@ def correction_loss(
     parts = {"consistency": loss_c.detach(), "equivariance": loss_e.detach()}
     if use_n2n:
         assert x2 is not None
-        loss_c2 = (p1 - x2.to(real)).abs().mean()
+        loss_c2 = (p1 - x2.to(real))[inner].abs().mean()
         if detach_targets:
             with torch.no_grad():  # a fixed target: no graph, less memory
                 f2r = rotate_batch(model(x2).to(real), rotation_indices)

@@ -87,6 +87,7 @@ _RESUME_KEYS = (
     "alpha",
     "beta",
     "self_weight",
+    "consistency_border",
     "schedule",
     "seed",
 )
@@ -107,6 +108,8 @@ class TrainSettings:
     alpha, beta : weights of the equivariance and Noise2Noise terms.
     self_weight : weight of the consistency term against the input half itself when a
         Noise2Noise pair is used (1: published; 0: pure Noise2Noise in the measured region).
+    consistency_border : voxels at each face of a cube left out of the consistency terms
+        (0: published; see :func:`~spisonet.nn.losses.correction_loss`).
     schedule : ``"constant"`` (published) or ``"onecycle"``.
     amp : ``"auto"`` (bf16 on CUDA when supported, else float32), ``"bf16"`` or ``"off"``.
     compile : wrap the network in ``torch.compile`` (opt-in; slow first steps).
@@ -124,6 +127,7 @@ class TrainSettings:
     alpha: float = 1.0
     beta: float = 0.5
     self_weight: float = 1.0
+    consistency_border: int = 0
     schedule: str = "constant"
     amp: str = "auto"
     compile: bool = False
@@ -155,6 +159,10 @@ class TrainSettings:
             raise InvalidValueError(
                 f"schedule must be 'constant' or 'onecycle'; got {self.schedule!r}"
             )
+        b = self.consistency_border
+        if isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 0:
+            raise InvalidValueError(f"consistency_border must be an integer ≥ 0; got {b!r}")
+        object.__setattr__(self, "consistency_border", int(b))
         if self.amp not in ("auto", "bf16", "off"):
             raise InvalidValueError(f"amp must be 'auto', 'bf16' or 'off'; got {self.amp!r}")
 
@@ -500,6 +508,7 @@ def train_network(
                             alpha=settings.alpha,
                             beta=settings.beta,
                             self_weight=settings.self_weight,
+                            border=settings.consistency_border,
                         )
                     (loss * share).backward()
                 for name, value in parts.items():

@@ -36,6 +36,7 @@ VALUES = {
     "alpha": ("0.7", 0.7),
     "beta": ("0.3", 0.3),
     "self_weight": ("0.25", 0.25),
+    "consistency_border": ("2", 2),
     "equivariance_rotations": ("uniform", "uniform"),
     "schedule": ("onecycle", "onecycle"),
     "amp": ("auto", "auto"),

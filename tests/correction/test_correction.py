@@ -84,6 +84,9 @@ def test_presets() -> None:
         preset_settings("tiny", predict_crop_size=16)
     with pytest.raises(InvalidValueError, match=r"acc_batches \(4\) cannot exceed batch_size"):
         preset_settings("tiny", acc_batches=4)
+    assert preset_settings("tiny", consistency_border=7).train_settings().consistency_border == 7
+    with pytest.raises(InvalidValueError, match=r"2·border < cube_size = 16; got 8"):
+        preset_settings("tiny", consistency_border=8)
     bad = CorrectionSettings(preset="x", schedule="cosine")  # direct construction
     with pytest.raises(InvalidValueError, match="schedule must be 'constant' or 'onecycle'"):
         correct_anisotropy(np.ones((N, N, N), np.float32), settings=bad)

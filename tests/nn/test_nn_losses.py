@@ -45,10 +45,11 @@ def rot(v: np.ndarray, indices: list[int]) -> np.ndarray:
     return out
 
 
-def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g=1.0):
+def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g=1.0, border=0):
     """The four terms and the total of ALGORITHM.md §3 for f(x) = a·x + b.
 
     ``g``: the weight of L_c when the Noise2Noise terms are present (1 elsewhere).
+    ``border``: voxels at each face left out of the consistency means (by explicit loops).
 
     ``a_target``/``b_target``: the parameters used inside the targets y and R(f(x2))
     (equal to a, b unless the targets are held fixed).
@@ -59,7 +60,18 @@ def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g
     def f(x, a_, b_):
         return a_ * x + b_
 
-    lc = np.mean(np.abs(p_w(f(x1, a, b), w) - x1))
+    def interior_mean(v):
+        kept = [
+            v[n, 0, i, j, k]
+            for n in range(v.shape[0])
+            for i in range(D)
+            for j in range(D)
+            for k in range(D)
+            if min(i, j, k) >= border and max(i, j, k) < D - border
+        ]
+        return np.mean(np.abs(kept))
+
+    lc = interior_mean(p_w(f(x1, a, b), w) - x1)
     y_in = rot(f(x1, a, b), idx)
     y_tg = rot(f(x1, at, bt), idx)
     fpy = f(p_w(y_in, w), a, b)
@@ -68,7 +80,7 @@ def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g
     with_pair = x2 is not None and beta > 0
     total = alpha * le + (g if with_pair else 1.0) * lc
     if with_pair:
-        lc2 = np.mean(np.abs(p_w(f(x1, a, b), w) - x2))
+        lc2 = interior_mean(p_w(f(x1, a, b), w) - x2)
         le2 = np.mean(np.abs(fpy - rot(f(x2, at, bt), idx)))
         total += beta * (alpha * le2 + lc2)
         parts |= {"consistency2": lc2, "equivariance2": le2}
@@ -226,6 +238,22 @@ def test_loss_with_unet_is_finite_and_trains_every_parameter() -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("border", [1, 2])
+def test_consistency_border_leaves_the_faces_out_of_the_consistency_terms(batch, border) -> None:
+    x1, x2, w, idx = batch
+    ws = sampling_tensor(w, dtype=torch.float64)
+    t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
+    total, parts = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx, border=border)
+    exp_total, exp_parts = hand_loss(0.8, 0.1, x1, x2, w, idx, 1.0, 0.5, border=border)
+    for k, v in exp_parts.items():
+        assert float(parts[k]) == pytest.approx(v, rel=1e-10), k
+    assert float(total.detach()) == pytest.approx(exp_total, rel=1e-10)
+    # the faces did count without a border, and the equivariance terms keep the whole cube
+    _, whole = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx)
+    assert float(whole["consistency"]) != pytest.approx(float(parts["consistency"]), rel=1e-6)
+    assert float(whole["equivariance"]) == pytest.approx(float(parts["equivariance"]), rel=1e-12)
+
+
 def test_loss_errors(batch) -> None:
     x1, x2, w, idx = batch
     t1, t2, ws = torch.from_numpy(x1), torch.from_numpy(x2), sampling_tensor(w)
@@ -238,3 +266,6 @@ def test_loss_errors(batch) -> None:
         correction_loss(model, t1, t2, ws, idx, alpha=-1)
     with pytest.raises(InvalidValueError, match=r"self_weight=-0\.5"):
         correction_loss(model, t1, t2, ws, idx, self_weight=-0.5)
+    for bad in (3, -1, 1.5, True):  # 2·3 = D leaves no interior
+        with pytest.raises(InvalidValueError, match="border must be an integer"):
+            correction_loss(model, t1, t2, ws, idx, border=bad)
