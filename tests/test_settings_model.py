@@ -118,6 +118,7 @@ def test_train_settings_take_every_shared_field_by_name():
         "alpha": 0.25,
         "beta": 0.75,
         "self_weight": 0.5,
+        "consistency_border": 3,
         "schedule": "onecycle",
         "amp": "off",
         "compile": True,
