@@ -102,7 +102,8 @@ class CorrectionSettings:
         0,
         "Voxels at each face of a training cube left out of the consistency terms (0: the "
         "whole cube, as published). The cube is a window of the map while W acts on it "
-        "periodically, so the two disagree near the faces; opt-in until measured over seeds",
+        "periodically, so the two disagree near the faces; opt-in: it cost top-view maps their "
+        "low-resolution fill",
         unit="voxels",
         cli=("--consistency-border",),
     )

@@ -14,8 +14,8 @@ means L_c and L_c2 (the equivariance terms keep the whole cube). Why: the data c
 window of the map, which W sampled as a whole, while ``P_W`` acts on the cube
 periodically; near the faces the two disagree, and the consistency term asks the
 network's measured content to cancel what the window leaks of its own fill. Opt-in
-(default 0, the published loss): one seed per cell so far, helpful on one cell and not on
-another (benchmarks/RESULTS.md, session 16).
+(default 0, the published loss): it helped the base `tilt:20` cell and took the `top`
+cells' low-resolution fill away (benchmarks/RESULTS.md, session 16).
 
 ``g`` (``self_weight``) is 1 in the published method. With a Noise2Noise pair it may be
 lowered: L_c asks the measured region to reproduce x1 *with its noise*, L_c2 to predict x2;
