@@ -169,7 +169,7 @@ def over_seeds(rows: list[dict]) -> list[dict]:
             "gain_min": float(min(gains)),
             "gain_max": float(max(gains)),
             "max_global_drop": worst["max_global_drop"],
-            "seeds": [r.get("overrides", {}).get("seed") for r in runs],
+            "seeds": [r.get("train_seed") for r in runs],
         }
         for key in ("trust_score", "trust_phase_score"):
             values = [r.get(key) for r in runs]
@@ -219,13 +219,18 @@ def _run_and_save(
     """Run one cell and write its JSON at once (so an interrupted matrix continues)."""
     from spisonet.report import write_json
 
-    if train_seed is not None:
-        overrides = {**overrides, "seed": train_seed}
-        save_maps = None if save_maps is None else save_maps / f"seed{train_seed}"
+    if train_seed is not None and save_maps is not None:
+        save_maps = save_maps / f"seed{train_seed}"
+    overrides = _with_seed(overrides, train_seed)
     r = run_cell(c, preset, seed, inputs=inputs, save_maps=save_maps, **overrides)
     r["train_seed"] = train_seed
     write_json(_result_path(out, c, preset, train_seed), r)
     return r
+
+
+def _with_seed(overrides: dict, train_seed: int | None) -> dict:
+    """The overrides of one run: ``seed`` set to the training seed when there is one."""
+    return overrides if train_seed is None else {**overrides, "seed": train_seed}
 
 
 def _result_path(out: Path, c: Cell, preset: str, train_seed: int | None) -> Path:
@@ -298,10 +303,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for t in train_seeds:  # every cell's first seed before any second (a cut run has all)
         for c in cells:
             path = _result_path(out, c, args.preset, t)
-            wanted = overrides if t is None else {**overrides, "seed": t}
             if path.exists():
                 r = json.loads(path.read_text())
-                if r.get("overrides", {}) == wanted:
+                if r.get("overrides", {}) == _with_seed(overrides, t):
                     rows[c.name, t] = r
                     print(f"  {c.name}: done before (gain {r['gain']:+.3f})", flush=True)
                     continue

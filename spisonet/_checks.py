@@ -100,6 +100,17 @@ def check_positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def check_nonnegative_int(
+    value: object, name: str, below: int | None = None, bound: str = "≥ 0"
+) -> int:
+    """``value`` as an int ≥ 0 and, if given, < ``below`` (bools and floats refused); else
+    :class:`InvalidValueError` saying "``name`` must be an integer, ``bound``"."""
+    integer = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not integer or value < 0 or (below is not None and value >= below):
+        raise InvalidValueError(f"{name} must be an integer, {bound}; got {value!r}")
+    return int(value)
+
+
 def check_box(box: object, name: str = "box", minimum: int = 8) -> int:
     """A box edge: an integer ≥ ``minimum`` voxels; else :class:`InvalidValueError`."""
     ok = not isinstance(box, bool) and isinstance(box, int | float | np.integer | np.floating)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_nonnegative_int
 from .._settings import markdown_table, setting
 from ..errors import InvalidValueError
 
@@ -203,13 +204,12 @@ class CorrectionSettings:
                 f"predict_crop_size must be at least cube_size + 2·{self.predict_edge} = "
                 f"{self.cube_size + 2 * self.predict_edge}; got {self.predict_crop_size}"
             )
-        b = self.consistency_border
-        integer = isinstance(b, int | np.integer) and not isinstance(b, bool)
-        if not integer or not 0 <= 2 * b < self.cube_size:
-            raise InvalidValueError(
-                f"consistency_border must be an integer with 0 ≤ 2·border < cube_size = "
-                f"{self.cube_size}; got {b!r}"
-            )
+        check_nonnegative_int(
+            self.consistency_border,
+            "consistency_border",
+            (self.cube_size + 1) // 2,
+            f"0 ≤ 2·border < cube_size = {self.cube_size}",
+        )
         if self.limit_res is not None and not self.limit_res > 0:
             raise InvalidValueError(f"limit_res must be a resolution > 0 Å; got {self.limit_res}")
         if self.presence_threshold is not None and not 0 <= self.presence_threshold <= 1:

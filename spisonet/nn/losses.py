@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_nonnegative_int
 from ..errors import InvalidValueError, MapMismatchError, MapShapeError
 from .operators import apply_sampling, rotate_batch
 
@@ -102,8 +103,7 @@ def correction_loss(
             f"self_weight={self_weight}"
         )
     d = x1.shape[-1]
-    if isinstance(border, bool) or not isinstance(border, int) or not 0 <= 2 * border < d:
-        raise InvalidValueError(f"border must be an integer, 0 ≤ 2·border < {d}; got {border!r}")
+    border = check_nonnegative_int(border, "border", (d + 1) // 2, f"0 ≤ 2·border < {d}")
     inner = (Ellipsis,) + (slice(border, d - border),) * 3
     use_n2n = x2 is not None and beta > 0
     g = float(self_weight) if use_n2n else 1.0

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_nonnegative_int
 from ..errors import InvalidValueError, ModelFileError
 from ..progress import Progress
 from .checkpoint import (
@@ -159,10 +160,8 @@ class TrainSettings:
             raise InvalidValueError(
                 f"schedule must be 'constant' or 'onecycle'; got {self.schedule!r}"
             )
-        b = self.consistency_border
-        if isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 0:
-            raise InvalidValueError(f"consistency_border must be an integer ≥ 0; got {b!r}")
-        object.__setattr__(self, "consistency_border", int(b))
+        border = check_nonnegative_int(self.consistency_border, "consistency_border")
+        object.__setattr__(self, "consistency_border", border)
         if self.amp not in ("auto", "bf16", "off"):
             raise InvalidValueError(f"amp must be 'auto', 'bf16' or 'off'; got {self.amp!r}")
 
