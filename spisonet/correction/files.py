@@ -105,6 +105,16 @@ def _output_bases(half1: str | os.PathLike, half2: str | os.PathLike | None) -> 
     return bases
 
 
+def _model_paths(out: Path, bases: list[str], s: CorrectionSettings) -> list[Path]:
+    """``model_<b>.pt`` per network group; an ensemble's further members
+    ``model_<b>_seed<seed>.pt`` (the order of :func:`correct_anisotropy`'s checkpoints)."""
+    paths = []
+    for b in bases:
+        paths.append(out / f"model_{b}.pt")
+        paths += [out / f"model_{b}_seed{s.seed + k}.pt" for k in range(1, s.ensemble)]
+    return paths
+
+
 def _write_maps_and_figures(
     out: Path, bases: list[str], inputs: _Inputs, result: CorrectionResult
 ) -> dict[str, Any]:
@@ -119,7 +129,8 @@ def _write_maps_and_figures(
             written["filtered"].append(
                 write_map(out / f"corrected_{b}_filtered.mrc", result.filtered[i], like=m1)
             )
-    for b, hist in zip(bases, result.histories, strict=False):
+    first_of_group = result.histories[:: result.settings.ensemble]  # one figure per group
+    for b, hist in zip(bases, first_of_group, strict=False):
         if hist:
             loss_figure(hist, out / f"loss_{b}.png")
             written["losses"].append(out / f"loss_{b}.png")
@@ -207,8 +218,10 @@ def reconstruct(
     Outputs in ``output_dir`` (``b`` = each input's name without extension):
     ``corrected_<b>.mrc``; ``corrected_<b>_filtered.mrc`` with ``limit_res``;
     ``model_<b>.pt`` (checkpoint after every epoch; one per half when independent,
-    else named after half 1); ``loss_<b>.png``; ``trust.png``; ``reconstruct.json``
-    (settings, inputs, decisions, timings, losses); ``FSC3D.mrc`` when computed here.
+    else named after half 1; with ``ensemble`` > 1 also ``model_<b>_seed<seed>.pt`` for
+    each further network); ``loss_<b>.png`` (the first network's); ``trust.png``;
+    ``reconstruct.json`` (settings, inputs, decisions, timings, losses); ``FSC3D.mrc`` when
+    computed here.
 
     Raises
     ------
@@ -220,7 +233,7 @@ def reconstruct(
     inputs = _read_inputs(half1, half2, aniso_file, mask, reference, voxel_size)
     out = check_output_dir(output_dir)  # before the work, not after the first epoch
     bases = _output_bases(half1, half2)
-    model_paths = [out / f"model_{b}.pt" for b in bases[: 2 if s.independent else 1]]
+    model_paths = _model_paths(out, bases[: 2 if s.independent else 1], s)
     t_read = time.perf_counter() - t0
 
     def data(m: Map | None):

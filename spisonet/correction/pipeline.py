@@ -135,12 +135,13 @@ class CorrectionResult:
     filtered : list of the network outputs (low-passed band) with ``limit_res``, else None.
     weight : (D, D, D) float32, the sampling weight W used (fftshift-ed).
     fsc3d_volume : (n, n, n) float32 3D FSC used (None when W = 1).
-    histories : per-epoch loss history of each network (one, or two when independent).
-    train : per-network :class:`TrainSummary`.
+    histories : per-epoch loss history of each network (one, or two when independent;
+        ``ensemble`` times that, half 1's networks first).
+    train : per-network :class:`TrainSummary`, in the same order.
     timings : seconds per step.
     notes : human-readable decisions taken (what was computed, what was assumed).
     settings : the settings used.
-    models : the trained networks (torch modules), one or two.
+    models : the trained networks (torch modules), in the same order.
     trust : the :class:`spisonet.correction.trust.TrustCheck` of the (first) network;
         None when it was not run (``trust=False``, or W = 1).
     measured_check : what the measured-data step saw, per shell (lists, JSON-ready):
@@ -391,10 +392,15 @@ def sampling_weight(
 class TrainedNetworks:
     """The networks of a run (one, or two when independent) and how training went."""
 
-    models: list[Any]
+    models: list[Any]  # group-major: group g's member k at g * ensemble + k
     histories: list[dict[str, list[float]]]
     summaries: list[TrainSummary]
     settings: CorrectionSettings  # widths may come from the pretrained model
+
+    def group(self, g: int) -> list[Any]:
+        """The ensemble of group ``g`` (0; 1 for half 2's own networks when independent)."""
+        e = self.settings.ensemble
+        return self.models[g * e : (g + 1) * e]
 
 
 def train_networks(
@@ -420,13 +426,19 @@ def train_networks(
         train_network,
     )
 
-    n_nets = 2 if s.independent else 1
+    n_groups = 2 if s.independent else 1
+    n_nets = n_groups * s.ensemble
     if checkpoints is not None and len(checkpoints) != n_nets:
         raise InvalidValueError(f"need {n_nets} checkpoint path(s); got {len(checkpoints)}")
     if resume and s.epochs == 0:
         raise InvalidValueError("resume needs epochs > 0 (nothing to continue with epochs 0)")
     if resume and checkpoints is None:
         raise InvalidValueError("resume needs the checkpoint path(s) of the interrupted run")
+    if s.ensemble > 1 and s.epochs == 0:
+        raise InvalidValueError(
+            f"ensemble {s.ensemble} needs training (epochs > 0): its networks differ only by "
+            "the seeds of their training"
+        )
     device = resolve_device(s.device)
     pre_model = None
     if pretrained is not None:
@@ -444,8 +456,6 @@ def train_networks(
 
     work = maps.network_input
     sample_mask = mask if mask is not None else np.ones(work[0].shape, dtype=np.float32)
-    centres = sample_cube_centres(sample_mask, s.n_subvolume, s.cube_size, rng=s.seed)
-    cubes = [extract_cubes(w, centres, s.cube_size) for w in work]
     rotation_weights = None
     if s.equivariance_rotations == "informative":
         rotation_weights = rotation_information(weight.cube)
@@ -455,38 +465,52 @@ def train_networks(
                 f"equivariance: {idle} of the 24 cube rotations move (almost) no measured data "
                 "into the region W hides and are not drawn (--equivariance-rotations)"
             )
-    if s.independent:
-        datasets = [CubePairs(c, None, s.seed, rotation_weights=rotation_weights) for c in cubes]
-    else:
-        second = cubes[1] if len(cubes) > 1 else None
-        datasets = [CubePairs(cubes[0], second, s.seed, rotation_weights=rotation_weights)]
 
+    def datasets(seed: int) -> list[Any]:
+        """The cube pairs of one ensemble member: its own centres, swaps and rotations."""
+        centres = sample_cube_centres(sample_mask, s.n_subvolume, s.cube_size, rng=seed)
+        cubes = [extract_cubes(w, centres, s.cube_size) for w in work]
+        if s.independent:
+            return [CubePairs(c, None, seed, rotation_weights=rotation_weights) for c in cubes]
+        second = cubes[1] if len(cubes) > 1 else None
+        return [CubePairs(cubes[0], second, seed, rotation_weights=rotation_weights)]
+
+    if s.ensemble > 1:
+        notes.append(
+            f"ensemble: {s.ensemble} networks per half-map pair (seeds {s.seed} … "
+            f"{s.seed + s.ensemble - 1}), their outputs averaged"
+        )
     ts = s.train_settings()
     out = TrainedNetworks([], [], [], s)
-    for i, pairs in enumerate(datasets):
-        stage = "train" if i == 0 else "train half 2"
-        if pre_model is not None and not resume:
-            model = model_from_checkpoint(saved, pretrained)
-        else:
-            model = build_model(s.widths, s.seed) if not resume else None
-        if s.epochs == 0:
-            assert model is not None
-            out.models.append(model.to(device).eval())
-            out.histories.append({})
-            out.summaries.append(TrainSummary(steps=0, seconds=0.0, device=str(device)))
-            continue
-        run = train_network(
-            pairs,
-            weight.cube,
-            ts,
-            model=model,
-            checkpoint=None if checkpoints is None else checkpoints[i],
-            resume=resume,
-            progress=relabel(progress, stage),
-        )
-        out.models.append(run.model)
-        out.histories.append(run.history)
-        out.summaries.append(TrainSummary.of(run, pairs))
+    members = [datasets(s.seed + k) for k in range(s.ensemble)]
+    for g in range(n_groups):  # models in group-major order: index g * ensemble + k
+        for k in range(s.ensemble):
+            pairs, seed = members[k][g], s.seed + k
+            stage = "train" if g == 0 else "train half 2"
+            if s.ensemble > 1:
+                stage += f" ({k + 1}/{s.ensemble})"
+            if pre_model is not None and not resume:
+                model = model_from_checkpoint(saved, pretrained)
+            else:
+                model = build_model(s.widths, seed) if not resume else None
+            if s.epochs == 0:
+                assert model is not None
+                out.models.append(model.to(device).eval())
+                out.histories.append({})
+                out.summaries.append(TrainSummary(steps=0, seconds=0.0, device=str(device)))
+                continue
+            run = train_network(
+                pairs,
+                weight.cube,
+                replace(ts, seed=seed),
+                model=model,
+                checkpoint=None if checkpoints is None else checkpoints[g * s.ensemble + k],
+                resume=resume,
+                progress=relabel(progress, stage),
+            )
+            out.models.append(run.model)
+            out.histories.append(run.history)
+            out.summaries.append(TrainSummary.of(run, pairs))
     return out
 
 
@@ -524,16 +548,20 @@ def predict_maps(
 ) -> list[np.ndarray]:
     """Each prepared half through its network (step 5); z-score units."""
     s = nets.settings
-    k = len(maps.network_input)
+    runs = len(maps.network_input) * s.ensemble
     outs = []
     for i, z in enumerate(maps.network_input):
-        model = nets.models[i if s.independent else 0]
+        members = nets.group(i if s.independent else 0)
+        total = np.zeros(z.shape, dtype=np.float64)
+        for k, model in enumerate(members):
+            j = i * s.ensemble + k
 
-        def per_half(stage: str, done: float, total: float, info: Any = None, i0: int = i):
-            # the two halves share one bar: half i covers [i/k, (i+1)/k] of it
-            report(progress, "predict", i0 * total + done, k * total)
+            def part(stage: str, done: float, size: float, info: Any = None, j0: int = j):
+                # every (half, member) run shares one bar: run j covers [j, j + 1] of it
+                report(progress, "predict", j0 * size + done, runs * size)
 
-        outs.append(network_on_map(model, s, per_half if progress else None)(z))
+            total += network_on_map(model, s, part if progress else None)(z)
+        outs.append((total / len(members)).astype(np.float32))
     return outs
 
 
@@ -637,12 +665,13 @@ def correct_anisotropy(
         predicts. With ``independent`` both networks start from it.
     checkpoints : paths, optional
         Where each network's checkpoint is written after every epoch (one path, two when
-        independent).
+        independent; ``ensemble`` times that, half 1's networks first).
     resume : bool
         Continue an interrupted run from ``checkpoints``.
     progress : :class:`spisonet.progress.Progress`, optional
         Stages ``"fsc3d"``, ``"train"`` (info: a :class:`spisonet.nn.train.TrainProgress`;
-        ``"train half 2"`` for the second independent network), ``"predict"``, ``"trust"``.
+        ``"train half 2"`` for the second independent network; with ``ensemble`` > 1 each
+        followed by `` (k/ensemble)``), ``"predict"``, ``"trust"``.
     trust : bool
         Run the trust check after training (one more prediction of the whole map);
         skipped when W = 1.
@@ -838,13 +867,19 @@ def _trust(
     voxel_size: float,
     progress: Progress | None,
 ):
-    """The trust check of the first network at the map's box."""
+    """The trust check of the first network (or ensemble) at the map's box."""
     from .trust import trust_check
 
     work = maps.network_input
     n = work[0].shape[0]
     w_full = weight.full_box(n, voxel_size, nets.settings, inputs.reference is not None)
     second = work[1] if len(work) > 1 else None
-    result = trust_check(work[0], second, w_full, network_on_map(nets.models[0], nets.settings))
+    runs = [network_on_map(m, nets.settings) for m in nets.group(0)]
+
+    def network(volume: np.ndarray) -> np.ndarray:
+        # the check scores what the run's output is made of: the ensemble's mean
+        return np.mean([run(volume) for run in runs], axis=0).astype(np.float32)
+
+    result = trust_check(work[0], second, w_full, network)
     report(progress, "trust", 1, 1)
     return result

@@ -161,6 +161,13 @@ class CorrectionSettings:
         "One network per half map (keeps the gold-standard FSC honest)",
         cli=("--independent",),
     )
+    ensemble: int = setting(
+        1,
+        "Networks trained per half-map pair from seeds seed, seed+1, … (each its own training "
+        "cubes and start), their outputs averaged: the fill varies less from one seed to the "
+        "next, at ensemble× the training and prediction time",
+        cli=("--ensemble",),
+    )
     fsc3d_cone_angle: float = setting(
         10.0,
         "Cone half-angle of the 3D FSC when it is computed here (no --aniso-file)",
@@ -204,6 +211,8 @@ class CorrectionSettings:
                 f"predict_crop_size must be at least cube_size + 2·{self.predict_edge} = "
                 f"{self.cube_size + 2 * self.predict_edge}; got {self.predict_crop_size}"
             )
+        if check_nonnegative_int(self.ensemble, "ensemble", bound="≥ 1") < 1:
+            raise InvalidValueError(f"ensemble must be an integer, ≥ 1; got {self.ensemble!r}")
         check_nonnegative_int(
             self.consistency_border,
             "consistency_border",

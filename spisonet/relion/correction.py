@@ -430,6 +430,8 @@ class RelionCorrection:
             "beta": s.beta,
             "acc_batches": s.acc_batches,
             "limit_res": limit if n * voxel / limit >= 1 else None,
+            # one network per half, continued from iteration to iteration (one model file)
+            "ensemble": 1,
         }
         cfg = preset_settings(preset, **overrides)
         if cfg.cube_size > n:  # a small box: the largest cube the network's depth allows

@@ -45,6 +45,7 @@ VALUES = {
     "network_only": (None, True),
     "ref_resolution": ("12", 12.0),
     "independent": (None, True),
+    "ensemble": ("3", 3),
     "fsc3d_cone_angle": ("15", 15.0),
     "presence_threshold": ("0.05", 0.05),
     "compile": (None, True),

@@ -87,6 +87,9 @@ def test_presets() -> None:
     assert preset_settings("tiny", consistency_border=7).train_settings().consistency_border == 7
     with pytest.raises(InvalidValueError, match=r"2·border < cube_size = 16; got 8"):
         preset_settings("tiny", consistency_border=8)
+    for wrong in (0, -1, 1.5, True):
+        with pytest.raises(InvalidValueError, match=r"ensemble must be an integer, ≥ 1"):
+            preset_settings("tiny", ensemble=wrong)
     bad = CorrectionSettings(preset="x", schedule="cosine")  # direct construction
     with pytest.raises(InvalidValueError, match="schedule must be 'constant' or 'onecycle'"):
         correct_anisotropy(np.ones((N, N, N), np.float32), settings=bad)
@@ -270,6 +273,84 @@ def test_independent_half2_network_never_sees_half1(monkeypatch) -> None:
             np.testing.assert_array_equal(x, cubes2[i])
             assert not np.allclose(x, cubes1[i])
     assert len(a.histories) == 2 and all("consistency2" not in h for h in a.histories)
+
+
+def _trained(s: CorrectionSettings, halves: tuple[np.ndarray, np.ndarray]):
+    """The prepared maps and the networks of a run, through the pipeline's own steps."""
+    from spisonet.correction.pipeline import (
+        check_inputs,
+        prepare_maps,
+        sampling_weight,
+        train_networks,
+    )
+
+    inputs = check_inputs(halves[0], halves[1], _fsc3d(), MASK, None, APIX, s)
+    maps = prepare_maps(inputs, APIX, s, [])
+    weight = sampling_weight(inputs, APIX, s, [], None)
+    return maps, train_networks(maps, inputs.mask, weight, s, [])
+
+
+def test_an_ensemble_is_the_single_runs_of_its_seeds_averaged() -> None:
+    """Member k of ``ensemble`` is exactly the one-network run with seed ``seed + k``, and
+    the prediction is the plain mean of the members' predictions."""
+    import torch
+
+    from spisonet.correction.pipeline import network_on_map, predict_maps
+
+    halves = _pair()
+    maps, ens = _trained(_tiny(ensemble=2, seed=3, epochs=2), halves)
+    assert len(ens.models) == len(ens.histories) == len(ens.summaries) == 2
+    for k in range(2):
+        _, single = _trained(_tiny(seed=3 + k, epochs=2), halves)
+        got, want = ens.models[k].state_dict(), single.models[0].state_dict()
+        assert all(torch.equal(got[name], want[name]) for name in want)
+        assert ens.histories[k] == single.histories[0]
+    first = [ens.models[k].state_dict() for k in range(2)]
+    assert not all(torch.equal(first[0][name], first[1][name]) for name in first[0])
+    outs = predict_maps(maps, ens)
+    for z, out in zip(maps.network_input, outs, strict=True):
+        mean = sum(network_on_map(m, ens.settings)(z).astype(np.float64) for m in ens.models) / 2
+        np.testing.assert_allclose(out, mean, atol=1e-6 * np.abs(mean).max())
+        one = network_on_map(ens.models[0], ens.settings)(z)
+        assert not np.allclose(out, one, atol=1e-4 * np.abs(one).max())
+
+
+def test_an_independent_ensemble_keeps_the_halves_apart(tmp_path) -> None:
+    """Independent networks in an ensemble: half 2's members see only half 2; file names,
+    loss figures, and a resumed run that equals the uninterrupted one."""
+    p = _write_inputs(tmp_path)
+    kw = dict(aniso_file=p["fsc"], mask=p["mask"])
+    s = _tiny(independent=True, ensemble=2, epochs=2)
+    full = reconstruct(p["h1"], p["h2"], output_dir=tmp_path / "a", settings=s, **kw)
+    names = sorted(x.name for x in (tmp_path / "a").iterdir())
+    assert [n for n in names if n.startswith(("model_", "loss_"))] == [
+        "loss_h1.png",
+        "loss_h2.png",
+        "model_h1.pt",
+        "model_h1_seed1.pt",
+        "model_h2.pt",
+        "model_h2_seed1.pt",
+    ]
+    assert len(full.result.train) == 4 and not any(t.paired for t in full.result.train)
+    report = json.loads(full.report.read_text())
+    assert report["settings"]["ensemble"] == 2 and len(report["loss_history"]) == 4
+    assert any("ensemble: 2 networks" in n for n in full.result.notes)
+    h1, h2 = _pair()
+    other1, _ = _pair(7)
+    a = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, s)
+    b = correct_anisotropy(other1, h2, _fsc3d(), MASK, APIX, s)
+    np.testing.assert_array_equal(a.corrected[1], b.corrected[1])
+    # interrupted after epoch 1, resumed to 2: every member continues from its own file
+    one = _tiny(independent=True, ensemble=2, epochs=1)
+    reconstruct(p["h1"], p["h2"], output_dir=tmp_path / "b", settings=one, **kw)
+    res = reconstruct(p["h1"], p["h2"], output_dir=tmp_path / "b", settings=s, resume=True, **kw)
+    assert [t.resumed_from_epoch for t in res.result.train] == [1, 1, 1, 1]
+    for got, want in zip(res.result.corrected, full.result.corrected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(InvalidValueError, match="ensemble 2 needs training"):
+        correct_anisotropy(
+            h1, h2, _fsc3d(), MASK, APIX, _tiny(ensemble=2, epochs=0), pretrained=full.models[0]
+        )
 
 
 def test_reference_sets_w_to_one_inside_its_resolution() -> None:
