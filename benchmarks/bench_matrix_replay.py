@@ -21,11 +21,22 @@ put back in full at shells LO … HI (the network's output kept elsewhere), once
 directions the measured-data step may touch and once over all directions; the worst-cone
 gain, the worst global drop and the global FSC drop at each of shells 2 … HI + 2 are
 printed for both. If neither removes a drop, no mix of network and data can.
+
+``--ensemble``: ``DIR`` holds ``seed<s>/<cell>.npz`` (``bench_matrix.py --train-seeds 0,1,2
+--override network_only=true --save-maps DIR``). For every cell saved under two or more
+seeds: each seed's score after the step, and the score of their *ensemble* — the seeds'
+corrected halves averaged, then the step — which is what ``--ensemble N`` computes up to
+a per-shell scale (each seed's output is brought to the original's amplitude per shell
+before the average here, after it there; shell-wise FSCs do not see that), with the
+acceptance figures of both. The trust check's power score of an ensemble is the mean of
+its members' (the score is linear in the network's output and the hidden data do not
+depend on the seed), so ``bench_matrix.over_seeds`` already gives it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,7 +59,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--inputs", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--oracle-shells", default=None, help="LO-HI: put the data back there")
+    p.add_argument("--ensemble", action="store_true", help="DIR/seed<s>/: score each seed's "
+                   "maps and their average")  # fmt: skip
     args = p.parse_args(argv)
+    if args.ensemble:
+        return ensemble_rows(args.maps, args.inputs, args.seed)
     oracle = None
     if args.oracle_shells:
         lo, hi = (int(v) for v in args.oracle_shells.split("-"))
@@ -61,11 +76,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if cell is None:
             print(f"  {path.stem}: not a cell of the matrix, skipped")
             continue
-        with np.load(path) as z:
-            if "corrected_halves" not in z:
-                print(f"  {path.stem}: saved without its halves, skipped")
-                continue
-            halves = list(z["corrected_halves"])
+        halves = _saved_halves(path)
+        if halves is None:
+            continue
         truth, _ = ground_truth(cell.structure, cell.box, args.seed)
         mask = cell_mask(cell.mask, truth)
         h1, h2, apix = cell_inputs(cell, args.seed, args.inputs)
@@ -104,6 +117,97 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"without the margin {worst['ungated']:.4f}"
         )
     return rows
+
+
+def _saved_halves(path: Path) -> list[np.ndarray] | None:
+    """A saved run's corrected halves, None (and a line saying why) when unusable here."""
+    with np.load(path) as z:
+        if "corrected_halves" not in z:
+            print(f"  {path}: saved without its halves, skipped")
+            return None
+        if "network_only" in z and not bool(z["network_only"]):
+            print(f"  {path}: saved after the measured-data step (no network_only), skipped")
+            return None
+        return list(z["corrected_halves"])
+
+
+def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[dict]:
+    """Each seed's score and the seeds' ensemble score, per cell saved under ≥ 2 seeds.
+
+    Returns one dict per cell: ``name``, ``missing_cone``, ``cell`` (its description),
+    ``seeds``, ``per_seed`` [(gain, worst drop, its shell)], ``ensemble`` (the same for the
+    seeds' mean), and ``gain``/``max_global_drop`` of the ensemble (so that
+    ``bench_matrix.summarise`` reads the rows as they are).
+    """
+    from bench_matrix import summarise
+
+    cells = {c.name: c for c in CORE + HARD + CI}
+    seed_dirs = {}
+    for d in maps.glob("seed*"):
+        if d.is_dir() and d.name[4:].isdigit():
+            seed_dirs[int(d.name[4:])] = d
+    names = sorted({p.stem for d in seed_dirs.values() for p in d.glob("*.npz")})
+    rows = []
+    for name in names:
+        cell = cells.get(name)
+        if cell is None:
+            print(f"  {name}: not a cell of the matrix, skipped")
+            continue
+        runs = {}
+        for s in sorted(seed_dirs):
+            path = seed_dirs[s] / f"{name}.npz"
+            halves = _saved_halves(path) if path.exists() else None
+            if halves is not None:
+                runs[s] = halves
+        if len(runs) < 2:
+            continue
+        per_seed, ens = _seeds_and_ensemble(cell, list(runs.values()), inputs, data_seed)
+        rows.append({
+            "name": name, "missing_cone": cell.has_missing_cone, "cell": cell.to_dict(),
+            "seeds": list(runs), "per_seed": per_seed, "ensemble": ens,
+            "gain": ens[0], "max_global_drop": ens[1],
+        })  # fmt: skip
+        seeds = ", ".join(
+            f"{s}: {g:+.3f} / {d:.4f}@{k}" for s, (g, d, k) in zip(runs, per_seed, strict=True)
+        )
+        print(
+            f"  {name}: seeds {seeds}; ensemble of {len(runs)}: {ens[0]:+.3f} / "
+            f"{ens[1]:.4f}@{ens[2]}",
+            flush=True,
+        )
+    if rows:
+        single = [
+            {
+                **r,
+                "gain": float(np.mean([g for g, _, _ in r["per_seed"]])),
+                "max_global_drop": max(d for _, d, _ in r["per_seed"]),
+            }
+            for r in rows
+        ]
+        print("seeds (mean gain, worst drop): " + json.dumps(summarise(single)))
+        print("ensembles: " + json.dumps(summarise(rows)))
+    return rows
+
+
+def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None, data_seed: int):
+    """(gain, worst drop, its shell) after the step for each run's halves and for their mean."""
+    from spisonet.correction.evaluate import score_correction
+    from spisonet.correction.pipeline import measured_data_step
+    from spisonet.fsc3d import fsc3d, support_limit
+
+    truth, _ = ground_truth(cell.structure, cell.box, data_seed)
+    mask = cell_mask(cell.mask, truth)
+    h1, h2, apix = cell_inputs(cell, data_seed, inputs)
+    raw = 0.5 * (h1 + h2)
+    volume = fsc3d(h1, h2, voxel_size=apix, mask=mask, cone_angle=10.0).volume
+    limit = support_limit(volume, apix)
+    out = []
+    mean = [np.mean([halves[i] for halves in runs], axis=0) for i in range(2)]
+    for halves in [*runs, mean]:
+        blend = measured_data_step(halves, [h1, h2], mask, volume, apix, limit)
+        s = score_correction(truth, raw, np.mean(blend.maps, axis=0), mask)
+        out.append((s.gain, s.max_global_drop, s.worst_drop_shell))
+    return out[:-1], out[-1]
 
 
 def _oracle_lines(truth, raw, networks, halves, mask, volume, shells) -> list[str]:

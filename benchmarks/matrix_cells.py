@@ -280,6 +280,8 @@ def run_cell(
                 extra["trust_data_fsc"] = trust.data_fsc
         np.savez_compressed(
             Path(save_maps) / f"{cell.name}.npz",
+            # replays apply the measured-data step themselves: they need network-only maps
+            network_only=np.bool_(settings.network_only),
             corrected=result.average.astype(np.float32),
             corrected_halves=np.stack(result.corrected).astype(np.float32),
             **extra,

@@ -75,3 +75,52 @@ def test_matrix_train_seeds_are_runs_of_their_own_and_summarised_per_cell(tmp_pa
     again = bench_matrix.main(argv)
     assert [r["gain"] for r in again] == gains
     sys.modules.pop("bench_matrix", None)
+
+
+@pytest.mark.slow
+def test_replay_scores_each_seed_and_their_ensemble(tmp_path, monkeypatch):
+    """``bench_matrix_replay.py --ensemble``: per seed and for the seeds' mean, each after the
+    measured-data step; maps saved after the step are refused."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_matrix
+    import bench_matrix_replay
+    from matrix_cells import cell_inputs, cell_mask, ground_truth
+
+    from spisonet.correction.evaluate import score_correction
+    from spisonet.correction.pipeline import measured_data_step
+    from spisonet.fsc3d import fsc3d, support_limit
+
+    cell = bench_matrix.CI[0]
+    maps = tmp_path / "maps"
+    bench_matrix.main([
+        "--cells", cell.name, "--preset", "tiny", "--out", str(tmp_path / "o"),
+        "--train-seeds", "0,1", "--override", "network_only=true", "--save-maps", str(maps),
+    ])  # fmt: skip
+    (row,) = bench_matrix_replay.main(["--maps", str(maps), "--ensemble"])
+    assert row["name"] == cell.name and row["seeds"] == [0, 1] and len(row["per_seed"]) == 2
+    assert row["per_seed"][0] != row["per_seed"][1]
+    # the ensemble: both seeds' corrected halves averaged, then the step, then the score
+    halves = []
+    for s in (0, 1):
+        with np.load(maps / f"seed{s}" / f"{cell.name}.npz") as z:
+            assert bool(z["network_only"])
+            halves.append(z["corrected_halves"].astype(np.float64))
+    mean = [(halves[0][i] + halves[1][i]) / 2 for i in range(2)]
+    truth, _ = ground_truth(cell.structure, cell.box, 0)
+    mask = cell_mask(cell.mask, truth)
+    h1, h2, apix = cell_inputs(cell, 0, None)
+    volume = fsc3d(h1, h2, voxel_size=apix, mask=mask, cone_angle=10.0).volume
+    step = measured_data_step(mean, [h1, h2], mask, volume, apix, support_limit(volume, apix))
+    want = score_correction(truth, (h1 + h2) / 2, np.mean(step.maps, axis=0), mask)
+    assert row["ensemble"][0] == pytest.approx(want.gain, abs=1e-5)
+    assert row["ensemble"][1] == pytest.approx(want.max_global_drop, abs=1e-5)
+    assert row["gain"] == row["ensemble"][0]
+    # maps saved after the step cannot be replayed through it again
+    after = tmp_path / "after"
+    bench_matrix.main([
+        "--cells", cell.name, "--preset", "tiny", "--out", str(tmp_path / "p"),
+        "--train-seeds", "0,1", "--save-maps", str(after),
+    ])  # fmt: skip
+    assert bench_matrix_replay.main(["--maps", str(after), "--ensemble"]) == []
+    for name in ("bench_matrix", "bench_matrix_replay", "matrix_cells"):
+        sys.modules.pop(name, None)
