@@ -184,15 +184,17 @@ def _print_summary(console: Console, outputs: ReconstructOutputs) -> None:
     res = outputs.result
     for note in res.notes:
         console.print(f"  • {note}")
-    for t in res.train:
+    several = len(res.train) > 1
+    for i, t in enumerate(res.train):
+        who = f"network {i + 1} of {len(res.train)}: " if several else ""
         if t.steps:
             console.print(
-                f"  trained {t.steps} steps in {t.seconds:.1f} s "
+                f"  {who}trained {t.steps} steps in {t.seconds:.1f} s "
                 f"({t.steps_per_second:.2f} steps/s, {t.device}, {t.dtype})"
             )
         elif t.resumed_from_epoch:
             console.print(
-                f"  resumed from epoch {t.resumed_from_epoch}: every epoch was already "
+                f"  {who}resumed from epoch {t.resumed_from_epoch}: every epoch was already "
                 "done, nothing left to train"
             )
     if res.trust is not None:

@@ -199,3 +199,32 @@ def test_interrupted_message_names_the_checkpoint_and_the_command(tmp_path, monk
     assert "nothing to resume" in interrupted_message({}, False)
     fresh = TrainProgress(1, 30, 2, 5, 0.1, 1.0, 2.0, checkpoint=str(tmp_path / "none.pt"))
     assert "before the first checkpoint" in interrupted_message({"train": fresh}, False)
+
+
+def test_summary_names_each_network_of_several() -> None:
+    """One training line per network; with several (independent halves, an ensemble) each
+    says which it is, so the lines can be told apart."""
+    from types import SimpleNamespace
+
+    from spisonet.cli.reconstruct import _print_summary
+    from spisonet.correction.pipeline import TrainSummary
+
+    def said(train: list[TrainSummary]) -> str:
+        buf = io.StringIO()
+        result = SimpleNamespace(notes=[], train=train, trust=None)
+        outputs = SimpleNamespace(
+            result=result, trust_figure=None, measured_figure=None, fsc3d=None, corrected=[],
+            filtered=[], models=[], losses=[], report="reconstruct.json",
+        )  # fmt: skip
+        _print_summary(Console(file=buf, width=200), outputs)
+        return buf.getvalue()
+
+    one = TrainSummary(steps=12, seconds=3.0, device="cpu", steps_per_second=4.0)
+    text = said([one])
+    assert "  trained 12 steps in 3.0 s (4.00 steps/s, cpu, float32)" in text
+    assert "network 1" not in text
+    done = TrainSummary(steps=0, seconds=0.0, device="cpu", resumed_from_epoch=3)
+    text = said([one, one, done])
+    assert "network 1 of 3: trained 12 steps" in text
+    assert "network 2 of 3: trained 12 steps" in text
+    assert "network 3 of 3: resumed from epoch 3" in text
