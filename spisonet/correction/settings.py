@@ -45,9 +45,10 @@ class CorrectionSettings:
 
     preset: str = setting(
         "gpu",
-        "gpu: the published network and training length; cpu: 64³ in ~9 min on a quiet "
-        "2-core CPU with native bf16, ~40 min on an AVX2-only one; tiny: seconds, to check an "
-        "installation; auto: gpu when a CUDA GPU is present, else cpu",
+        "gpu: the published network and training length; cpu: a small network, 64³ in ~9 min "
+        "on a quiet 2-core CPU with native bf16, ~40 min on an AVX2-only one (reconstruct "
+        "averages three: --ensemble); tiny: seconds, to check an installation; auto: gpu when "
+        "a CUDA GPU is present, else cpu",
         cli=("--preset",),
         env="PRESET",
         choices=PRESET_CHOICES,
@@ -252,9 +253,13 @@ class CorrectionSettings:
 
 #: ``gpu``: the published network and training length. ``cpu``: the best we found for 2 CPU
 #: cores (a 4-level 16…128 network on 32³ cubes, bf16 where the CPU has it natively,
-#: one-cycle rate, 600 steps: 9 min with native bf16, ~40 min in float32 on an AVX2-only
-#: CPU). Every preset gates W by measured power (:func:`power_presence`, threshold 0.1); 0
-#: turns it off.
+#: one-cycle rate, 600 steps: 9 min per network with native bf16, ~40 min in float32 on an
+#: AVX2-only CPU), three networks from seeds s, s+1, s+2 averaged: on this preset the
+#: training seed alone moved a cell's cone gain over +0.06 … +0.23 and decided whether a
+#: global shell lost more than 0.02; every average of three kept both failing cells of the
+#: evaluation matrix within 0.02 (docs/method.md, benchmarks/RESULTS.md session 17). Three
+#: networks of 4 epochs each (same time as one) lost 0.14 of the base cell's gain. Every
+#: preset gates W by measured power (:func:`power_presence`, threshold 0.1); 0 turns it off.
 #: ``tiny``: seconds, to check an installation (and for the tests).
 PRESETS: dict[str, CorrectionSettings] = {
     "gpu": CorrectionSettings(preset="gpu"),
@@ -272,6 +277,7 @@ PRESETS: dict[str, CorrectionSettings] = {
         schedule="onecycle",
         amp="auto",  # bf16 only where the CPU has it natively (emulated bf16 is 39× slower)
         device="auto",
+        ensemble=3,
     ),
     "tiny": CorrectionSettings(
         preset="tiny",

@@ -50,7 +50,8 @@ SlabReader = Callable[[int, int], np.ndarray]
 #: benchmarks/RESULTS.md), where the single-particle ``cpu`` preset's 600 steps take ~40.
 TOMO_PRESETS: dict[str, CorrectionSettings] = {
     "gpu": replace(PRESETS["gpu"], preset="gpu"),
-    "cpu": replace(PRESETS["cpu"], preset="cpu", n_subvolume=160, epochs=6),
+    # one network: tomograms are corrected slab by slab by a single model
+    "cpu": replace(PRESETS["cpu"], preset="cpu", n_subvolume=160, epochs=6, ensemble=1),
     "tiny": replace(PRESETS["tiny"], preset="tiny", n_subvolume=8),
 }
 

@@ -47,7 +47,13 @@ def test_demo_data_has_a_real_missing_cone(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [["--preset", "fast"], ["--epochs", "-1"], ["--seed", "-3"], ["--out", "a_file.txt"]],
+    [
+        ["--preset", "fast"],
+        ["--epochs", "-1"],
+        ["--seed", "-3"],
+        ["--ensemble", "0"],
+        ["--out", "a_file.txt"],
+    ],
 )
 def test_demo_checks_its_options_before_simulating(tmp_path, monkeypatch, bad) -> None:
     monkeypatch.chdir(tmp_path)
@@ -76,3 +82,19 @@ def test_demo_does_not_call_another_command() -> None:
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
     }
     assert not {c for c in called if c.endswith("_command")}, called
+
+
+@pytest.mark.slow
+def test_demo_trains_one_network_unless_asked(tmp_path, monkeypatch) -> None:
+    """The cpu preset averages three networks; the demo trains one (the first command a user
+    runs must end in minutes) and says so, and --ensemble gives the preset's three."""
+    import spisonet.cli.demo as demo
+    from spisonet.correction import PRESETS
+
+    seen = []
+    monkeypatch.setattr(demo, "_correction", lambda console, out, paths, s: seen.append(s))
+    invoke("demo", "--out", tmp_path / "a", "--preset", "cpu")
+    invoke("demo", "--out", tmp_path / "b", "--preset", "cpu", "--ensemble", "3")
+    assert PRESETS["cpu"].ensemble == 3
+    assert [s.ensemble for s in seen] == [demo.DEMO_ENSEMBLE, 3] == [1, 3]
+    assert all(s.preset == "cpu" and s.epochs == PRESETS["cpu"].epochs for s in seen)

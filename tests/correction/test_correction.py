@@ -72,7 +72,8 @@ def test_presets() -> None:
     )
     c = PRESETS["cpu"]
     assert c.amp == "auto" and c.schedule == "onecycle"  # bf16 only where native
-    assert c.epochs * -(-c.n_subvolume // c.batch_size) == 600  # steps
+    assert c.epochs * -(-c.n_subvolume // c.batch_size) == 600  # steps per network
+    assert c.ensemble == 3 and g.ensemble == 1 and PRESETS["tiny"].ensemble == 1
     assert preset_settings("gpu", cube_size=96).predict_crop_size == 112  # tile follows cube
     with pytest.raises(InvalidValueError, match="unknown preset 'fast'; choose one of gpu"):
         preset_settings("fast")
