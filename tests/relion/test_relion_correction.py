@@ -526,3 +526,15 @@ def test_training_step_wiring_with_a_fake_network(
     ), corr.summary
     assert "continuing the model r_it003_half1_class001_spisonet.pt" in _log(folder)
     assert ("RELION's map kept where measured (weight > 0.5 in" in _log(folder)) == keep_measured
+
+
+def test_inside_relion_one_network_per_half_whatever_the_preset():
+    """The cpu preset averages three networks; inside RELION each half continues one model
+    file from iteration to iteration, so the training settings keep one."""
+    from spisonet.correction import PRESETS
+
+    assert PRESETS["cpu"].ensemble == 3
+    preset, cfg = RelionCorrection(_settings(preset="cpu", threads=1))._training_settings(
+        64, 2.0, 8.0
+    )
+    assert preset == "cpu" and cfg.ensemble == 1 and cfg.widths == PRESETS["cpu"].widths
