@@ -36,6 +36,17 @@ seed per cell is judged on noise. Each run goes to ``<cell>__<preset>__seed<s>.j
 to ``--save-maps/seed<s>/``); the table lists every run, and the acceptance figures are
 taken over cells with each cell's *mean* gain and trust over its seeds and its *worst*
 drop over them (``gain_min``/``gain_max`` give the spread).
+
+The `cpu` preset averages three networks (``ensemble`` 3, seeds s … s+2). To judge it and
+its members in one go, train the members one by one and replay their average::
+
+    python benchmarks/bench_matrix.py --preset cpu --train-seeds 0,1,2 \
+        --override ensemble=1 --override network_only=true --save-maps DIR ...
+    python benchmarks/bench_matrix_replay.py --maps DIR --ensemble ...
+
+(the same training time as ``--preset cpu`` alone; member k of an ensemble is exactly the
+one-network run with seed s + k, tests/correction/test_correction.py). The ensemble's trust
+score is the mean of its members' (``over_seeds``).
 """
 
 from __future__ import annotations

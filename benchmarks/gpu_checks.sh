@@ -13,9 +13,9 @@
 #      $MATRIX_INPUTS (made beforehand with --prepare on a machine with RELION);
 #      TRAIN_SEEDS=0,1,2 trains each cell once per seed (every cell's first seed before
 #      any cell's second, so a run cut short by the budget still covers every cell),
-#      network alone with the maps kept, then replays the measured-data step on each
-#      seed and on the seeds' ensemble (bench_matrix_replay.py --ensemble: what
-#      --ensemble 3 would give);
+#      one network per seed (ensemble=1), network alone with the maps kept, then replays
+#      the measured-data step on each seed and on the seeds' average
+#      (bench_matrix_replay.py --ensemble: the cpu preset's ensemble of three);
 #   4. with VARIANT=KEY=VALUE, the matrix's $VARIANT_SET (default hard) again with that
 #      setting changed, when time is left;
 #   5. `spisonet demo` with the gpu preset (one epoch: the user's path, timed);
@@ -61,7 +61,7 @@ bound() { local want=$1 keep=$2 l; l=$(($(left) - keep)); l=$((l < want ? l : wa
   timeout "$(bound 420 100)" $PY benchmarks/bench_matrix.py --set "$MATRIX_SET" \
     --preset "$MATRIX_PRESET" --jobs "$JOBS" --inputs "$MATRIX_INPUTS" --out "$WORK/matrix" \
     ${TRAIN_SEEDS:+--train-seeds "$TRAIN_SEEDS" --override network_only=true \
-      --save-maps "$WORK/maps"}
+      --override ensemble=1 --save-maps "$WORK/maps"}
   echo "rc=$?"
   tar -czf "$OUT/matrix.tgz" -C "$WORK" matrix 2>/dev/null
   if [ -n "${TRAIN_SEEDS:-}" ]; then
