@@ -549,20 +549,39 @@ def predict_maps(
     """Each prepared half through its network (step 5); z-score units."""
     s = nets.settings
     runs = len(maps.network_input) * s.ensemble
+
+    def part(j: int) -> Progress:
+        def report_run(stage: str, done: float, size: float, info: Any = None) -> None:
+            # every (half, member) run shares one bar: run j covers [j, j + 1] of it
+            report(progress, "predict", j * size + done, runs * size)
+
+        return report_run
+
     outs = []
     for i, z in enumerate(maps.network_input):
         members = nets.group(i if s.independent else 0)
-        total = np.zeros(z.shape, dtype=np.float64)
-        for k, model in enumerate(members):
-            j = i * s.ensemble + k
-
-            def part(stage: str, done: float, size: float, info: Any = None, j0: int = j):
-                # every (half, member) run shares one bar: run j covers [j, j + 1] of it
-                report(progress, "predict", j0 * size + done, runs * size)
-
-            total += network_on_map(model, s, part if progress else None)(z)
-        outs.append((total / len(members)).astype(np.float32))
+        first = i * s.ensemble
+        parts = (lambda k, first=first: part(first + k)) if progress else None
+        outs.append(ensemble_on_map(members, s, parts)(z))
     return outs
+
+
+def ensemble_on_map(models: list[Any], s: CorrectionSettings, progress_of=None):
+    """A function running every network of an ensemble on a whole (n, n, n) map and returning
+    the mean of their outputs (float32, summed in float64); ``progress_of(k)``: member k's
+    progress callback."""
+    runs = [
+        network_on_map(m, s, None if progress_of is None else progress_of(k))
+        for k, m in enumerate(models)
+    ]
+
+    def run(volume: np.ndarray) -> np.ndarray:
+        total = np.zeros(np.shape(volume), dtype=np.float64)
+        for one in runs:
+            total += one(volume)
+        return (total / len(runs)).astype(np.float32)
+
+    return run
 
 
 def restore_units(
@@ -874,12 +893,7 @@ def _trust(
     n = work[0].shape[0]
     w_full = weight.full_box(n, voxel_size, nets.settings, inputs.reference is not None)
     second = work[1] if len(work) > 1 else None
-    runs = [network_on_map(m, nets.settings) for m in nets.group(0)]
-
-    def network(volume: np.ndarray) -> np.ndarray:
-        # the check scores what the run's output is made of: the ensemble's mean
-        return np.mean([run(volume) for run in runs], axis=0).astype(np.float32)
-
-    result = trust_check(work[0], second, w_full, network)
+    # the check scores what the run's output is made of: the ensemble's mean
+    result = trust_check(work[0], second, w_full, ensemble_on_map(nets.group(0), nets.settings))
     report(progress, "trust", 1, 1)
     return result

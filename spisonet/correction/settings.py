@@ -190,7 +190,7 @@ class CorrectionSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        for name in ("cube_size", "predict_crop_size", "n_subvolume"):
+        for name in ("cube_size", "predict_crop_size", "n_subvolume", "ensemble"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise InvalidValueError(f"{name} must be a positive integer; got {v!r}")
@@ -212,8 +212,6 @@ class CorrectionSettings:
                 f"predict_crop_size must be at least cube_size + 2·{self.predict_edge} = "
                 f"{self.cube_size + 2 * self.predict_edge}; got {self.predict_crop_size}"
             )
-        if check_nonnegative_int(self.ensemble, "ensemble", bound="≥ 1") < 1:
-            raise InvalidValueError(f"ensemble must be an integer, ≥ 1; got {self.ensemble!r}")
         check_nonnegative_int(
             self.consistency_border,
             "consistency_border",

@@ -89,7 +89,7 @@ def test_presets() -> None:
     with pytest.raises(InvalidValueError, match=r"2·border < cube_size = 16; got 8"):
         preset_settings("tiny", consistency_border=8)
     for wrong in (0, -1, 1.5, True):
-        with pytest.raises(InvalidValueError, match=r"ensemble must be an integer, ≥ 1"):
+        with pytest.raises(InvalidValueError, match=r"ensemble must be a positive integer; got"):
             preset_settings("tiny", ensemble=wrong)
     bad = CorrectionSettings(preset="x", schedule="cosine")  # direct construction
     with pytest.raises(InvalidValueError, match="schedule must be 'constant' or 'onecycle'"):
