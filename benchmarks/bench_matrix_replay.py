@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """Score every saved cell before and after the measured-data blend; returns the rows."""
     from spisonet.correction.evaluate import score_correction
     from spisonet.correction.pipeline import measured_data_step
-    from spisonet.fsc3d import fsc3d, support_limit
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--maps", type=Path, required=True)
@@ -79,12 +78,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         halves = _saved_halves(path)
         if halves is None:
             continue
-        truth, _ = ground_truth(cell.structure, cell.box, args.seed)
-        mask = cell_mask(cell.mask, truth)
-        h1, h2, apix = cell_inputs(cell, args.seed, args.inputs)
+        truth, mask, h1, h2, apix, volume, limit = _cell_data(cell, args.inputs, args.seed)
         raw = 0.5 * (h1 + h2)
-        volume = fsc3d(h1, h2, voxel_size=apix, mask=mask, cone_angle=10.0).volume
-        limit = support_limit(volume, apix)  # the pipeline's hand-over (no limit_res here)
         blend = measured_data_step(halves, [h1, h2], mask, volume, apix, limit)
         ungated = measured_data_step(halves, [h1, h2], mask, volume, apix, limit, margin=None)
         free_s = score_correction(truth, raw, np.mean(ungated.maps, axis=0), mask)
@@ -117,6 +112,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"without the margin {worst['ungated']:.4f}"
         )
     return rows
+
+
+def _cell_data(cell, inputs: Path | None, data_seed: int):
+    """(truth, mask, half 1, half 2, voxel size, 3D FSC, its limit) of a cell, as the
+    pipeline sees them (the limit is its hand-over without ``limit_res``)."""
+    from spisonet.fsc3d import fsc3d, support_limit
+
+    truth, _ = ground_truth(cell.structure, cell.box, data_seed)
+    mask = cell_mask(cell.mask, truth)
+    h1, h2, apix = cell_inputs(cell, data_seed, inputs)
+    volume = fsc3d(h1, h2, voxel_size=apix, mask=mask, cone_angle=10.0).volume
+    return truth, mask, h1, h2, apix, volume, support_limit(volume, apix)
 
 
 def _saved_halves(path: Path) -> list[np.ndarray] | None:
@@ -193,14 +200,9 @@ def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None,
     """(gain, worst drop, its shell) after the step for each run's halves and for their mean."""
     from spisonet.correction.evaluate import score_correction
     from spisonet.correction.pipeline import measured_data_step
-    from spisonet.fsc3d import fsc3d, support_limit
 
-    truth, _ = ground_truth(cell.structure, cell.box, data_seed)
-    mask = cell_mask(cell.mask, truth)
-    h1, h2, apix = cell_inputs(cell, data_seed, inputs)
+    truth, mask, h1, h2, apix, volume, limit = _cell_data(cell, inputs, data_seed)
     raw = 0.5 * (h1 + h2)
-    volume = fsc3d(h1, h2, voxel_size=apix, mask=mask, cone_angle=10.0).volume
-    limit = support_limit(volume, apix)
     out = []
     mean = [np.mean([halves[i] for halves in runs], axis=0) for i in range(2)]
     for halves in [*runs, mean]:
