@@ -30,7 +30,11 @@ a per-shell scale (each seed's output is brought to the original's amplitude per
 before the average here, after it there; shell-wise FSCs do not see that), with the
 acceptance figures of both. The trust check's power score of an ensemble is the mean of
 its members' (the score is linear in the network's output and the hidden data do not
-depend on the seed), so ``bench_matrix.over_seeds`` already gives it.
+depend on the seed), so ``bench_matrix.over_seeds`` already gives it. Beside the worst-cone
+score each row gives :func:`unmeasured_fsc` of the raw map and its gain for each seed and the
+ensemble: the shell-mean FSC with the truth over *all* the Fourier space the halves' 3D FSC
+calls unmeasured (< 0.143), a second reading of the same maps that does not hang on one
+narrow cone (RESULTS.md, session 18).
 """
 
 from __future__ import annotations
@@ -168,18 +172,22 @@ def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[d
                 runs[s] = halves
         if len(runs) < 2:
             continue
-        per_seed, ens = _seeds_and_ensemble(cell, list(runs.values()), inputs, data_seed)
+        per_seed, ens, region = _seeds_and_ensemble(cell, list(runs.values()), inputs, data_seed)
         rows.append({
             "name": name, "missing_cone": cell.has_missing_cone, "cell": cell.to_dict(),
             "seeds": list(runs), "per_seed": per_seed, "ensemble": ens,
             "gain": ens[0], "max_global_drop": ens[1],
+            "unmeasured_raw": region[0], "unmeasured_per_seed": region[1:-1],
+            "unmeasured_ensemble": region[-1],
         })  # fmt: skip
         seeds = ", ".join(
             f"{s}: {g:+.3f} / {d:.4f}@{k}" for s, (g, d, k) in zip(runs, per_seed, strict=True)
         )
+        unmeasured = ", ".join(f"{v - region[0]:+.3f}" for v in region[1:-1])
         print(
             f"  {name}: seeds {seeds}; ensemble of {len(runs)}: {ens[0]:+.3f} / "
-            f"{ens[1]:.4f}@{ens[2]}",
+            f"{ens[1]:.4f}@{ens[2]}; unmeasured region {region[0]:+.3f} raw, gains "
+            f"{unmeasured}, ensemble {region[-1] - region[0]:+.3f}",
             flush=True,
         )
     if rows:
@@ -196,20 +204,41 @@ def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[d
     return rows
 
 
+def unmeasured_fsc(truth, volume_map, mask, fsc3d_volume) -> float:
+    """Mean over shells 2 … n/4 of the FSC between ``volume_map`` and the ``truth`` (both
+    masked) over the Fourier voxels the 3D FSC calls unmeasured (< 0.143): the missing
+    region as the *data* define it, all of it, where the worst cone is one narrow cone
+    found from the truth."""
+    from spisonet.correction.evaluate import cone_mean
+    from spisonet.correction.trust import region_fsc
+    from spisonet.fourier import shell_index
+
+    n = truth.shape[0]
+    region = np.asarray(fsc3d_volume) < 0.143
+    curve = region_fsc(volume_map * mask, truth * mask, region.astype(np.float64))
+    # shells without an unmeasured voxel do not take part (region_fsc gives them 0)
+    count = np.bincount(shell_index(n)[region], minlength=n // 2 + 1)[: n // 2 + 1]
+    curve = np.where(count > 0, curve, np.nan)
+    return float(cone_mean(curve, n))
+
+
 def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None, data_seed: int):
-    """(gain, worst drop, its shell) after the step for each run's halves and for their mean."""
+    """((gain, worst drop, its shell) after the step for each run and for the runs' mean,
+    (raw, each run's, the mean's) :func:`unmeasured_fsc`)."""
     from spisonet.correction.evaluate import score_correction
     from spisonet.correction.pipeline import measured_data_step
 
     truth, mask, h1, h2, apix, volume, limit = _cell_data(cell, inputs, data_seed)
     raw = 0.5 * (h1 + h2)
-    out = []
+    out, region = [], [unmeasured_fsc(truth, raw, mask, volume)]
     mean = [np.mean([halves[i] for halves in runs], axis=0) for i in range(2)]
     for halves in [*runs, mean]:
         blend = measured_data_step(halves, [h1, h2], mask, volume, apix, limit)
-        s = score_correction(truth, raw, np.mean(blend.maps, axis=0), mask)
+        corrected = np.mean(blend.maps, axis=0)
+        s = score_correction(truth, raw, corrected, mask)
         out.append((s.gain, s.max_global_drop, s.worst_drop_shell))
-    return out[:-1], out[-1]
+        region.append(unmeasured_fsc(truth, corrected, mask, volume))
+    return out[:-1], out[-1], region
 
 
 def _oracle_lines(truth, raw, networks, halves, mask, volume, shells) -> list[str]:
