@@ -14,7 +14,7 @@ where it beats the network alone by the margin), as ``correct_anisotropy`` now d
 without the margin (wherever the mix beats the network at all); for maps saved by a run
 without the step (``--override network_only=true``). Prints one line per cell: worst-cone
 gain / worst global-shell drop @ shell before, after and without the margin, and the
-shells where the data were mixed in.
+shells where the data were mixed in, and the gain after the step in :func:`unmeasured_fsc`.
 
 ``--oracle-shells LO-HI``: a bound no rule can beat, with the truth as judge: the raw data
 put back in full at shells LO … HI (the network's output kept elsewhere), once over the
@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "after": (after_s.gain, after_s.max_global_drop, after_s.worst_drop_shell),
             "mixed_shells": np.flatnonzero(blend.network_weight < 1.0).tolist(),
             "ungated": (free_s.gain, free_s.max_global_drop, free_s.worst_drop_shell),
+            "unmeasured": (
+                unmeasured_fsc(truth, raw, mask, volume),
+                unmeasured_fsc(truth, np.mean(blend.maps, axis=0), mask, volume),
+            ),
         }
         if oracle is not None:
             row["oracle"] = _oracle_lines(truth, raw, halves, (h1, h2), mask, volume, oracle)
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"  {cell.name}: before {b[0]:+.4f} / {b[1]:.4f}@{b[2]}, "
             f"after {a[0]:+.4f} / {a[1]:.4f}@{a[2]} (mixed at shells "
             f"{row['mixed_shells'] or 'none'}); without the margin {u[0]:+.4f} / "
-            f"{u[1]:.4f}@{u[2]}",
+            f"{u[1]:.4f}@{u[2]}; unmeasured region {row['unmeasured'][0]:+.3f} raw, "
+            f"{row['unmeasured'][1] - row['unmeasured'][0]:+.3f} after",
             flush=True,
         )
         for line in row.get("oracle", []):

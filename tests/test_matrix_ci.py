@@ -110,7 +110,8 @@ def test_replay_scores_each_seed_and_their_ensemble(tmp_path, monkeypatch):
     mask = cell_mask(cell.mask, truth)
     h1, h2, apix = cell_inputs(cell, 0, None)
     volume = fsc3d(h1, h2, voxel_size=apix, mask=mask, cone_angle=10.0).volume
-    step = measured_data_step(mean, [h1, h2], mask, volume, apix, support_limit(volume, apix))
+    limit = support_limit(volume, apix)
+    step = measured_data_step(mean, [h1, h2], mask, volume, apix, limit)
     want = score_correction(truth, (h1 + h2) / 2, np.mean(step.maps, axis=0), mask)
     assert row["ensemble"][0] == pytest.approx(want.gain, abs=1e-5)
     assert row["ensemble"][1] == pytest.approx(want.max_global_drop, abs=1e-5)
@@ -137,6 +138,15 @@ def test_replay_scores_each_seed_and_their_ensemble(tmp_path, monkeypatch):
     assert row["unmeasured_raw"] == pytest.approx(slow((h1 + h2) / 2), abs=1e-6)
     assert row["unmeasured_ensemble"] == pytest.approx(slow(corrected), abs=1e-6)
     assert len(row["unmeasured_per_seed"]) == 2
+    # the plain replay of one seed's maps: the step, its score and the same figure
+    (one,) = bench_matrix_replay.main(["--maps", str(maps / "seed0")])
+    step0 = measured_data_step(list(halves[0]), [h1, h2], mask, volume, apix, limit)
+    corrected0 = np.mean(step0.maps, axis=0)
+    assert one["after"][0] == pytest.approx(
+        score_correction(truth, (h1 + h2) / 2, corrected0, mask).gain, abs=1e-5
+    )
+    assert one["unmeasured"][0] == pytest.approx(slow((h1 + h2) / 2), abs=1e-6)
+    assert one["unmeasured"][1] == pytest.approx(slow(corrected0), abs=1e-5)
     # maps saved after the step cannot be replayed through it again
     after = tmp_path / "after"
     bench_matrix.main([
