@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"after {a[0]:+.4f} / {a[1]:.4f}@{a[2]} (mixed at shells "
             f"{row['mixed_shells'] or 'none'}); without the margin {u[0]:+.4f} / "
             f"{u[1]:.4f}@{u[2]}; unmeasured region {row['unmeasured'][0]:+.3f} raw, "
-            f"{row['unmeasured'][1] - row['unmeasured'][0]:+.3f} after",
+            f"gain {row['unmeasured'][1] - row['unmeasured'][0]:+.3f} after the step",
             flush=True,
         )
         for line in row.get("oracle", []):
