@@ -93,6 +93,12 @@ def test_log_output_has_plain_progress_and_lists_fsc3d(
     assert (out / "FSC3D.mrc").exists() and f"wrote {out / 'FSC3D.mrc'}" in text
 
 
+def _default_sigint() -> None:
+    # A suite started in the background by a script (`cmd &`) hands its children SIGINT
+    # ignored, and Python then keeps it ignored: the Ctrl-C under test would never arrive.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_tells_how_to_resume_and_the_resume_says_so(maps, tmp_path) -> None:
     env = {**os.environ, "COLUMNS": "1000", "OMP_NUM_THREADS": "1"}
@@ -104,8 +110,9 @@ def test_ctrl_c_tells_how_to_resume_and_the_resume_says_so(maps, tmp_path) -> No
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
         first = subprocess.Popen(
-            args, stdout=f, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env
-        )
+            args, stdout=f, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+            preexec_fn=_default_sigint,
+        )  # fmt: skip
         try:
             ckpt = out / "model_h1.pt"
             deadline = time.monotonic() + 240
