@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ungated = measured_data_step(halves, [h1, h2], mask, volume, apix, limit, margin=None)
         free_s = score_correction(truth, raw, np.mean(ungated.maps, axis=0), mask)
         before_s = score_correction(truth, raw, np.mean(halves, axis=0), mask)
-        after_s = score_correction(truth, raw, np.mean(blend.maps, axis=0), mask)
+        after = np.mean(blend.maps, axis=0)
+        after_s = score_correction(truth, raw, after, mask)
         row = {
             "name": cell.name,
             "before": (before_s.gain, before_s.max_global_drop, before_s.worst_drop_shell),
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "ungated": (free_s.gain, free_s.max_global_drop, free_s.worst_drop_shell),
             "unmeasured": (
                 unmeasured_fsc(truth, raw, mask, volume),
-                unmeasured_fsc(truth, np.mean(blend.maps, axis=0), mask, volume),
+                unmeasured_fsc(truth, after, mask, volume),
             ),
         }
         if oracle is not None:
