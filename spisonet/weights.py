@@ -115,15 +115,20 @@ def measured_weight(
     half2: np.ndarray,
     mask: np.ndarray | None,
     percentile: float = 95.0,
+    presence: np.ndarray | None = None,
 ) -> np.ndarray:
     """Where Fourier space was measured, relative to the best directions of each shell.
 
     ``clip(g / P95_shell(g), 0, 1)`` with ``g = clip(3D FSC, 0, 1) ·`` the measured-power
     gate of :func:`power_presence`: 1 along the shell's well-measured
     directions, falling towards 0 in the missing cone. (n, n, n) float32, fftshift-ed.
+    ``presence``: that gate (``power_presence(half1, half2, mask, 0.1)``) when the caller
+    already has it; None: computed here.
     """
     g = np.clip(np.asarray(fsc3d_volume, dtype=np.float64), 0.0, 1.0)
-    g = g * power_presence(half1, half2, mask, 0.1)
+    if presence is None:
+        presence = power_presence(half1, half2, mask, 0.1)
+    g = g * presence
     return np.clip(g / shell_percentile(g, percentile), 0.0, 1.0).astype(np.float32)
 
 

@@ -60,6 +60,7 @@ class MeasuredBlend:
         halves do not agree.
     gain : (n//2 + 1,) the estimated correlation the best mix gains over the network alone
         (before ``margin`` and ``within``), 0 where the halves do not agree.
+    margin : the margin the mix was made with (None: none).
     """
 
     maps: list[np.ndarray]
@@ -67,6 +68,7 @@ class MeasuredBlend:
     rho_network: np.ndarray | None = None
     rho_raw: np.ndarray | None = None
     gain: np.ndarray | None = None
+    margin: float | None = None
 
 
 def _shell_sums(
@@ -232,4 +234,4 @@ def keep_measured_data(
         weight = weight * cap[shells]
         alpha = 1.0 - cap * (1.0 - alpha)  # the share actually left to the network
     maps = [fourier_blend(o, h, weight) for o, h in zip(networks, halves, strict=True)]
-    return MeasuredBlend(maps, alpha, rho_o, rho_h, gain)
+    return MeasuredBlend(maps, alpha, rho_o, rho_h, gain, margin)

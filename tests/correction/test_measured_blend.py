@@ -253,3 +253,59 @@ def test_alpha_is_judged_on_one_weight_and_applied_with_the_other():
                         expected[i, j, k] = fo[i, j, k] + share * (fh[i, j, k] - fo[i, j, k])
         want = np.fft.ifftn(np.fft.ifftshift(expected)).real
         np.testing.assert_allclose(out, want, atol=1e-4 * np.abs(want).max())
+
+
+def test_unmeasured_share_is_the_gated_share_of_shells_2_to_n_over_4():
+    from spisonet.correction.pipeline import unmeasured_share
+
+    n = 12
+    gate = np.random.default_rng(3).random((n, n, n)).astype(np.float32)
+    c = n // 2
+    inside = below = 0
+    for i in range(n):
+        for j in range(n):
+            for k in range(n):
+                s = int(round(np.sqrt((i - c) ** 2 + (j - c) ** 2 + (k - c) ** 2)))
+                if 2 <= s <= n // 4:
+                    inside += 1
+                    below += gate[i, j, k] < 0.5
+    assert unmeasured_share(gate) == pytest.approx(below / inside)
+    assert unmeasured_share(np.ones_like(gate)) == 0.0
+
+
+def _halves_with_a_cone(n, half_angle_deg, rng):
+    """Two noisy halves of one random structure, with every Fourier voxel within
+    ``half_angle_deg`` of the z axis set to 0 (signal and noise: nothing measured there)."""
+    truth = _smooth_random(n, rng, sigma=1.0)
+    k = np.fft.fftfreq(n) * n
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    radius = np.sqrt(kx**2 + ky**2 + kz**2)
+    cos = np.abs(kz) / np.where(radius > 0, radius, 1.0)
+    keep = (cos < np.cos(np.radians(half_angle_deg))) | (radius == 0)
+    out = []
+    for _ in range(2):
+        v = truth + 0.3 * rng.standard_normal(truth.shape)
+        out.append(np.fft.ifftn(np.fft.fftn(v) * keep).real.astype(np.float32))
+    return truth, out
+
+
+def test_the_step_drops_its_margin_only_where_nothing_is_missing():
+    """measured_data_step mixes with LOSS_MARGIN when the power gate finds a missing region
+    and with no margin when it finds none: the same maps, the explicit margins give the same
+    blend as the default."""
+    from spisonet.correction.pipeline import measured_data_step, unmeasured_share
+    from spisonet.weights import power_presence
+
+    n = 24
+    rng = np.random.default_rng(5)
+    fsc = np.ones((n, n, n), dtype=np.float32)
+    for angle, expected in ((0.0, 0.0), (60.0, LOSS_MARGIN)):
+        _, (h1, h2) = _halves_with_a_cone(n, angle, rng)
+        share = unmeasured_share(power_presence(h1, h2, None, 0.1))
+        assert (share > 0.2) if angle else (share == 0.0)
+        nets = [0.8 * h + 0.1 * _smooth_random(n, rng) for h in (h1, h2)]
+        step = measured_data_step(nets, [h1, h2], None, fsc, 1.0, None)
+        assert step.margin == expected
+        explicit = measured_data_step(nets, [h1, h2], None, fsc, 1.0, None, margin=expected)
+        for a, b in zip(step.maps, explicit.maps, strict=True):
+            np.testing.assert_array_equal(a, b)
