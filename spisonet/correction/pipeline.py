@@ -319,13 +319,11 @@ class SamplingWeight:
     fsc3d_volume : (n, n, n) 3D FSC used (given or computed here); None when W = 1.
     gated : (n, n, n) 3D FSC times the measured-power gate (None when W = 1): the source
         of W at any size (:func:`full_box`).
-    presence : (n, n, n) the measured-power gate itself (None when not computed).
     """
 
     cube: np.ndarray
     fsc3d_volume: np.ndarray | None
     gated: np.ndarray | None
-    presence: np.ndarray | None = None
 
     def full_box(self, n: int, voxel_size: float, s: CorrectionSettings, reference: bool):
         """W at the map's box (n, n, n), as training's W (1 inside the reference sphere)."""
@@ -379,11 +377,8 @@ def sampling_weight(
         notes.append("single map without a 3D FSC: W = 1 (denoising only)")
         return SamplingWeight(np.ones((s.cube_size,) * 3, dtype=np.float32), None, None)
     gated = np.asarray(fvol)
-    gate = None
     if s.presence_threshold:
         gate = power_presence(h1, h2, m, s.presence_threshold)
-        if s.low_shell_gate:
-            gate = low_shell_gate(gate)
         gated = gated * gate
         notes.append(
             "W gated by measured power (presence threshold "
@@ -393,20 +388,7 @@ def sampling_weight(
     cube = prepare_sampling_weight(gated, s.cube_size)
     if inputs.reference is not None:
         cube = _one_below(cube, voxel_size, s.ref_resolution)
-    return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated, gate)
-
-
-def filter_network_input(maps: PreparedMaps, weight: SamplingWeight) -> PreparedMaps:
-    """``maps`` with each half's network input filtered by the measured-power gate
-    (``filter_input``) and z-scored again; unchanged without a gate."""
-    from ..fourier import fourier_blend
-    from ..maps import zscore
-
-    if weight.presence is None:
-        return maps
-    gate = weight.presence
-    filtered = [zscore(fourier_blend(np.zeros_like(h), h, gate)) for h in maps.lowpassed]
-    return replace(maps, network_input=filtered)
+    return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated)
 
 
 # --------------------------------------------------------------------------- 4. training
@@ -746,10 +728,6 @@ def correct_anisotropy(
     ckpts = tuple(checkpoints) if checkpoints is not None else None
     maps = timed("prepare", prepare_maps, inputs, voxel_size, s, notes)
     weight = timed("fsc3d", sampling_weight, inputs, voxel_size, s, notes, progress)
-    if s.filter_input:
-        maps = filter_network_input(maps, weight)
-        if weight.presence is not None:
-            notes.append("network input: each half filtered by the measured-power gate")
     nets = timed(
         "train",
         train_networks,
@@ -879,24 +857,6 @@ def measured_data_step(
         margin=margin,
         estimate_with=measured**2,
     )
-
-
-def low_shell_gate(gate: np.ndarray) -> np.ndarray:
-    """The measured-power gate with its lowest shells (|k| < n/8) capped by each
-    direction's gate at n/8 … n/4 (:func:`spisonet.weights.directional_weight`).
-
-    Why: which directions the views sampled does not depend on resolution, but at the
-    lowest shells a soft mask's leakage (a voxel or two of Fourier space) and a
-    reconstruction's interpolation put the measured slab's content into an unsampled cone,
-    identically in both halves, so both the gate and the 3D FSC read it as measured and
-    training holds the network to it. (n, n, n) fftshift-ed in, the same out (float32).
-    """
-    from ..weights import directional_weight
-
-    g = np.asarray(gate, dtype=np.float32)
-    n = g.shape[0]
-    low = frequency_radius(n, np.float32) < n / 8
-    return np.where(low, np.minimum(g, directional_weight(g)), g).astype(np.float32)
 
 
 def unmeasured_share(presence: np.ndarray) -> float:

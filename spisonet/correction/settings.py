@@ -182,21 +182,6 @@ class CorrectionSettings:
         "unsampled cone as measured)",
         cli=("--presence-threshold", "--presence_threshold"),
     )
-    low_shell_gate: bool = setting(
-        False,
-        "Below n/8 (n the box), gate W by each direction's measured power at n/8 … n/4: at "
-        "the lowest shells the mask's leakage and the reconstruction's interpolation make an "
-        "unsampled cone look measured",
-        cli=("--low-shell-gate",),
-    )
-    filter_input: bool = setting(
-        False,
-        "Multiply each half's Fourier transform by the measured-power gate before training "
-        "and prediction: what an unsampled region holds (a mask's leakage, a "
-        "reconstruction's interpolation) is not shown to a network trained to fill empty "
-        "regions",
-        cli=("--filter-input",),
-    )
     compile: bool = setting(False, "Use torch.compile (opt-in; slow start)", cli=("--compile",))
     seed: int = setting(0, "Random seed", cli=("--seed",))
     device: str = setting(
