@@ -148,7 +148,7 @@ class CorrectionSettings:
         "Let the network's output stand where Fourier space was measured even where the half "
         "maps say the data are better (default: per shell, over the measured directions, the "
         "mix of network and data the half maps estimate to correlate best with the truth, "
-        "where it beats the network alone by 0.02)",
+        "where it beats the network alone by 0.02, or at all where nothing is missing)",
         cli=("--network-only",),
     )
     ref_resolution: float = setting(
