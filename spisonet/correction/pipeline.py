@@ -153,7 +153,9 @@ class CorrectionResult:
     measured_check : what the measured-data step saw, per shell (lists, JSON-ready):
         ``network_share`` α over the measured directions (1: the network's output kept, 0:
         the measured data kept) and the halves' estimates ``rho_network`` / ``rho_raw`` of
-        each map's correlation with the truth there; None when the step did not run.
+        each map's correlation with the truth there, and ``margin`` (a number: the margin
+        the mix was held to, 0 where the gate found nothing missing); None when the step
+        did not run.
     """
 
     corrected: list[np.ndarray]
@@ -167,7 +169,7 @@ class CorrectionResult:
     settings: CorrectionSettings
     models: list[Any] = field(default_factory=list)
     trust: Any = None
-    measured_check: dict[str, list[float | None]] | None = None
+    measured_check: dict[str, Any] | None = None
 
     @property
     def average(self) -> np.ndarray:
@@ -869,8 +871,9 @@ def unmeasured_share(presence: np.ndarray) -> float:
     return float(np.mean(np.asarray(presence)[band] < 0.5))
 
 
-def _check_of(blend) -> dict[str, list[float | None]]:
-    """The per-shell figures of a measured-data step, rounded, NaN as None (JSON)."""
+def _check_of(blend) -> dict[str, Any]:
+    """The per-shell figures of a measured-data step, rounded, NaN as None (JSON), and the
+    margin it mixed with (0 where nothing was missing, None: none)."""
 
     def column(values) -> list[float | None]:
         return [None if not np.isfinite(v) else round(float(v), 4) for v in values]
@@ -879,6 +882,7 @@ def _check_of(blend) -> dict[str, list[float | None]]:
         "network_share": column(blend.network_weight),
         "rho_network": column(blend.rho_network),
         "rho_raw": column(blend.rho_raw),
+        "margin": blend.margin,
     }
 
 
