@@ -865,9 +865,13 @@ def unmeasured_share(presence: np.ndarray) -> float:
     """The share of Fourier voxels in shells 2 … n/4 that the measured-power gate
     (:func:`spisonet.weights.power_presence`, fftshift-ed (n, n, n)) calls unmeasured
     (gate < 0.5): about 0.3 … 0.7 with a missing cone of ≥ 20°, 0 for isotropic views."""
+    from ..fourier import shell_index
+    from .evaluate import scored_shells
+
     n = presence.shape[0]
-    r = frequency_radius(n)
-    band = (r >= 1.5) & (r < n / 4 + 0.5)
+    lo, hi = scored_shells(n)
+    shells = shell_index(n)
+    band = (shells >= lo) & (shells <= hi)
     return float(np.mean(np.asarray(presence)[band] < 0.5))
 
 

@@ -258,19 +258,19 @@ def test_alpha_is_judged_on_one_weight_and_applied_with_the_other():
 def test_unmeasured_share_is_the_gated_share_of_shells_2_to_n_over_4():
     from spisonet.correction.pipeline import unmeasured_share
 
-    n = 12
-    gate = np.random.default_rng(3).random((n, n, n)).astype(np.float32)
-    c = n // 2
-    inside = below = 0
-    for i in range(n):
-        for j in range(n):
-            for k in range(n):
-                s = int(round(np.sqrt((i - c) ** 2 + (j - c) ** 2 + (k - c) ** 2)))
-                if 2 <= s <= n // 4:
-                    inside += 1
-                    below += gate[i, j, k] < 0.5
-    assert unmeasured_share(gate) == pytest.approx(below / inside)
-    assert unmeasured_share(np.ones_like(gate)) == 0.0
+    for n in (12, 14):  # n/4 whole and not
+        gate = np.random.default_rng(n).random((n, n, n)).astype(np.float32)
+        c = n // 2
+        inside = below = 0
+        for i in range(n):
+            for j in range(n):
+                for k in range(n):
+                    s = int(round(np.sqrt((i - c) ** 2 + (j - c) ** 2 + (k - c) ** 2)))
+                    if 2 <= s <= n // 4:
+                        inside += 1
+                        below += gate[i, j, k] < 0.5
+        assert unmeasured_share(gate) == pytest.approx(below / inside)
+        assert unmeasured_share(np.ones_like(gate)) == 0.0
 
 
 def _halves_with_a_cone(n, half_angle_deg, rng):
