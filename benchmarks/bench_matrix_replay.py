@@ -34,7 +34,10 @@ depend on the seed), so ``bench_matrix.over_seeds`` already gives it. Beside the
 score each row gives :func:`unmeasured_fsc` of the raw map and its gain for each seed and the
 ensemble: the shell-mean FSC with the truth over *all* the Fourier space the halves' 3D FSC
 calls unmeasured (< 0.143), a second reading of the same maps that does not hang on one
-narrow cone (RESULTS.md, session 18).
+narrow cone (RESULTS.md, session 18). Last, the ensemble's gain over the ``NEAR_CONES``
+near-worst cones (:func:`spisonet.correction.evaluate.near_worst_cones`: the raw map's lowest
+cone means, ≥ 15° apart; the first is the worst cone): their median and range say how much
+the worst-cone gain owes to the one cone the minimum picked (RESULTS.md, session 20).
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_matrix import CI, CORE, HARD
 from matrix_cells import cell_inputs, cell_mask, ground_truth
+
+#: How many near-worst cones (each ≥ NEAR_CONES_SEPARATION° from the others) an ensemble is
+#: also scored over: the worst cone is the lowest of 300 noisy cone means, and at 48³ its
+#: lowest shells hold 2–12 voxels, so its gain alone can say more about the cone picked
+#: than about the correction (RESULTS.md, session 20).
+NEAR_CONES = 8
+NEAR_CONES_SEPARATION = 15.0
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -178,13 +188,15 @@ def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[d
                 runs[s] = halves
         if len(runs) < 2:
             continue
-        per_seed, ens, region = _seeds_and_ensemble(cell, list(runs.values()), inputs, data_seed)
+        per_seed, ens, region, near = _seeds_and_ensemble(
+            cell, list(runs.values()), inputs, data_seed
+        )
         rows.append({
             "name": name, "missing_cone": cell.has_missing_cone, "cell": cell.to_dict(),
             "seeds": list(runs), "per_seed": per_seed, "ensemble": ens,
             "gain": ens[0], "max_global_drop": ens[1],
             "unmeasured_raw": region[0], "unmeasured_per_seed": region[1:-1],
-            "unmeasured_ensemble": region[-1],
+            "unmeasured_ensemble": region[-1], "near_cones_ensemble": near.tolist(),
         })  # fmt: skip
         seeds = ", ".join(
             f"{s}: {g:+.3f} / {d:.4f}@{k}" for s, (g, d, k) in zip(runs, per_seed, strict=True)
@@ -193,7 +205,9 @@ def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[d
         print(
             f"  {name}: seeds {seeds}; ensemble of {len(runs)}: {ens[0]:+.3f} / "
             f"{ens[1]:.4f}@{ens[2]}; unmeasured region {region[0]:+.3f} raw, gains "
-            f"{unmeasured}, ensemble {region[-1] - region[0]:+.3f}",
+            f"{unmeasured}, ensemble {region[-1] - region[0]:+.3f}; ensemble over the "
+            f"{near.size} near-worst cones: median {np.median(near):+.3f}, "
+            f"{near.min():+.3f} … {near.max():+.3f}",
             flush=True,
         )
     if rows:
@@ -230,8 +244,9 @@ def unmeasured_fsc(truth, volume_map, mask, fsc3d_volume) -> float:
 
 def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None, data_seed: int):
     """((gain, worst drop, its shell) after the step for each run and for the runs' mean,
-    (raw, each run's, the mean's) :func:`unmeasured_fsc`)."""
-    from spisonet.correction.evaluate import score_correction
+    (raw, each run's, the mean's) :func:`unmeasured_fsc`, the mean's gains over the
+    :data:`NEAR_CONES` near-worst cones (the worst first))."""
+    from spisonet.correction.evaluate import cone_gains, near_worst_cones, score_correction
     from spisonet.correction.pipeline import measured_data_step
 
     truth, mask, h1, h2, apix, volume, limit = _cell_data(cell, inputs, data_seed)
@@ -244,7 +259,9 @@ def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None,
         s = score_correction(truth, raw, corrected, mask)
         out.append((s.gain, s.max_global_drop, s.worst_drop_shell))
         region.append(unmeasured_fsc(truth, corrected, mask, volume))
-    return out[:-1], out[-1], region
+    directions, _ = near_worst_cones(raw, truth, mask, NEAR_CONES, NEAR_CONES_SEPARATION)
+    near = cone_gains(truth, raw, corrected, directions, mask)  # the last: the mean's
+    return out[:-1], out[-1], region, near
 
 
 def _oracle_lines(truth, raw, networks, halves, mask, volume, shells) -> list[str]:

@@ -138,6 +138,15 @@ def test_replay_scores_each_seed_and_their_ensemble(tmp_path, monkeypatch):
     assert row["unmeasured_raw"] == pytest.approx(slow((h1 + h2) / 2), abs=1e-6)
     assert row["unmeasured_ensemble"] == pytest.approx(slow(corrected), abs=1e-6)
     assert len(row["unmeasured_per_seed"]) == 2
+    # the near-worst cones: the first is the worst cone, so its gain is the ensemble's
+    from spisonet.correction.evaluate import cone_gains, near_worst_cones
+
+    near = row["near_cones_ensemble"]
+    assert 1 < len(near) <= bench_matrix_replay.NEAR_CONES
+    assert near[0] == pytest.approx(want.gain, abs=1e-5)
+    dirs, _ = near_worst_cones((h1 + h2) / 2, truth, mask, len(near), 15.0)
+    want_near = cone_gains(truth, (h1 + h2) / 2, corrected, dirs, mask)
+    np.testing.assert_allclose(near, want_near, atol=1e-6)
     # the plain replay of one seed's maps: the step, its score and the same figure
     (one,) = bench_matrix_replay.main(["--maps", str(maps / "seed0")])
     step0 = measured_data_step(list(halves[0]), [h1, h2], mask, volume, apix, limit)

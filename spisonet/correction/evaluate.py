@@ -20,9 +20,11 @@ from ..errors import InvalidValueError, MapShapeError
 
 __all__ = [
     "ConeScore",
+    "cone_gains",
     "cone_mean",
     "ground_truth_metrics",
     "hemisphere_directions",
+    "near_worst_cones",
     "score_correction",
     "scored_shells",
     "worst_cone",
@@ -96,6 +98,72 @@ def worst_cone(
     i = int(np.nanargmin(means))
     u = dirs[i] / np.linalg.norm(dirs[i])
     return u, float(means[i])
+
+
+def near_worst_cones(
+    raw: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray | None = None,
+    count: int = 8,
+    separation: float = 15.0,
+    cone_angle: float = 20.0,
+    directions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` least-measured directions of ``raw``, at least ``separation``° apart.
+
+    Directions are taken greedily in order of their cone mean (:func:`worst_cone`'s
+    figure: the cone FSC between ``raw`` and the ``truth`` over shells 2 … n/4, lowest
+    first), skipping any within ``separation`` degrees of one already taken (u and −u are
+    the same cone). The first is :func:`worst_cone`'s direction. Scoring a correction over
+    all of them tells how much its worst-cone gain owes to the one cone chosen: at small
+    boxes a cone holds a handful of voxels in its lowest shells and its figure is noisy.
+
+    Returns (directions (m, 3) unit vectors (x, y, z), their cone means (m,)), m ≤ count.
+    """
+    from ..anisotropy import conical_fsc
+
+    a, t = check_cubic_map(raw, "raw map"), check_cubic_map(truth, "ground truth")
+    if a.shape != t.shape:
+        raise MapShapeError(f"raw map {a.shape} and ground truth {t.shape} differ in shape")
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+        raise InvalidValueError(f"count must be a positive integer; got {count!r}")
+    if not 0 <= separation < 90:
+        raise InvalidValueError(f"separation must be in [0, 90) degrees; got {separation}")
+    dirs = hemisphere_directions() if directions is None else np.asarray(directions, float)
+    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    means = cone_mean(conical_fsc(a, t, mask, dirs, cone_angle), a.shape[0])
+    # NaN cone means (no voxel in any scored shell) sort last and are never taken
+    order = np.argsort(np.where(np.isnan(means), np.inf, means), kind="stable")
+    cos_sep = np.cos(np.radians(separation))
+    taken: list[int] = []
+    for i in order:
+        if np.isnan(means[i]) or len(taken) == count:
+            break
+        if all(abs(float(dirs[i] @ dirs[j])) < cos_sep for j in taken):
+            taken.append(int(i))
+    return dirs[taken], means[taken]
+
+
+def cone_gains(
+    truth: np.ndarray,
+    raw: np.ndarray,
+    corrected: np.ndarray,
+    directions: np.ndarray,
+    mask: np.ndarray | None = None,
+    cone_angle: float = 20.0,
+) -> np.ndarray:
+    """Gain of ``corrected`` over ``raw`` in the cone mean (shells 2 … n/4) of each of
+    ``directions`` ((m, 3), x, y, z): (m,) float64, as :func:`score_correction`'s gain."""
+    from ..anisotropy import conical_fsc
+
+    t = check_cubic_map(truth, "ground truth")
+    n = t.shape[0]
+    dirs = np.asarray(directions, dtype=np.float64)
+    before = cone_mean(conical_fsc(check_cubic_map(raw, "raw map"), t, mask, dirs, cone_angle), n)
+    after = cone_mean(
+        conical_fsc(check_cubic_map(corrected, "corrected map"), t, mask, dirs, cone_angle), n
+    )
+    return after - before
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from spisonet.correction.evaluate import (
+    cone_gains,
     cone_mean,
     hemisphere_directions,
+    near_worst_cones,
     score_correction,
     worst_cone,
 )
-from spisonet.errors import MapShapeError
+from spisonet.errors import InvalidValueError, MapShapeError
 
 
 def _slow_cone_means(a: np.ndarray, b: np.ndarray, dirs: np.ndarray, theta_deg: float):
@@ -119,3 +121,57 @@ def test_cone_mean_ignores_empty_shells():
 def test_worst_cone_rejects_mismatched_maps():
     with pytest.raises(MapShapeError, match="differ in shape"):
         worst_cone(np.zeros((8, 8, 8)), np.zeros((10, 10, 10)))
+
+
+def test_near_worst_cones_equal_a_slow_greedy_pick_on_random_data():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((16, 16, 16)).astype(np.float32)
+    b = (a + 2 * rng.standard_normal(a.shape)).astype(np.float32)
+    dirs = hemisphere_directions(14)
+    slow = _slow_cone_means(a, b, dirs, 25.0)
+    # the definition, step by step: lowest first, skip any within 30° of one taken
+    expected = []
+    for i in sorted(range(len(dirs)), key=lambda j: slow[j]):
+        angles = [np.degrees(np.arccos(min(1.0, abs(dirs[i] @ dirs[j])))) for j in expected]
+        if all(t >= 30.0 for t in angles):
+            expected.append(i)
+    got, means = near_worst_cones(a, b, None, count=5, separation=30.0, cone_angle=25.0,
+                                  directions=dirs)  # fmt: skip
+    assert len(expected) >= 5
+    np.testing.assert_allclose(got, dirs[expected[:5]], atol=1e-12)
+    np.testing.assert_allclose(means, slow[expected[:5]], atol=1e-6)
+    u, _ = worst_cone(a, b, None, 25.0, dirs)
+    np.testing.assert_allclose(got[0], u, atol=1e-12)  # the first is the worst cone
+
+
+def test_near_worst_cones_keep_their_separation(structured):
+    raw = _missing_cone(structured, np.array([0.0, 0.0, 1.0]), 40.0)
+    dirs, means = near_worst_cones(raw, structured, None, count=6, separation=20.0)
+    assert len(dirs) == 6
+    assert np.all(np.diff(means) >= 0)
+    cos = np.abs(dirs @ dirs.T)[np.triu_indices(6, 1)]
+    assert np.all(cos < np.cos(np.radians(20.0)))
+    assert abs(dirs[0][2]) > 0.8  # the worst lies in the missing cone around z
+
+
+def test_cone_gains_match_score_correction(structured):
+    raw = _missing_cone(structured, np.array([0.0, 0.0, 1.0]), 30.0)
+    rng = np.random.default_rng(2)
+    corrected = (structured + 0.3 * rng.standard_normal(structured.shape)).astype(np.float32)
+    s = score_correction(structured, raw, corrected)
+    slow_raw = _slow_cone_means(raw, structured, s.direction[None], 20.0)[0]
+    slow_cor = _slow_cone_means(corrected, structured, s.direction[None], 20.0)[0]
+    g = cone_gains(structured, raw, corrected, np.array([s.direction, [1.0, 0.0, 0.0]]))
+    assert g[0] == pytest.approx(s.gain, abs=1e-9)
+    assert g[0] == pytest.approx(slow_cor - slow_raw, abs=1e-6)
+    assert abs(g[1]) < g[0]  # x was measured: little to gain there
+
+
+def test_near_worst_cones_reject_bad_arguments():
+    a = np.zeros((8, 8, 8), dtype=np.float32)
+    with pytest.raises(InvalidValueError, match="count"):
+        near_worst_cones(a, a, count=0)
+    with pytest.raises(InvalidValueError, match="separation"):
+        near_worst_cones(a, a, separation=90.0)
+    with pytest.raises(MapShapeError, match="differ in shape"):
+        near_worst_cones(a, np.zeros((10, 10, 10)))
