@@ -76,10 +76,15 @@ def test_hemisphere_directions_are_unit_and_upper():
     assert np.all(d[:, 2] >= 0)
 
 
-def test_worst_cone_equals_slow_statement_on_random_data():
-    rng = np.random.default_rng(0)
+def _noisy_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random 16³ map and a noisy copy of it (FSC about 0.45)."""
+    rng = np.random.default_rng(seed)
     a = rng.standard_normal((16, 16, 16)).astype(np.float32)
-    b = (a + 2 * rng.standard_normal(a.shape)).astype(np.float32)
+    return a, (a + 2 * rng.standard_normal(a.shape)).astype(np.float32)
+
+
+def test_worst_cone_equals_slow_statement_on_random_data():
+    a, b = _noisy_pair(0)
     dirs = hemisphere_directions(12)
     slow = _slow_cone_means(a, b, dirs, 25.0)
     u, value = worst_cone(a, b, None, 25.0, dirs)
@@ -124,9 +129,7 @@ def test_worst_cone_rejects_mismatched_maps():
 
 
 def test_near_worst_cones_equal_a_slow_greedy_pick_on_random_data():
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((16, 16, 16)).astype(np.float32)
-    b = (a + 2 * rng.standard_normal(a.shape)).astype(np.float32)
+    a, b = _noisy_pair(1)
     dirs = hemisphere_directions(14)
     slow = _slow_cone_means(a, b, dirs, 25.0)
     # the definition, step by step: lowest first, skip any within 30° of one taken
