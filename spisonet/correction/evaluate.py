@@ -87,17 +87,10 @@ def worst_cone(
     (direction (3,) unit vector (x, y, z), its cone mean): the direction whose cone FSC
     between ``raw`` and ``truth``, averaged over shells 2 … n/4, is lowest.
     """
-    from ..anisotropy import conical_fsc
-
-    a, t = check_cubic_map(raw, "raw map"), check_cubic_map(truth, "ground truth")
-    if a.shape != t.shape:
-        raise MapShapeError(f"raw map {a.shape} and ground truth {t.shape} differ in shape")
-    dirs = hemisphere_directions() if directions is None else np.asarray(directions, float)
-    curves = conical_fsc(a, t, mask, dirs, cone_angle)
-    means = cone_mean(curves, a.shape[0])
-    i = int(np.nanargmin(means))
-    u = dirs[i] / np.linalg.norm(dirs[i])
-    return u, float(means[i])
+    dirs, means = near_worst_cones(raw, truth, mask, 1, 0.0, cone_angle, directions)
+    if len(dirs) == 0:
+        raise InvalidValueError("no candidate cone holds a voxel of shells 2 … n/4")
+    return dirs[0], float(means[0])
 
 
 def near_worst_cones(
