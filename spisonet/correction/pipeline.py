@@ -321,11 +321,13 @@ class SamplingWeight:
     fsc3d_volume : (n, n, n) 3D FSC used (given or computed here); None when W = 1.
     gated : (n, n, n) 3D FSC times the measured-power gate (None when W = 1): the source
         of W at any size (:func:`full_box`).
+    presence : (n, n, n) the measured-power gate itself (None when not computed).
     """
 
     cube: np.ndarray
     fsc3d_volume: np.ndarray | None
     gated: np.ndarray | None
+    presence: np.ndarray | None = None
 
     def full_box(self, n: int, voxel_size: float, s: CorrectionSettings, reference: bool):
         """W at the map's box (n, n, n), as training's W (1 inside the reference sphere)."""
@@ -379,6 +381,7 @@ def sampling_weight(
         notes.append("single map without a 3D FSC: W = 1 (denoising only)")
         return SamplingWeight(np.ones((s.cube_size,) * 3, dtype=np.float32), None, None)
     gated = np.asarray(fvol)
+    gate = None
     if s.presence_threshold:
         gate = power_presence(h1, h2, m, s.presence_threshold)
         gated = gated * gate
@@ -390,7 +393,26 @@ def sampling_weight(
     cube = prepare_sampling_weight(gated, s.cube_size)
     if inputs.reference is not None:
         cube = _one_below(cube, voxel_size, s.ref_resolution)
-    return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated)
+    return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated, gate)
+
+
+def filter_network_input(maps: PreparedMaps, weight: SamplingWeight) -> PreparedMaps:
+    """``maps`` with each half's network input multiplied in Fourier space by the
+    measured-power gate and z-scored again (``filter_input``); unchanged without a gate.
+
+    Why: training's equivariance inputs are W·(rotated prediction), exactly empty where W
+    is 0, but a real half map holds something there (a mask's leakage; a reconstruction's
+    interpolation and real-space crop of its padded box, identical in both halves). Shown
+    that content at prediction, a network taught to fill empty regions passes it through.
+    """
+    from ..fourier import fourier_blend
+    from ..maps import zscore
+
+    if weight.presence is None:
+        return maps
+    gate = weight.presence
+    filtered = [zscore(fourier_blend(np.zeros_like(h), h, gate)) for h in maps.lowpassed]
+    return replace(maps, network_input=filtered)
 
 
 # --------------------------------------------------------------------------- 4. training
@@ -730,6 +752,9 @@ def correct_anisotropy(
     ckpts = tuple(checkpoints) if checkpoints is not None else None
     maps = timed("prepare", prepare_maps, inputs, voxel_size, s, notes)
     weight = timed("fsc3d", sampling_weight, inputs, voxel_size, s, notes, progress)
+    if s.filter_input and weight.presence is not None:
+        maps = filter_network_input(maps, weight)
+        notes.append("network input: each half filtered by the measured-power gate")
     nets = timed(
         "train",
         train_networks,

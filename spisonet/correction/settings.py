@@ -182,6 +182,14 @@ class CorrectionSettings:
         "unsampled cone as measured)",
         cli=("--presence-threshold", "--presence_threshold"),
     )
+    filter_input: bool = setting(
+        False,
+        "Multiply each half's Fourier transform by the measured-power gate before the network "
+        "sees it (training and prediction): what an unsampled region holds (a mask's leakage, "
+        "a reconstruction's interpolation) is not shown to a network trained to fill empty "
+        "regions",
+        cli=("--filter-input",),
+    )
     compile: bool = setting(False, "Use torch.compile (opt-in; slow start)", cli=("--compile",))
     seed: int = setting(0, "Random seed", cli=("--seed",))
     device: str = setting(

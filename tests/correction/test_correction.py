@@ -585,3 +585,76 @@ def test_equivariance_rotations_are_drawn_by_what_they_teach(monkeypatch) -> Non
         h1, h2, _fsc3d(), MASK, APIX, _tiny(network_only=True, equivariance_rotations="uniform")
     )
     assert handed[-1] is None and not any("cube rotations" in n for n in u.notes)
+
+
+def _filtered_by_definition(half: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """Slow statement of ``filter_input``: the full complex FFT times the (un-shifted)
+    gate, back to real space, then mean 0 and standard deviation 1 over the box."""
+    f = np.fft.fftn(half.astype(np.float64)) * np.fft.ifftshift(gate.astype(np.float64))
+    v = np.fft.ifftn(f)
+    assert np.abs(v.imag).max() < 1e-6 * np.abs(v.real).max()  # the gate is centrosymmetric
+    v = v.real
+    return (v - v.mean()) / v.std()
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_filter_network_input_is_each_half_times_the_gate(structured: bool) -> None:
+    """On random data (with a gate ramping from 1 to 0 along z) and on a simulated
+    missing-cone pair (its measured-power gate, 0 in the cone), each half's network input
+    is its Fourier transform times the gate, z-scored; without a gate nothing changes."""
+    from spisonet.correction.pipeline import (
+        PreparedMaps,
+        SamplingWeight,
+        filter_network_input,
+    )
+    from spisonet.maps import zscore
+    from spisonet.simulate import simulate_half_maps
+    from spisonet.weights import power_presence
+
+    if structured:
+        sim = simulate_half_maps(blobs(N, 3) * 3, APIX, "tilt:20", snr=1.0, seed=1)
+        halves = [np.asarray(sim.half1), np.asarray(sim.half2)]
+        gate = power_presence(halves[0], halves[1], MASK, 0.1)
+    else:
+        halves = list(_pair(4))
+        gate = np.clip(2 * _fsc3d() - 0.5, 0, 1).astype(np.float32)
+    assert gate.min() < 0.05 and gate.max() == 1.0  # both ends of the gate are exercised
+    maps = PreparedMaps(halves, halves, [zscore(h) for h in halves])
+    weight = SamplingWeight(np.ones((8,) * 3, np.float32), gate, gate, gate)
+    out = filter_network_input(maps, weight)
+    for h, got in zip(halves, out.network_input, strict=True):
+        np.testing.assert_allclose(got, _filtered_by_definition(h, gate), atol=2e-5)
+        if not structured:  # exactly nothing left where the gate is 0
+            spectrum = np.abs(np.fft.fftshift(np.fft.fftn(got)))
+            assert spectrum[gate == 0].max() < 1e-4 * spectrum.max()
+    assert out.originals is maps.originals and out.lowpassed is maps.lowpassed
+    assert filter_network_input(maps, SamplingWeight(weight.cube, gate, gate, None)) is maps
+
+
+def test_filter_input_trains_and_predicts_on_the_filtered_halves(monkeypatch) -> None:
+    """With ``filter_input`` the networks see the gate-filtered halves (training and
+    prediction), the notes say so and the output is back in the halves' units; off (the
+    default), they see the z-scored halves."""
+    import spisonet.correction.pipeline as pipeline
+    from spisonet.maps import zscore
+
+    seen = []
+    real_train = pipeline.train_networks
+
+    def spy(maps, *args, **kwargs):
+        seen.append(maps)
+        return real_train(maps, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_networks", spy)
+    h1, h2 = _pair(5)
+    on = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny(filter_input=True))
+    gate = pipeline.power_presence(h1, h2, MASK, _tiny().presence_threshold)
+    for h, got in zip((h1, h2), seen[-1].network_input, strict=True):
+        np.testing.assert_allclose(got, _filtered_by_definition(h, gate), atol=2e-5)
+    assert any("filtered by the measured-power gate" in n for n in on.notes)
+    for h, c in zip((h1, h2), on.corrected, strict=True):
+        assert abs(float(c.mean()) - float(h.mean())) < 0.05 * float(h.std())
+    off = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny())
+    for h, got in zip((h1, h2), seen[-1].network_input, strict=True):
+        np.testing.assert_allclose(got, zscore(h), atol=1e-6)
+    assert not any("filtered by the measured-power gate" in n for n in off.notes)
