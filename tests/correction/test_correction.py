@@ -244,15 +244,21 @@ def test_fsc3d_is_computed_from_the_halves_when_missing() -> None:
     assert any("computed from the two half maps" in note for note in r.notes)
 
 
+def _record_first_argument(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` by a spy that records its first argument, then calls it."""
+    seen: list = []
+    real = getattr(module, name)
+
+    def spy(first, *args, **kwargs):
+        seen.append(first)
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
+
+
 def test_independent_half2_network_never_sees_half1(monkeypatch) -> None:
-    seen = []
-    real = train_mod.train_network
-
-    def spy(pairs, *a, **k):
-        seen.append(pairs)
-        return real(pairs, *a, **k)
-
-    monkeypatch.setattr(train_mod, "train_network", spy)
+    seen = _record_first_argument(monkeypatch, train_mod, "train_network")
     h1, h2 = _pair(0)
     other1, _ = _pair(7)
     s = _tiny(independent=True)
@@ -638,14 +644,7 @@ def test_filter_input_trains_and_predicts_on_the_filtered_halves(monkeypatch) ->
     import spisonet.correction.pipeline as pipeline
     from spisonet.maps import zscore
 
-    seen = []
-    real_train = pipeline.train_networks
-
-    def spy(maps, *args, **kwargs):
-        seen.append(maps)
-        return real_train(maps, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "train_networks", spy)
+    seen = _record_first_argument(monkeypatch, pipeline, "train_networks")
     h1, h2 = _pair(5)
     on = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny(filter_input=True))
     gate = pipeline.power_presence(h1, h2, MASK, _tiny().presence_threshold)
