@@ -72,19 +72,21 @@ def setting_option(
 
     Spellings, help (with unit) and choices come from the field's declaration. The option
     defaults to ``default`` (None: "not given", so the preset's value applies); a boolean
-    setting becomes a flag that defaults to False.
+    setting becomes an on/off pair (``--filter-input/--no-filter-input``) whose default is
+    None too, so a preset or settings file that turns it on can be overridden.
     """
     meta: SettingInfo = info(cls, name)
     kind = base_type(field_types(cls)[name])[0]
     extra: dict[str, Any] = {}
+    decls: tuple[str, ...] = meta.cli
     if kind is bool:
-        kind, default = bool, False
+        decls = tuple(f"{spelling}/--no-{spelling.removeprefix('--')}" for spelling in meta.cli)
     elif kind is tuple:  # typer would read a tuple as several values: parse "64,128,256"
         kind, extra = Any, {"parser": int_list, "metavar": "N,N,..."}
     elif meta.choices:
         extra = {"parser": choice_parser(meta.choices), "metavar": "|".join(meta.choices)}
-    annotation = kind if kind is bool or default is not None else kind | None
-    option = typer.Option(*meta.cli, help=meta.help_with_unit, rich_help_panel=panel, **extra)
+    annotation = kind if default is not None else kind | None
+    option = typer.Option(*decls, help=meta.help_with_unit, rich_help_panel=panel, **extra)
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
@@ -103,11 +105,10 @@ def settings_options(
     """Decorator: one option per setting of ``cls`` that declares command-line spellings.
 
     The command receives their values as one dict, its keyword parameter ``into``:
-    field name -> value, None where the option was not given (a flag not given is None
-    too, so the preset's value applies). ``defaults`` gives some options a default.
+    field name -> value, None where the option was not given (so the preset's value
+    applies). ``defaults`` gives some options a default.
     """
     names = [f.name for f, meta in setting_fields(cls) if meta.cli]
-    flags = {n for n in names if base_type(field_types(cls)[n])[0] is bool}
     params = [setting_option(cls, n, default=(defaults or {}).get(n), panel=panel) for n in names]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,7 +118,6 @@ def settings_options(
         @functools.wraps(command)
         def with_settings(**kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in names}
-            values.update({n: None for n in flags if values[n] is False})
             return command(**kwargs, **{into: values})
 
         # typer reads the parameters from __signature__ (inspect prefers it to the wrapped

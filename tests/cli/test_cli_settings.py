@@ -84,10 +84,11 @@ def test_every_setting_has_its_option_as_declared(name) -> None:
     meta = info(CorrectionSettings, name)
     param = _params()[name]
     assert meta.cli, f"{name} declares no command-line spelling"
-    assert [*param.opts, *param.secondary_opts] == list(meta.cli)
+    assert param.opts == list(meta.cli)
+    negations = [f"--no-{s.removeprefix('--')}" for s in meta.cli] if param.is_flag else []
+    assert param.secondary_opts == negations
     assert param.help == meta.help_with_unit
-    default = "auto" if name == "preset" else (False if param.is_flag else None)
-    assert param.default == default  # None: the preset's value
+    assert param.default == ("auto" if name == "preset" else None)  # None: the preset's value
 
 
 @pytest.mark.parametrize(
@@ -101,6 +102,31 @@ def test_each_spelling_reaches_the_settings(maps, tmp_path, captured, name, spel
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     assert getattr(captured[0]["settings"], name) == expected
+
+
+BOOLEANS = sorted(n for n, (text, _) in VALUES.items() if text is None)
+
+
+@pytest.mark.parametrize("name", BOOLEANS)
+def test_a_boolean_setting_turns_off_what_the_preset_turns_on(
+    maps, tmp_path, captured, monkeypatch, name
+) -> None:
+    """``--no-<flag>`` overrides a preset that sets the flag; not given, the preset's value
+    stays."""
+    import spisonet.correction.settings as settings_module
+
+    all_on = dataclasses.replace(PRESETS["tiny"], **dict.fromkeys(BOOLEANS, True))
+    monkeypatch.setitem(settings_module.PRESETS, "tiny", all_on)
+    base = ["reconstruct", str(maps["h1"]), "--preset", "tiny", "-o", str(tmp_path / "o")]
+    off = f"--no-{FIELDS[name].cli[0].removeprefix('--')}"
+    for args in (base, [*base, off]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (result.output, result.exception)
+    kept, turned_off = captured
+    assert getattr(kept["settings"], name) is True
+    assert getattr(turned_off["settings"], name) is False
+    others = {n: getattr(turned_off["settings"], n) for n in BOOLEANS if n != name}
+    assert all(others.values()), others
 
 
 def test_options_not_given_leave_the_presets_values(maps, tmp_path, captured) -> None:
