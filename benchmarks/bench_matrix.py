@@ -14,9 +14,11 @@ preferred view, box 48, spherical mask) and cells with real projections and
 reconstruction by RELION (``relion_project`` + ``relion_reconstruct``). See
 ``matrix_cells.py`` for what a cell does. Per cell: the gain of the mean FSC with the
 truth over shells 2 … n/4 in the *worst cone* (20°, around the least-measured
-direction, found from the truth), the worst drop of any global shell, the trust check's
-score, the time. Each cell's figures go to ``--out/<cell>.json`` as soon as it ends, and
-a rerun skips cells already there (so an interrupted matrix continues).
+direction, found from the truth) with that cone's figure noise (the spread of the same
+figure between unrelated maps, ``cone_figure_noise``: ±0.085 at 48³, ±0.031 at 128³), the
+worst drop of any global shell, the trust check's score, the time. Each cell's figures
+go to ``--out/<cell>.json`` as soon as it ends, and a rerun skips cells already there
+(so an interrupted matrix continues).
 
 ``--jobs N`` runs N cells at once in separate processes (on a GPU, small networks leave
 most of the card idle: several cells share it). ``--inputs DIR`` keeps each cell's
@@ -192,7 +194,8 @@ def over_seeds(rows: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """The matrix as a markdown table."""
     lines = [
-        "| cell | cone raw | corrected | gain | max global drop | trust | phase | time (s) |",
+        "| cell | cone raw | corrected | gain (± figure noise) | max global drop | trust | phase "
+        "| time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -203,10 +206,17 @@ def table(rows: list[dict]) -> str:
         name = r["name"] if seed is None else f"{r['name']} (seed {seed})"
         lines.append(
             f"| {name} | {r['cone_raw']:.3f} | {r['cone_corrected']:.3f} | "
-            f"{r['gain']:+.3f} | {r['max_global_drop']:+.3f} | {trust} | {phase} | "
+            f"{r['gain']:+.3f}{_noise(r)} | {r['max_global_drop']:+.3f} | {trust} | {phase} | "
             f"{r['seconds']['correct']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def _noise(r: dict) -> str:
+    """`` ± 0.085``: the worst cone's figure noise (cone_figure_noise); empty for rows
+    written before it was recorded."""
+    noise = r.get("figure_noise")
+    return "" if noise is None else f" ± {noise:.3f}"
 
 
 def _worker_threads(n: int) -> None:
@@ -254,7 +264,7 @@ def _report(r: dict) -> dict:
     seed = "" if r.get("train_seed") is None else f" (seed {r['train_seed']})"
     print(
         f"  {r['name']}{seed}: cone {r['cone_raw']:.3f} → {r['cone_corrected']:.3f} "
-        f"(gain {r['gain']:+.3f}), max global drop {r['max_global_drop']:+.3f}, "
+        f"(gain {r['gain']:+.3f}{_noise(r)}), max global drop {r['max_global_drop']:+.3f}, "
         f"trust {trust}, {r['seconds']['correct']:.0f} s",
         flush=True,
     )

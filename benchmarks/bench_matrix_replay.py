@@ -188,7 +188,7 @@ def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[d
                 runs[s] = halves
         if len(runs) < 2:
             continue
-        per_seed, ens, region, near = _seeds_and_ensemble(
+        per_seed, ens, region, near, noise = _seeds_and_ensemble(
             cell, list(runs.values()), inputs, data_seed
         )
         rows.append({
@@ -197,13 +197,15 @@ def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[d
             "gain": ens[0], "max_global_drop": ens[1],
             "unmeasured_raw": region[0], "unmeasured_per_seed": region[1:-1],
             "unmeasured_ensemble": region[-1], "near_cones_ensemble": near.tolist(),
+            "figure_noise": noise,
         })  # fmt: skip
         seeds = ", ".join(
             f"{s}: {g:+.3f} / {d:.4f}@{k}" for s, (g, d, k) in zip(runs, per_seed, strict=True)
         )
         unmeasured = ", ".join(f"{v - region[0]:+.3f}" for v in region[1:-1])
         print(
-            f"  {name}: seeds {seeds}; ensemble of {len(runs)}: {ens[0]:+.3f} / "
+            f"  {name}: seeds {seeds}; ensemble of {len(runs)}: {ens[0]:+.3f} "
+            f"(± {noise:.3f}, the figure's noise) / "
             f"{ens[1]:.4f}@{ens[2]}; unmeasured region {region[0]:+.3f} raw, gains "
             f"{unmeasured}, ensemble {region[-1] - region[0]:+.3f}; ensemble over the "
             f"{near.size} near-worst cones: median {np.median(near):+.3f}, "
@@ -245,7 +247,8 @@ def unmeasured_fsc(truth, volume_map, mask, fsc3d_volume) -> float:
 def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None, data_seed: int):
     """((gain, worst drop, its shell) after the step for each run and for the runs' mean,
     (raw, each run's, the mean's) :func:`unmeasured_fsc`, the mean's gains over the
-    :data:`NEAR_CONES` near-worst cones (the worst first))."""
+    :data:`NEAR_CONES` near-worst cones (the worst first), the worst cone's figure noise
+    (:func:`spisonet.correction.evaluate.cone_figure_noise`))."""
     from spisonet.correction.evaluate import cone_gains, near_worst_cones, score_correction
     from spisonet.correction.pipeline import measured_data_step
 
@@ -261,7 +264,7 @@ def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None,
         region.append(unmeasured_fsc(truth, corrected, mask, volume))
     directions, _ = near_worst_cones(raw, truth, mask, NEAR_CONES, NEAR_CONES_SEPARATION)
     near = cone_gains(truth, raw, corrected, directions, mask)  # the last: the mean's
-    return out[:-1], out[-1], region, near
+    return out[:-1], out[-1], region, near, s.figure_noise
 
 
 def _oracle_lines(truth, raw, networks, halves, mask, volume, shells) -> list[str]:

@@ -301,6 +301,7 @@ def run_cell(
         "global_raw": [float(x) for x in score.global_raw],
         "global_corrected": [float(x) for x in score.global_corrected],
         "worst_drop_shell": score.worst_drop_shell,
+        "figure_noise": score.figure_noise,
         "trust_score": None if trust is None else trust.score,
         "trust_verdict": None if trust is None else trust.verdict,
         "trust_phase_score": None if trust is None else trust.phase_score,

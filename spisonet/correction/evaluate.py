@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_cubic_map
+from .._checks import check_cone_angle, check_cubic_map
 from .._compat import renamed_parameter
 from ..errors import InvalidValueError, MapShapeError
 
 __all__ = [
     "ConeScore",
+    "cone_figure_noise",
     "cone_gains",
     "cone_mean",
     "ground_truth_metrics",
@@ -159,6 +160,49 @@ def cone_gains(
     return after - before
 
 
+def cone_figure_noise(n: int, direction: np.ndarray, cone_angle: float = 20.0) -> float:
+    """How precisely one cone's figure can be read at box ``n``: the standard deviation of
+    the cone mean (shells 2 … n/4, :func:`cone_mean`) between two independent white-noise
+    maps.
+
+    A shell's cone FSC over N voxels of the full Fourier grid (N/2 independent complex
+    values, Friedel pairs) has variance ≈ 1/N for unrelated maps, so the shell mean over
+    S non-empty shells has ``sqrt(Σ 1/N_s) / S``. At small boxes the lowest shells hold a
+    handful of voxels: a 20° cone at 48³ reads to about ±0.08 (RESULTS.md, session 22),
+    which is the scale of a worst-cone gain that can be told from none.
+
+    Parameters
+    ----------
+    n : box edge (voxels).
+    direction : (3,) cone axis (x, y, z).
+    cone_angle : cone half-angle θ (degrees).
+
+    Returns
+    -------
+    float; NaN when no scored shell holds a voxel of the cone.
+    """
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 4:
+        raise InvalidValueError(f"n must be an integer box edge ≥ 4; got {n!r}")
+    u = np.asarray(direction, dtype=np.float64).reshape(3)
+    norm = float(np.linalg.norm(u))
+    if not np.isfinite(norm) or norm == 0:
+        raise InvalidValueError(f"direction must be a non-zero vector; got {direction!r}")
+    u = u / norm
+    cos_t = np.cos(check_cone_angle(cone_angle))  # radians
+    k = np.fft.fftfreq(n) * n
+    kz, ky, kx = k[:, None, None], k[None, :, None], k[None, None, :]
+    r = np.sqrt(kx * kx + ky * ky + kz * kz)
+    shell = np.rint(r).astype(np.int64)
+    lo, hi = scored_shells(n)
+    inside = (np.abs(kx * u[0] + ky * u[1] + kz * u[2]) >= cos_t * r) & (shell >= lo)
+    inside &= shell <= hi
+    counts = np.bincount(shell[inside], minlength=hi + 1)[lo : hi + 1]
+    counts = counts[counts > 0]
+    if counts.size == 0:
+        return float("nan")
+    return float(np.sqrt(np.sum(1.0 / counts)) / counts.size)
+
+
 @dataclass(frozen=True)
 class ConeScore:
     """How a correction did against the truth.
@@ -172,6 +216,8 @@ class ConeScore:
     max_global_drop : the largest ``global_raw − global_corrected`` over shells
         1 … n/2 − 1 (positive: the correction lost something there).
     worst_drop_shell : where that drop is.
+    figure_noise : :func:`cone_figure_noise` of the worst cone: a gain well under it
+        cannot be told from none by this one cone.
     """
 
     direction: np.ndarray
@@ -182,6 +228,7 @@ class ConeScore:
     global_corrected: np.ndarray
     max_global_drop: float
     worst_drop_shell: int
+    figure_noise: float = float("nan")
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict."""
@@ -192,6 +239,7 @@ class ConeScore:
             "gain": self.gain,
             "max_global_drop": self.max_global_drop,
             "worst_drop_shell": self.worst_drop_shell,
+            "figure_noise": self.figure_noise,
             "global_raw": [float(x) for x in self.global_raw],
             "global_corrected": [float(x) for x in self.global_corrected],
         }
@@ -231,6 +279,7 @@ def score_correction(
         global_corrected=np.asarray(g_cor),
         max_global_drop=float(np.max(drop)),
         worst_drop_shell=int(np.argmax(drop)) + 1,
+        figure_noise=cone_figure_noise(n, u, cone_angle),
     )
 
 

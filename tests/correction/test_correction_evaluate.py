@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -178,3 +180,54 @@ def test_near_worst_cones_reject_bad_arguments():
         near_worst_cones(a, a, separation=90.0)
     with pytest.raises(MapShapeError, match="differ in shape"):
         near_worst_cones(a, np.zeros((10, 10, 10)))
+
+
+@pytest.mark.parametrize(("direction", "angle"), [((0, 0, 1), 20.0), ((0.6, -0.3, 0.74), 30.0)])
+def test_cone_figure_noise_is_the_spread_of_the_figure_between_unrelated_maps(direction, angle):
+    """The definition, by Monte Carlo: the standard deviation, over many pairs of
+    independent white-noise maps, of the cone mean of their cone FSC."""
+    from spisonet.anisotropy import conical_fsc
+    from spisonet.correction.evaluate import cone_figure_noise
+
+    n, trials = 32, 400
+    rng = np.random.default_rng(5)
+    u = np.asarray(direction, dtype=float)[None]
+    figures = [
+        cone_mean(
+            conical_fsc(
+                rng.standard_normal((n,) * 3), rng.standard_normal((n,) * 3), None, u, angle
+            )[0],
+            n,
+        )
+        for _ in range(trials)
+    ]
+    # the estimate's own relative error is about 1/sqrt(2 · trials) = 3.5 %
+    assert cone_figure_noise(n, np.asarray(direction), angle) == pytest.approx(
+        np.std(figures), rel=0.12
+    )
+    assert abs(np.mean(figures)) < 3 * np.std(figures) / np.sqrt(trials)
+
+
+def test_cone_figure_noise_shrinks_with_the_box_and_widens_with_a_narrow_cone():
+    from spisonet.correction.evaluate import cone_figure_noise
+
+    z = np.array([0.0, 0.0, 1.0])
+    by_box = [cone_figure_noise(n, z) for n in (32, 48, 64, 128)]
+    assert all(a > b for a, b in itertools.pairwise(by_box))
+    assert cone_figure_noise(48, z, 10.0) > cone_figure_noise(48, z, 20.0)
+    assert cone_figure_noise(8, z, 1.0) == pytest.approx(1 / np.sqrt(2))  # (0, 0, ±2) alone
+    assert np.isnan(cone_figure_noise(8, np.array([0.3, 0.5, 0.81]), 1.0))  # no voxel
+    with pytest.raises(InvalidValueError):
+        cone_figure_noise(48, np.zeros(3))
+    with pytest.raises(InvalidValueError):
+        cone_figure_noise(48, z, 0.0)
+
+
+def test_score_correction_reports_the_figure_noise_of_its_cone(structured):
+    from spisonet.correction.evaluate import cone_figure_noise
+
+    raw = _missing_cone(structured, np.array([1.0, 0.0, 0.0]), 30.0)
+    s = score_correction(structured, raw, structured)
+    assert s.figure_noise == cone_figure_noise(structured.shape[0], s.direction)
+    assert 0 < s.figure_noise < 0.5
+    assert s.to_dict()["figure_noise"] == s.figure_noise
