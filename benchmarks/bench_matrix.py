@@ -142,6 +142,8 @@ def summarise(rows: list[dict]) -> dict[str, object]:
             weakest_cell=weakest["name"],
             weakest_gain=float(gains.min()),
         )
+        if weakest.get("figure_noise") is not None:  # rows written before session 22 lack it
+            out["weakest_figure_noise"] = float(weakest["figure_noise"])
     if uniform:
         out["min_gain_uniform"] = float(min(r["gain"] for r in uniform))
     if rows:

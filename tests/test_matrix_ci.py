@@ -44,6 +44,13 @@ def test_matrix_ci_subset_runs_and_does_no_harm(tmp_path, monkeypatch):
     assert [r["gain"] for r in again] == [r["gain"] for r in rows]
     summary = bench_matrix.summarise(rows)
     assert summary["cells"] == 2 and summary["weakest_cell"] == cone["name"]
+    # each row carries its worst cone's figure noise, and the table shows it
+    from spisonet.correction.evaluate import cone_figure_noise
+
+    n = cone["cell"]["box"]
+    assert cone["figure_noise"] == cone_figure_noise(n, np.array(cone["worst_direction"]))
+    assert summary["weakest_figure_noise"] == cone["figure_noise"]
+    assert f"± {cone['figure_noise']:.3f}" in bench_matrix.table(rows)
     assert json.loads((tmp_path / files[0]).read_text())["name"] in {r["name"] for r in rows}
     sys.modules.pop("bench_matrix", None)
 
