@@ -188,10 +188,12 @@ def cone_figure_noise(n: int, direction: np.ndarray, cone_angle: float = 20.0) -
     if not np.isfinite(norm) or norm == 0:
         raise InvalidValueError(f"direction must be a non-zero vector; got {direction!r}")
     u = u / norm
+    from ..fourier import frequency_axis, frequency_radius
+
     cos_t = np.cos(check_cone_angle(cone_angle))  # radians
-    k = np.fft.fftfreq(n) * n
+    k = frequency_axis(n).astype(np.float64)
     kz, ky, kx = k[:, None, None], k[None, :, None], k[None, None, :]
-    r = np.sqrt(kx * kx + ky * ky + kz * kz)
+    r = frequency_radius(n)
     shell = np.rint(r).astype(np.int64)
     lo, hi = scored_shells(n)
     inside = (np.abs(kx * u[0] + ky * u[1] + kz * u[2]) >= cos_t * r) & (shell >= lo)
