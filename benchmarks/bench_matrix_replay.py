@@ -249,7 +249,12 @@ def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None,
     (raw, each run's, the mean's) :func:`unmeasured_fsc`, the mean's gains over the
     :data:`NEAR_CONES` near-worst cones (the worst first), the worst cone's figure noise
     (:func:`spisonet.correction.evaluate.cone_figure_noise`))."""
-    from spisonet.correction.evaluate import cone_gains, near_worst_cones, score_correction
+    from spisonet.correction.evaluate import (
+        cone_figure_noise,
+        cone_gains,
+        near_worst_cones,
+        score_correction,
+    )
     from spisonet.correction.pipeline import measured_data_step
 
     truth, mask, h1, h2, apix, volume, limit = _cell_data(cell, inputs, data_seed)
@@ -264,7 +269,7 @@ def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None,
         region.append(unmeasured_fsc(truth, corrected, mask, volume))
     directions, _ = near_worst_cones(raw, truth, mask, NEAR_CONES, NEAR_CONES_SEPARATION)
     near = cone_gains(truth, raw, corrected, directions, mask)  # the last: the mean's
-    return out[:-1], out[-1], region, near, s.figure_noise
+    return out[:-1], out[-1], region, near, cone_figure_noise(raw.shape[0], directions[0])
 
 
 def _oracle_lines(truth, raw, networks, halves, mask, volume, shells) -> list[str]:
