@@ -182,6 +182,13 @@ class CorrectionSettings:
         "unsampled cone as measured)",
         cli=("--presence-threshold", "--presence_threshold"),
     )
+    presence_unmasked: bool = setting(
+        False,
+        "Count a Fourier region as measured only where the unmasked half maps hold power "
+        "there too: a mask spreads each measured frequency's power into its neighbours, "
+        "unsampled ones included, and the masked maps alone read that as measured",
+        cli=("--presence-unmasked",),
+    )
     filter_input: bool = setting(
         False,
         "Multiply each half's Fourier transform by the measured-power gate before the network "

@@ -49,6 +49,7 @@ VALUES = {
     "fsc3d_cone_angle": ("15", 15.0),
     "presence_threshold": ("0.05", 0.05),
     "compile": (None, True),
+    "presence_unmasked": (None, True),
     "filter_input": (None, True),
     "seed": ("7", 7),
     "device": ("auto", "auto"),

@@ -593,6 +593,44 @@ def test_equivariance_rotations_are_drawn_by_what_they_teach(monkeypatch) -> Non
     assert handed[-1] is None and not any("cube rotations" in n for n in u.notes)
 
 
+def test_presence_unmasked_keeps_only_what_both_gates_call_measured() -> None:
+    """With ``presence_unmasked`` the gate is the smaller of the masked and the unmasked
+    halves' gates (the slow statement: two ``power_presence`` calls). On a simulated
+    ``tilt:20`` pair under a sphere, the masked gate reads part of the missing cone's low
+    shells as measured (the mask's leak) and the combined gate less of it, while the
+    measured equator stays 1; without a mask the setting changes nothing."""
+    from spisonet.correction.pipeline import check_inputs, sampling_weight
+    from spisonet.fourier import frequency_axis, frequency_radius
+    from spisonet.simulate import simulate_half_maps
+    from spisonet.weights import power_presence
+
+    n = 32
+    sim = simulate_half_maps(blobs(n, 3) * 3, APIX, "tilt:20", snr=1.0, seed=1)
+    h1, h2 = np.asarray(sim.half1), np.asarray(sim.half2)
+    mask = soft_sphere_mask(n, n / 3)
+    t = _tiny().presence_threshold
+
+    def gate(unmasked: bool, m: np.ndarray | None) -> np.ndarray:
+        s = _tiny(presence_unmasked=unmasked)
+        inputs = check_inputs(h1, h2, _fsc3d(n), m, None, APIX, s)
+        return sampling_weight(inputs, APIX, s, [], None).presence
+
+    both, masked = gate(True, mask), gate(False, mask)
+    want = np.minimum(power_presence(h1, h2, mask, t), power_presence(h1, h2, None, t))
+    np.testing.assert_array_equal(both, want)
+    np.testing.assert_array_equal(masked, power_presence(h1, h2, mask, t))
+    kz = np.abs(frequency_axis(n))[:, None, None] * np.ones((1, n, n))
+    r = frequency_radius(n)
+    band = (r >= 2) & (r <= n // 4)
+    cone = band & (kz >= np.cos(np.radians(30)) * r)
+    equator = band & (kz <= np.cos(np.radians(70)) * r)
+    assert np.mean(masked[cone] > 0.5) > 0.08  # the leak the setting is for
+    assert np.mean(both[cone] > 0.5) < 0.5 * np.mean(masked[cone] > 0.5)
+    np.testing.assert_array_equal(both[equator], masked[equator])
+    assert masked[equator].min() == 1.0
+    np.testing.assert_array_equal(gate(True, None), gate(False, None))
+
+
 def _filtered_by_definition(half: np.ndarray, gate: np.ndarray) -> np.ndarray:
     """Slow statement of ``filter_input``: the full complex FFT times the (un-shifted)
     gate, back to real space, then mean 0 and standard deviation 1 over the box."""
