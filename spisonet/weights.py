@@ -26,6 +26,7 @@ def power_presence(
     mask: np.ndarray | None = None,
     threshold: float = 0.1,
     percentile: float = 90.0,
+    also_unmasked: bool = False,
 ) -> np.ndarray:
     """Where Fourier space holds measured power: a gate in [0, 1] for the sampling weight W.
 
@@ -46,6 +47,12 @@ def power_presence(
     mask : (n, n, n) soft mask applied after z-scoring, as for the 3D FSC (None: none).
     threshold : ratio to the shell's reference power at which the gate reaches 1, (0, 1].
     percentile : which percentile of the shell's power is the reference, (0, 100].
+    also_unmasked : with a mask, return the smaller of this gate and the same gate of the
+        unmasked maps. The mask spreads every measured frequency's power into its
+        neighbours, unsampled ones included (at the lowest shells, where a cone holds few
+        voxels, that leak reaches the threshold); the unmasked maps hold no such leak but
+        can hold content in the solvent (a reconstruction's padding and interpolation),
+        which the mask removes. A region counts as measured only where both see power.
 
     Returns
     -------
@@ -82,7 +89,10 @@ def power_presence(
     gate = shell_percentile(full, percentile)
     gate *= threshold
     np.divide(full, gate, out=gate)
-    return np.clip(gate, 0.0, 1.0, out=gate)
+    gate = np.clip(gate, 0.0, 1.0, out=gate)
+    if also_unmasked and m is not None:
+        np.minimum(gate, power_presence(h1, half2, None, threshold, percentile), out=gate)
+    return gate
 
 
 def shell_percentile(volume: np.ndarray, percentile: float) -> np.ndarray:

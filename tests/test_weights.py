@@ -43,6 +43,16 @@ def test_power_presence_matches_definition(n):
     np.testing.assert_allclose(got, _slow(h1, h2, mask, 0.3, 80.0), atol=2e-5)
     got1 = power_presence(h1, None, None, 0.5, 90.0)
     np.testing.assert_allclose(got1, _slow(h1, None, None, 0.5, 90.0), atol=2e-5)
+    # threshold 1 at the 100th percentile: a gate below 1 almost everywhere, so the two
+    # gates' minimum is taken from each of them somewhere
+    both = power_presence(h1, h2, mask, 1.0, 100.0, also_unmasked=True)
+    masked, unmasked = _slow(h1, h2, mask, 1.0, 100.0), _slow(h1, h2, None, 1.0, 100.0)
+    np.testing.assert_allclose(both, np.minimum(masked, unmasked), atol=2e-5)
+    assert np.mean(masked < unmasked - 0.01) > 0.1 and np.mean(unmasked < masked - 0.01) > 0.1
+    np.testing.assert_array_equal(
+        power_presence(h1, h2, None, 1.0, 100.0, also_unmasked=True),
+        power_presence(h1, h2, None, 1.0, 100.0),
+    )
 
 
 def test_power_presence_zeroes_an_empty_cone_only():

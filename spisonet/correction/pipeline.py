@@ -383,12 +383,7 @@ def sampling_weight(
     gated = np.asarray(fvol)
     gate = None
     if s.presence_threshold:
-        gate = power_presence(h1, h2, m, s.presence_threshold)
-        if s.presence_unmasked and m is not None:
-            # the mask's leak is the masked gate's blind spot; content in the solvent (a
-            # reconstruction's padding and interpolation) is the unmasked one's: keep the
-            # region measured only where both see power
-            gate = np.minimum(gate, power_presence(h1, h2, None, s.presence_threshold))
+        gate = power_presence(h1, h2, m, s.presence_threshold, also_unmasked=s.presence_unmasked)
         gated = gated * gate
         notes.append(
             "W gated by measured power (presence threshold "

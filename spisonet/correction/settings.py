@@ -183,7 +183,7 @@ class CorrectionSettings:
         cli=("--presence-threshold", "--presence_threshold"),
     )
     presence_unmasked: bool = setting(
-        False,
+        True,
         "Count a Fourier region as measured only where the unmasked half maps hold power "
         "there too: a mask spreads each measured frequency's power into its neighbours, "
         "unsampled ones included, and the masked maps alone read that as measured",
