@@ -112,7 +112,8 @@ def _directional_summary(console: Console, fsc3d_path: Path, paths: dict[str, Pa
     """Print, along z (the view axis) and x, the 3D FSC and the W the correction uses."""
     fsc3d_map = read_map(fsc3d_path)
     vol, apix = fsc3d_map.data, fsc3d_map.voxel_size
-    gate = power_presence(*(read_map(paths[k]).data for k in ("half1", "half2", "mask")))
+    halves_and_mask = (read_map(paths[k]).data for k in ("half1", "half2", "mask"))
+    gate = power_presence(*halves_and_mask, also_unmasked=True)  # as the correction's W
     w = vol * gate
     n = vol.shape[0]
     c = n // 2
