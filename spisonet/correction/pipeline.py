@@ -10,7 +10,8 @@
    each is z-scored.
 3. :func:`sampling_weight` – W: the 3D FSC (given, or computed from the two halves with
    :func:`spisonet.fsc3d.fsc3d`), gated by measured power
-   (:func:`spisonet.weights.power_presence`, with ``presence_threshold``), resized to the
+   (:func:`spisonet.weights.power_presence`, with ``presence_threshold``; with
+   ``presence_unmasked``, the smaller of the masked and unmasked halves' gates), resized to the
    cube, negatives to 0, min-max scaled; 1 inside the reference's sphere; a single map
    without a 3D FSC gets W = 1 (denoising only).
 4. :func:`train_networks` – training cubes at the same mask-drawn centres in both halves;
