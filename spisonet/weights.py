@@ -3,6 +3,8 @@
 Pure functions on arrays (no files, no torch). :func:`power_presence` gates the 3D FSC
 by measured amplitude (ALGORITHM.md §3, our fix of the published W);
 :func:`shell_percentile` is the per-shell reference both gates divide by;
+:func:`unmeasured_agreement` measures how much of what the halves agree on lies where the
+gate reads unmeasured (a reconstruction's interpolation there, not the specimen's);
 :func:`measured_weight` is the blend weight of the RELION correction step (keep the
 measured data, take the network only where nothing was measured);
 :func:`directional_weight` carries a weight's mid-resolution directional pattern to every
@@ -15,9 +17,15 @@ import numpy as np
 
 from ._checks import check_cubic_map
 from .errors import InvalidValueError
-from .fourier import frequency_radius
+from .fourier import frequency_radius, shell_index
 
-__all__ = ["directional_weight", "measured_weight", "power_presence", "shell_percentile"]
+__all__ = [
+    "directional_weight",
+    "measured_weight",
+    "power_presence",
+    "shell_percentile",
+    "unmeasured_agreement",
+]
 
 
 def power_presence(
@@ -93,6 +101,55 @@ def power_presence(
     if also_unmasked and m is not None:
         np.minimum(gate, power_presence(h1, half2, None, threshold, percentile), out=gate)
     return gate
+
+
+def unmeasured_agreement(
+    half1: np.ndarray, half2: np.ndarray, gate: np.ndarray, max_shell: int | None = None
+) -> float:
+    """The share of the halves' agreed power that lies where ``gate`` reads unmeasured.
+
+    S = Σ (1 − g(k)) · Re(F1(k) F2*(k)) / Σ Re(F1(k) F2*(k)), summed over the shells
+    2 … ``max_shell`` (round(|k|); default n/4), F the Fourier transforms of the unmasked
+    halves. Independent noise averages out of both sums, so S is the share of the
+    *signal* the two halves have in common that sits in directions no view sampled. A
+    simulation that leaves nothing there gives S ≈ 0; a real reconstruction
+    (``relion_reconstruct``) leaves its interpolation of the sampled neighbours there, the
+    same in both halves, and gives S ≈ 1 % (benchmarks/RESULTS.md, session 24).
+
+    Parameters
+    ----------
+    half1, half2 : (n, n, n) unmasked half maps.
+    gate : (n, n, n) measured-power gate in [0, 1] (:func:`power_presence`), fftshift-ed.
+    max_shell : the highest shell summed (voxels of Fourier radius), ≥ 2.
+
+    Returns
+    -------
+    S as a fraction (not a percentage); 0 when the halves agree on nothing.
+    """
+    import scipy.fft
+
+    h1 = check_cubic_map(half1, "half map 1")
+    h2 = check_cubic_map(half2, "half map 2")
+    n = h1.shape[0]
+    g = np.asarray(gate, dtype=np.float32)
+    if h2.shape != h1.shape or g.shape != h1.shape:
+        raise InvalidValueError(
+            f"half maps and gate must share one shape; got {h1.shape}, {h2.shape}, {g.shape}"
+        )
+    top = n // 4 if max_shell is None else int(max_shell)
+    if top < 2:
+        raise InvalidValueError(f"max_shell must be at least 2; got {max_shell}")
+    f1 = scipy.fft.fftn(h1.astype(np.float32), workers=-1)
+    f2 = scipy.fft.fftn(h2.astype(np.float32), workers=-1)
+    cross = np.fft.fftshift(f1.real * f2.real + f1.imag * f2.imag)
+    del f1, f2
+    shell = shell_index(n)
+    band = (shell >= 2) & (shell <= top)
+    agreed = float(np.sum(cross[band], dtype=np.float64))
+    if agreed <= 0:
+        return 0.0
+    unmeasured = float(np.sum((1.0 - g[band]) * cross[band], dtype=np.float64))
+    return unmeasured / agreed
 
 
 def shell_percentile(volume: np.ndarray, percentile: float) -> np.ndarray:

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from spisonet.errors import InvalidValueError
-from spisonet.weights import directional_weight, measured_weight, power_presence
+from spisonet.weights import (
+    directional_weight,
+    measured_weight,
+    power_presence,
+    unmeasured_agreement,
+)
 
 
 def _slow(h1, h2, mask, t, q):
@@ -159,3 +164,73 @@ def test_directional_weight_carries_a_cone_to_every_shell() -> None:
 def test_directional_weight_refuses_bad_shells() -> None:
     with pytest.raises(InvalidValueError, match="shells"):
         directional_weight(np.ones((8, 8, 8)), (3, 2))
+
+
+def _slow_agreement(h1, h2, gate, top):
+    """S by its definition: an explicit DFT (a matrix per axis), the shell of every voxel
+    of the centred grid from its own frequency triple, plain sums over shells 2 … top."""
+    n = h1.shape[0]
+    j = np.arange(n)
+    e = np.exp(-2j * np.pi * np.outer(j, j) / n)
+
+    def dft(v):
+        return np.einsum("ai,bj,ck,ijk->abc", e, e, e, v.astype(np.complex128))
+
+    f1, f2 = dft(h1), dft(h2)
+    num = den = 0.0
+    for a in range(n):
+        for b in range(n):
+            for c in range(n):
+                # voxel (a, b, c) of the fft-ordered grid sits at the centred index k + n//2
+                kz, ky, kx = ((x + n // 2) % n - n // 2 for x in (a, b, c))
+                shell = round(float(np.sqrt(kz * kz + ky * ky + kx * kx)))
+                if 2 <= shell <= top:
+                    cross = (f1[a, b, c] * np.conj(f2[a, b, c])).real
+                    g = gate[kz + n // 2, ky + n // 2, kx + n // 2]
+                    num += (1 - g) * cross
+                    den += cross
+    return num / den
+
+
+@pytest.mark.parametrize("n", [10, 11])
+def test_unmeasured_agreement_matches_its_definition_on_random_data(n) -> None:
+    rng = np.random.default_rng(n)
+    common = rng.normal(size=(n, n, n))
+    h1 = (common + 0.5 * rng.normal(size=(n, n, n))).astype(np.float32)
+    h2 = (common + 0.5 * rng.normal(size=(n, n, n))).astype(np.float32)
+    gate = rng.uniform(0, 1, size=(n, n, n)).astype(np.float32)
+    for top in (None, 4):
+        want = _slow_agreement(h1, h2, gate, n // 4 if top is None else top)
+        assert unmeasured_agreement(h1, h2, gate, top) == pytest.approx(want, rel=1e-4)
+
+
+def test_unmeasured_agreement_is_the_power_share_of_waves_where_the_gate_is_zero() -> None:
+    """Two plane waves, one where the gate reads unmeasured (amplitude a) and one where it
+    reads measured (b): S = a² / (a² + b²); independent noise in each half barely moves it;
+    a gate of 1 everywhere gives 0; halves that agree on nothing give 0."""
+    n = 24
+    z, _, x = np.meshgrid(*(np.arange(n),) * 3, indexing="ij")
+    a, b = 0.6, 1.0
+    hidden = a * np.cos(2 * np.pi * 4 * z / n)  # along z: shell 4, where the gate is 0
+    seen = b * np.cos(2 * np.pi * 5 * x / n)  # along x: shell 5, measured
+    k = np.arange(n) - n // 2
+    kz = np.abs(k)[:, None, None] * np.ones((1, n, n))
+    ky = np.abs(k)[None, :, None] * np.ones((n, 1, n))
+    kx = np.abs(k)[None, None, :] * np.ones((n, n, 1))
+    gate = np.where(kz > np.maximum(kx, ky), 0.0, 1.0).astype(np.float32)  # a cone along z
+    s = (hidden + seen).astype(np.float32)
+    assert unmeasured_agreement(s, s, gate) == pytest.approx(a**2 / (a**2 + b**2), rel=1e-5)
+    rng = np.random.default_rng(0)
+    h1 = s + 0.3 * rng.normal(size=s.shape).astype(np.float32)
+    h2 = s + 0.3 * rng.normal(size=s.shape).astype(np.float32)
+    assert unmeasured_agreement(h1, h2, gate) == pytest.approx(a**2 / (a**2 + b**2), abs=0.02)
+    assert unmeasured_agreement(h1, h2, np.ones_like(gate)) == 0.0
+    assert unmeasured_agreement(h1, -h1, gate) == 0.0  # agreed power ≤ 0: nothing agreed
+
+
+def test_unmeasured_agreement_refuses_bad_input() -> None:
+    h = np.zeros((8, 8, 8), np.float32)
+    with pytest.raises(InvalidValueError, match="one shape"):
+        unmeasured_agreement(h, h, np.ones((6, 6, 6), np.float32))
+    with pytest.raises(InvalidValueError, match="max_shell"):
+        unmeasured_agreement(h, h, np.ones_like(h), max_shell=1)

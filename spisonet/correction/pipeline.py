@@ -13,7 +13,10 @@
    (:func:`spisonet.weights.power_presence`, with ``presence_threshold``; with
    ``presence_unmasked``, the smaller of the masked and unmasked halves' gates), resized to the
    cube, negatives to 0, min-max scaled; 1 inside the reference's sphere; a single map
-   without a 3D FSC gets W = 1 (denoising only).
+   without a 3D FSC gets W = 1 (denoising only). :func:`decide_filter_input`: with
+   ``filter_input`` (by default when the two halves agree on content where the gate reads
+   unmeasured) each half's network input is multiplied by the gate
+   (:func:`filter_network_input`).
 4. :func:`train_networks` – training cubes at the same mask-drawn centres in both halves;
    one network trained on both halves (Noise2Noise terms on), or with ``independent`` one
    network per half, each seeing only its own half.
@@ -70,6 +73,7 @@ from .settings import PRESETS, CorrectionSettings
 MISSING_SHARE_FOR_MARGIN = 0.01
 
 __all__ = [
+    "AUTO_FILTER_SHARE",
     "CheckedInputs",
     "CorrectionResult",
     "PreparedMaps",
@@ -77,6 +81,8 @@ __all__ = [
     "TrainSummary",
     "check_inputs",
     "correct_anisotropy",
+    "decide_filter_input",
+    "filter_network_input",
     "measured_data_step",
     "predict_maps",
     "prepare_maps",
@@ -395,6 +401,47 @@ def sampling_weight(
     if inputs.reference is not None:
         cube = _one_below(cube, voxel_size, s.ref_resolution)
     return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated, gate)
+
+
+#: ``filter_input``'s default turns the filter on above this share of the halves' agreed
+#: power at shells 2 … n/4 lying where the gate reads unmeasured. Measured on the matrix's
+#: inputs (benchmarks/RESULTS.md, session 24): ``relion_reconstruct`` halves 0.95 … 1.0 %;
+#: the Fourier simulator's ≤ 0.02 %, its ``top+uniform`` cell 0.22 % (weakly measured data).
+AUTO_FILTER_SHARE = 0.005
+
+
+def decide_filter_input(
+    inputs: CheckedInputs, weight: SamplingWeight, s: CorrectionSettings, notes: list[str]
+) -> CorrectionSettings:
+    """``s`` with ``filter_input`` decided (True/False) and the reason appended to ``notes``.
+
+    Given on or off, it is kept. By default (None) the filter is on when two halves agree,
+    by at least :data:`AUTO_FILTER_SHARE` of their agreed low-resolution power, on content
+    where the measured-power gate reads unmeasured (:func:`spisonet.weights.unmeasured_agreement`):
+    content no view measured but both reconstructions hold, which a network trained to fill
+    empty regions would pass through. With one map or no gate it is off.
+    """
+    from ..weights import unmeasured_agreement
+
+    h1, h2 = inputs.halves[0], inputs.halves[1] if len(inputs.halves) > 1 else None
+    if weight.presence is None:
+        if s.filter_input:
+            notes.append("--filter-input ignored: no measured-power gate")
+        return replace(s, filter_input=False)
+    if s.filter_input is not None:
+        if s.filter_input:
+            notes.append("network input: each half filtered by the measured-power gate")
+        return s
+    if h2 is None:
+        return replace(s, filter_input=False)
+    share = unmeasured_agreement(h1, h2, weight.presence)
+    on = share >= AUTO_FILTER_SHARE
+    notes.append(
+        f"{100 * share:.2f} % of the halves' agreed low-resolution power lies where the gate "
+        f"reads unmeasured ({'≥' if on else '<'} {100 * AUTO_FILTER_SHARE:g} %): network input "
+        + ("filtered by the measured-power gate" if on else "not filtered")
+    )
+    return replace(s, filter_input=on)
 
 
 def filter_network_input(maps: PreparedMaps, weight: SamplingWeight) -> PreparedMaps:
@@ -753,9 +800,9 @@ def correct_anisotropy(
     ckpts = tuple(checkpoints) if checkpoints is not None else None
     maps = timed("prepare", prepare_maps, inputs, voxel_size, s, notes)
     weight = timed("fsc3d", sampling_weight, inputs, voxel_size, s, notes, progress)
-    if s.filter_input and weight.presence is not None:
+    s = decide_filter_input(inputs, weight, s, notes)
+    if s.filter_input:
         maps = filter_network_input(maps, weight)
-        notes.append("network input: each half filtered by the measured-power gate")
     nets = timed(
         "train",
         train_networks,

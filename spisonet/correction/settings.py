@@ -189,12 +189,13 @@ class CorrectionSettings:
         "unsampled ones included, and the masked maps alone read that as measured",
         cli=("--presence-unmasked",),
     )
-    filter_input: bool = setting(
-        False,
+    filter_input: bool | None = setting(
+        None,
         "Multiply each half's Fourier transform by the measured-power gate before the network "
-        "sees it (training and prediction): what an unsampled region holds (a mask's leakage, "
-        "a reconstruction's interpolation) is not shown to a network trained to fill empty "
-        "regions",
+        "sees it (training and prediction): what an unsampled region holds (a reconstruction's "
+        "interpolation) is not shown to a network trained to fill empty regions. Default "
+        "(none): on when ≥ 0.5 % of the two halves' agreed power at shells 2 … n/4 lies where "
+        "the gate reads unmeasured, off otherwise and for a single map",
         cli=("--filter-input",),
     )
     compile: bool = setting(False, "Use torch.compile (opt-in; slow start)", cli=("--compile",))

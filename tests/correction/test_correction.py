@@ -694,7 +694,78 @@ def test_filter_input_trains_and_predicts_on_the_filtered_halves(monkeypatch) ->
     assert any("filtered by the measured-power gate" in n for n in on.notes)
     for h, c in zip((h1, h2), on.corrected, strict=True):
         assert abs(float(c.mean()) - float(h.mean())) < 0.05 * float(h.std())
-    off = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny())
+    off = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny(filter_input=False))
     for h, got in zip((h1, h2), seen[-1].network_input, strict=True):
         np.testing.assert_allclose(got, zscore(h), atol=1e-6)
     assert not any("filtered by the measured-power gate" in n for n in off.notes)
+    assert on.settings.filter_input is True and off.settings.filter_input is False
+
+
+def _cone_pair(shared: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A simulated ``tilt:20`` pair (nothing in its missing cone) and its measured-power
+    gate; ``shared`` times the truth's own cone content at shells 2 … n/4 is added to both
+    halves, as a reconstruction's interpolation leaves the same content in both."""
+    from spisonet.fourier import frequency_axis, frequency_radius
+    from spisonet.simulate import simulate_half_maps
+    from spisonet.weights import power_presence
+
+    truth = blobs(N, 3) * 3
+    sim = simulate_half_maps(truth, APIX, "tilt:20", snr=1.0, seed=1)
+    h1, h2 = np.asarray(sim.half1), np.asarray(sim.half2)
+    gate = power_presence(h1, h2, MASK, 0.1, also_unmasked=True)
+    r = frequency_radius(N)
+    kz = np.abs(frequency_axis(N))[:, None, None] * np.ones((1, N, N))
+    cone = (r >= 1.5) & (r <= N // 4 + 0.5) & (kz >= np.cos(np.radians(20)) * r)
+    spectrum = np.fft.fftshift(np.fft.fftn(truth)) * cone
+    extra = np.fft.ifftn(np.fft.ifftshift(spectrum)).real.astype(np.float32)
+    return h1 + shared * extra, h2 + shared * extra, gate
+
+
+def test_filter_input_by_default_follows_what_the_halves_agree_on_where_nothing_was_measured():
+    """Default (None): off for a simulated pair whose missing cone is empty, on when both
+    halves hold the same content there, the share in the note and the decision in the
+    settings; given on or off it is kept; one map: off."""
+    from spisonet.correction.pipeline import (
+        AUTO_FILTER_SHARE,
+        CheckedInputs,
+        SamplingWeight,
+        decide_filter_input,
+    )
+    from spisonet.weights import unmeasured_agreement
+
+    def decide(h1, h2, gate, **kw):
+        inputs = CheckedInputs([h1] if h2 is None else [h1, h2], MASK, None, _fsc3d())
+        weight = SamplingWeight(np.ones((8,) * 3, np.float32), _fsc3d(), _fsc3d(), gate)
+        notes: list[str] = []
+        return decide_filter_input(inputs, weight, _tiny(**kw), notes), notes
+
+    empty1, empty2, gate = _cone_pair(0.0)
+    full1, full2, _ = _cone_pair(0.5)
+    assert unmeasured_agreement(empty1, empty2, gate) < 0.2 * AUTO_FILTER_SHARE
+    assert unmeasured_agreement(full1, full2, gate) > 2 * AUTO_FILTER_SHARE
+    s, notes = decide(empty1, empty2, gate)
+    assert s.filter_input is False and "not filtered" in notes[-1]
+    s, notes = decide(full1, full2, gate)
+    assert s.filter_input is True and "filtered by the measured-power gate" in notes[-1]
+    share = unmeasured_agreement(full1, full2, gate)
+    assert f"{100 * share:.2f} %" in notes[-1]
+    assert decide(full1, full2, gate, filter_input=False)[0].filter_input is False
+    assert decide(empty1, empty2, gate, filter_input=True)[0].filter_input is True
+    assert decide(full1, None, gate)[0].filter_input is False
+    assert decide(full1, full2, None, filter_input=True)[0].filter_input is False
+
+
+def test_filter_input_by_default_runs_end_to_end(monkeypatch) -> None:
+    """``correct_anisotropy`` with the default setting on a pair holding shared content in
+    its missing cone trains on the gate-filtered halves and records the decision."""
+    import spisonet.correction.pipeline as pipeline
+
+    seen = _record_first_argument(monkeypatch, pipeline, "train_networks")
+    h1, h2, _ = _cone_pair(0.5)
+    out = correct_anisotropy(h1, h2, None, MASK, APIX, _tiny())
+    gate = pipeline.sampling_weight(
+        pipeline.check_inputs(h1, h2, None, MASK, None, APIX, _tiny()), APIX, _tiny(), [], None
+    ).presence
+    assert out.settings.filter_input is True
+    for h, got in zip((h1, h2), seen[-1].network_input, strict=True):
+        np.testing.assert_allclose(got, _filtered_by_definition(h, gate), atol=2e-5)
