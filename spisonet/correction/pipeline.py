@@ -394,7 +394,9 @@ def sampling_weight(
         gated = gated * gate
         notes.append(
             "W gated by measured power (presence threshold "
-            f"{s.presence_threshold:g}): {100 * float(np.mean(gate < 0.5)):.0f} % of "
+            f"{s.presence_threshold:g}"
+            + (", masked and unmasked halves" if s.presence_unmasked and m is not None else "")
+            + f"): {100 * float(np.mean(gate < 0.5)):.0f} % of "
             "Fourier space reads as unmeasured"
         )
     cube = prepare_sampling_weight(gated, s.cube_size)

@@ -610,10 +610,15 @@ def test_presence_unmasked_keeps_only_what_both_gates_call_measured() -> None:
     mask = soft_sphere_mask(n, n / 3)
     t = _tiny().presence_threshold
 
+    notes: dict[tuple[bool, bool], str] = {}
+
     def gate(unmasked: bool, m: np.ndarray | None) -> np.ndarray:
         s = _tiny(presence_unmasked=unmasked)
         inputs = check_inputs(h1, h2, _fsc3d(n), m, None, APIX, s)
-        return sampling_weight(inputs, APIX, s, [], None).presence
+        said: list[str] = []
+        out = sampling_weight(inputs, APIX, s, said, None).presence
+        notes[(unmasked, m is not None)] = said[-1]
+        return out
 
     both, masked = gate(True, mask), gate(False, mask)
     want = np.minimum(power_presence(h1, h2, mask, t), power_presence(h1, h2, None, t))
@@ -629,6 +634,8 @@ def test_presence_unmasked_keeps_only_what_both_gates_call_measured() -> None:
     np.testing.assert_array_equal(both[equator], masked[equator])
     assert masked[equator].min() == 1.0
     np.testing.assert_array_equal(gate(True, None), gate(False, None))
+    assert "masked and unmasked halves" in notes[(True, True)]  # the summary says which gate
+    assert "unmasked" not in notes[(False, True)] and "unmasked" not in notes[(True, False)]
 
 
 def _filtered_by_definition(half: np.ndarray, gate: np.ndarray) -> np.ndarray:
