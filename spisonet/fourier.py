@@ -12,6 +12,8 @@ import numpy as np
 
 __all__ = [
     "fourier_blend",
+    "fourier_crop",
+    "fourier_pad",
     "frequency_radius",
     "half_grid",
     "lowpass",
@@ -133,3 +135,78 @@ def shell_cross(fa: np.ndarray, fb: np.ndarray, weight: np.ndarray | float, n: i
     m = n // 2 + 1
     v = weight * friedel * np.real(fa * np.conj(fb))
     return np.bincount(shells.ravel(), weights=v.ravel(), minlength=m)[:m]
+
+
+def _check_resize(
+    volume: np.ndarray, new_box: int, name: str, smaller: bool
+) -> tuple[np.ndarray, int]:
+    """(volume as a cubic array, new_box as int) after the checks both resizes share."""
+    from ._checks import check_cubic_map
+    from .errors import InvalidValueError
+
+    vol = check_cubic_map(volume, f"{name} input")
+    n = vol.shape[0]
+    ok = not isinstance(new_box, bool) and int(new_box) == new_box
+    lo, hi = (2, n) if smaller else (n, None)
+    if not ok or new_box < lo or (hi is not None and new_box > hi):
+        bound = f"[2, {n}]" if smaller else f"≥ {n}"
+        raise InvalidValueError(
+            f"{name}: new_box must be an integer in {bound} for a {n}³ map, got {new_box!r}"
+        )
+    return vol, int(new_box)
+
+
+def fourier_crop(volume: np.ndarray, new_box: int) -> np.ndarray:
+    """Bin a cubic map to a smaller box by cropping its Fourier transform.
+
+    The centred (new_box)³ block of the fftshift-ed FFT is kept, so frequencies up to
+    the new Nyquist survive unchanged; the voxel size grows by n / new_box. Values are
+    scaled by (new_box / n)³ so the mean density is kept.
+
+    Parameters
+    ----------
+    volume : (n, n, n) real map.
+    new_box : new edge, 2 ≤ new_box ≤ n.
+
+    Returns
+    -------
+    (new_box, new_box, new_box) float32.
+    """
+    vol, m = _check_resize(volume, new_box, "fourier_crop", smaller=True)
+    n = vol.shape[0]
+    if m == n:
+        return vol.astype(np.float32, copy=True)
+    f = np.fft.fftshift(np.fft.fftn(vol.astype(np.float64)))
+    lo = n // 2 - m // 2
+    crop = f[lo : lo + m, lo : lo + m, lo : lo + m]
+    out = np.fft.ifftn(np.fft.ifftshift(crop)).real * (m / n) ** 3
+    return out.astype(np.float32)
+
+
+def fourier_pad(volume: np.ndarray, new_box: int) -> np.ndarray:
+    """Resample a cubic map onto a larger box by zero-padding its Fourier transform.
+
+    The inverse of :func:`fourier_crop` for a map without content beyond its Nyquist: the
+    (n)³ transform is placed at the centre of a zero (new_box)³ one (same frequencies in
+    1/Å; the voxel size shrinks by new_box / n) and values are scaled by (new_box / n)³ so
+    the map's values are kept. ``fourier_crop(fourier_pad(v, N), n)`` returns ``v`` up to
+    its Nyquist plane.
+
+    Parameters
+    ----------
+    volume : (n, n, n) real map.
+    new_box : new edge ≥ n.
+
+    Returns
+    -------
+    (new_box, new_box, new_box) float32.
+    """
+    vol, m = _check_resize(volume, new_box, "fourier_pad", smaller=False)
+    n = vol.shape[0]
+    if m == n:
+        return vol.astype(np.float32, copy=True)
+    f = np.zeros((m, m, m), dtype=np.complex128)
+    lo = m // 2 - n // 2
+    f[lo : lo + n, lo : lo + n, lo : lo + n] = np.fft.fftshift(np.fft.fftn(vol.astype(np.float64)))
+    out = np.fft.ifftn(np.fft.ifftshift(f)).real * (m / n) ** 3
+    return out.astype(np.float32)

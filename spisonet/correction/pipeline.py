@@ -64,6 +64,7 @@ from ..errors import (
 from ..fourier import frequency_radius, lowpass
 from ..progress import Progress, relabel, report
 from ..weights import power_presence
+from .coarse import blend_coarse, coarse_applies, coarse_outputs
 from .measured import LOSS_MARGIN
 from .settings import PRESETS, CorrectionSettings
 
@@ -820,6 +821,22 @@ def correct_anisotropy(
     )
     s = nets.settings
     outputs = timed("predict", predict_maps, maps, nets, progress)
+    coarse_on, why = coarse_applies(s, len(outputs) == 2, pretrained is not None)
+    s = replace(s, coarse_pass=coarse_on)
+    if why:
+        notes.append(why)
+    if coarse_on:
+        coarse = timed(
+            "coarse",
+            coarse_outputs,
+            maps.network_input,
+            weight.gated,
+            s,
+            voxel_size,
+            notes,
+            progress,
+        )
+        outputs = blend_coarse(outputs, coarse)
     trust_result = None
     if trust and weight.gated is not None:
         trust_result = timed("trust", _trust, maps, inputs, weight, nets, voxel_size, progress)

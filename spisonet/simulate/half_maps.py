@@ -16,6 +16,7 @@ import numpy as np
 
 from .._checks import check_box, check_cubic_map, check_positive
 from ..errors import InvalidValueError
+from ..fourier import fourier_crop
 from ..io import Map
 from ..masks import soft_mask
 from .molecules import make_molecule
@@ -159,38 +160,6 @@ def simulate_half_maps(
         half_of_view=half_of_view,
         noise_sigma=sigma,
     )
-
-
-def fourier_crop(volume: np.ndarray, new_box: int) -> np.ndarray:
-    """Bin a cubic map to a smaller box by cropping its Fourier transform.
-
-    The centred (new_box)³ block of the fftshift-ed FFT is kept, so frequencies up to
-    the new Nyquist survive unchanged; the voxel size grows by n / new_box. Values are
-    scaled by (new_box / n)³ so the mean density is kept.
-
-    Parameters
-    ----------
-    volume : (n, n, n) real map.
-    new_box : new edge, 2 ≤ new_box ≤ n.
-
-    Returns
-    -------
-    (new_box, new_box, new_box) float32.
-    """
-    vol = check_cubic_map(volume, "fourier_crop input")
-    n = vol.shape[0]
-    if isinstance(new_box, bool) or int(new_box) != new_box or not 2 <= new_box <= n:
-        raise InvalidValueError(
-            f"fourier_crop: new_box must be an integer in [2, {n}] for a {n}³ map, got {new_box!r}"
-        )
-    m = int(new_box)
-    if m == n:
-        return vol.copy()
-    f = np.fft.fftshift(np.fft.fftn(vol.astype(np.float64)))
-    lo = n // 2 - m // 2
-    crop = f[lo : lo + m, lo : lo + m, lo : lo + m]
-    out = np.fft.ifftn(np.fft.ifftshift(crop)).real * (m / n) ** 3
-    return out.astype(np.float32)
 
 
 def simulate_dataset(

@@ -51,6 +51,7 @@ VALUES = {
     "compile": (None, True),
     "presence_unmasked": (None, True),
     "filter_input": (None, True),
+    "coarse_pass": (None, True),
     "seed": ("7", 7),
     "device": ("auto", "auto"),
 }

@@ -1,0 +1,148 @@
+"""The coarse pass: the box's lowest shells corrected by a network that sees the whole box.
+
+The main network trains on cubes of ``cube_size`` cut from the box. A cube is a window of
+the map, and it holds the box's shell s as its own shell s · cube / n: in a 48³ box with
+32³ cubes the box's shells 2 … 6 (84 … 28 Å at 3.5 Å/voxel) are the cubes' shells 1.3 … 4,
+which the cube barely resolves, and P_W, which acts on the cube periodically, disagrees
+with the windowed data there. The coarse pass bins the whole (prepared) box by 2 in
+Fourier space (:func:`spisonet.fourier.fourier_crop`: the same frequencies up to the box's
+shell n/4), trains one more network per ensemble member on that whole box as its single
+training cube, with W cropped the same way (exact: the binned box is periodic as P_W
+assumes), predicts it, pads it back (:func:`spisonet.fourier.fourier_pad`) and hands the
+box's lowest shells over to it: its output below shell n/12, the main network's from
+shell n/6 on, linear between (:func:`coarse_weight`).
+
+Opt-in (``--coarse-pass``): measured on the two 48³ cells of the evaluation matrix with the
+same views and mask (benchmarks/RESULTS.md, session 26) it helped the one whose halves carry
+``relion_reconstruct``'s interpolation in the unsampled cone and cost the Fourier-noise one
+as much, so no default can be drawn from it yet. It needs two halves and training (not a
+pretrained model, not ``independent`` networks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..fourier import fourier_blend, fourier_crop, fourier_pad, frequency_radius
+from ..maps import zscore
+from ..progress import Progress
+from .settings import CorrectionSettings
+
+__all__ = [
+    "blend_coarse",
+    "coarse_applies",
+    "coarse_box",
+    "coarse_outputs",
+    "coarse_weight",
+]
+
+
+def coarse_box(n: int, s: CorrectionSettings) -> int:
+    """Edge of the coarse pass's grid for an n³ box: n / 2 rounded down to a multiple of
+    the U-Net's 2^(levels − 1) (at least one such multiple)."""
+    m = 2 ** (len(s.widths) - 1)
+    return max(m, (n // 2) // m * m)
+
+
+def coarse_weight(n: int) -> np.ndarray:
+    """(n, n, n) fftshift-ed weight of the coarse output: 1 up to shell n/12, 0 from shell
+    n/6 on, linear in |k| between (float32)."""
+    lo, hi = n / 12, n / 6
+    r = frequency_radius(n)
+    return np.clip((hi - r) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def coarse_applies(s: CorrectionSettings, two_halves: bool, pretrained: bool) -> tuple[bool, str]:
+    """(whether the coarse pass runs, why not when it was asked for and cannot)."""
+    if not s.coarse_pass:
+        return False, ""
+    reasons = []
+    if not two_halves:
+        reasons.append("one map")
+    if pretrained or s.epochs == 0:
+        reasons.append("a pretrained model")
+    if s.independent:
+        reasons.append("independent networks")
+    if reasons:
+        return False, f"--coarse-pass ignored ({', '.join(reasons)})"
+    return True, ""
+
+
+def coarse_outputs(
+    network_input: list[np.ndarray],
+    weight_gated: np.ndarray | None,
+    s: CorrectionSettings,
+    voxel_size: float,
+    notes: list[str],
+    progress: Progress | None = None,
+) -> list[np.ndarray]:
+    """Each half's coarse-pass output at the box's size, in the units of ``network_input``.
+
+    Parameters
+    ----------
+    network_input : the (n, n, n) halves as the main network sees them (z-scored).
+    weight_gated : (n, n, n) W before it is resized to a cube (3D FSC × gate); None: W = 1.
+    s : the run's settings (``ensemble`` networks, seeds ``seed`` …).
+    voxel_size : Å per voxel (for the notes).
+    """
+    from ..nn.operators import prepare_sampling_weight
+    from .pipeline import PreparedMaps, SamplingWeight, predict_maps, train_networks
+
+    n = network_input[0].shape[0]
+    c = coarse_box(n, s)
+    binned = [fourier_crop(z, c) for z in network_input]
+    scale = [(float(b.mean()), float(b.std())) for b in binned]
+    z = [zscore(b) for b in binned]
+    lo = n // 2 - c // 2
+    if weight_gated is None:
+        w = np.ones((c, c, c), dtype=np.float32)
+    else:
+        w = prepare_sampling_weight(weight_gated[lo : lo + c, lo : lo + c, lo : lo + c], c)
+    edge = min(s.predict_edge, c // 2)
+    m = 2 ** (len(s.widths) - 1)
+    cs = replace(
+        s,
+        cube_size=c,
+        predict_edge=edge,
+        predict_crop_size=-(-(c + 2 * edge) // m) * m,
+        coarse_pass=False,
+    )
+    maps = PreparedMaps(z, z, z)
+    own_notes: list[str] = []
+    nets = train_networks(
+        maps,
+        np.ones((c, c, c), dtype=np.float32),
+        SamplingWeight(w, None, None),
+        cs,
+        own_notes,
+        progress=_prefixed(progress),
+    )
+    outs = predict_maps(maps, nets, _prefixed(progress))
+    notes.append(
+        f"coarse pass: {len(nets.models)} network(s) trained on the whole box binned to "
+        f"{c}³; their output stands at resolutions coarser than {12 * voxel_size:.0f} Å "
+        f"(shell {n / 12:.1f}), the main network's at {6 * voxel_size:.0f} Å (shell "
+        f"{n / 6:.1f}) and finer, blended between (--no-coarse-pass turns it off)"
+    )
+    return [fourier_pad(o * sd + mu, n) for o, (mu, sd) in zip(outs, scale, strict=True)]
+
+
+def _prefixed(progress: Progress | None) -> Progress | None:
+    """``progress`` with ``"coarse "`` before every stage (``"coarse train (1/3)"`` …)."""
+    if progress is None:
+        return None
+
+    def coarse(stage: str, done: float, total: float, info=None) -> None:
+        progress(f"coarse {stage}", done, total, info)
+
+    return coarse
+
+
+def blend_coarse(fine: list[np.ndarray], coarse: list[np.ndarray]) -> list[np.ndarray]:
+    """Each half's main-network output with its lowest shells taken from the coarse pass
+    (:func:`coarse_weight`)."""
+    n = fine[0].shape[0]
+    w = coarse_weight(n)
+    return [fourier_blend(f, c, w) for f, c in zip(fine, coarse, strict=True)]

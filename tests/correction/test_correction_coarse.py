@@ -1,0 +1,121 @@
+"""The coarse pass (spisonet.correction.coarse) against slow statements of its pieces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import blobs, soft_sphere_mask
+
+from spisonet.correction import correct_anisotropy, preset_settings
+from spisonet.correction.coarse import (
+    blend_coarse,
+    coarse_applies,
+    coarse_box,
+    coarse_weight,
+)
+
+
+def test_coarse_box_is_half_the_box_in_multiples_of_the_unet_step() -> None:
+    cpu, tiny = preset_settings("cpu"), preset_settings("tiny")  # 4 and 3 levels
+    assert [coarse_box(n, cpu) for n in (48, 64, 40, 12)] == [24, 32, 16, 8]
+    assert [coarse_box(n, tiny) for n in (24, 26, 30)] == [12, 12, 12]
+
+
+def test_coarse_weight_by_its_definition() -> None:
+    n = 36
+    got = coarse_weight(n)
+    lo, hi = n / 12, n / 6
+    for idx in [(18, 18, 18), (18, 18, 20), (18, 21, 18), (18, 18, 24), (23, 22, 18), (0, 5, 30)]:
+        k = np.array(idx) - n // 2
+        r = float(np.sqrt((k**2).sum()))
+        want = 1.0 if r <= lo else 0.0 if r >= hi else (hi - r) / (hi - lo)
+        assert got[idx] == pytest.approx(want, abs=1e-6)
+    # centrosymmetric (the blend reads only half of it)
+    assert np.array_equal(got[1:, 1:, 1:], got[1:, 1:, 1:][::-1, ::-1, ::-1])
+
+
+def test_blend_coarse_takes_the_low_shells_from_the_coarse_map() -> None:
+    n = 24
+    rng = np.random.default_rng(5)
+    fine, coarse = rng.normal(size=(2, n, n, n)).astype(np.float32)
+    (out,) = blend_coarse([fine], [coarse])
+    f = [np.fft.fftshift(np.fft.fftn(v.astype(np.float64))) for v in (out, fine, coarse)]
+    r = np.sqrt(((np.indices((n,) * 3) - n // 2) ** 2).sum(0))
+    low, high = r <= n / 12, (r >= n / 6) & (np.indices((n,) * 3).min(0) > 0)
+    np.testing.assert_allclose(f[0][low], f[2][low], atol=1e-3)
+    np.testing.assert_allclose(f[0][high], f[1][high], atol=1e-3)
+    mid = (r > n / 12 + 0.3) & (r < n / 6 - 0.3)
+    w = (n / 6 - r[mid]) / (n / 12)
+    np.testing.assert_allclose(f[0][mid], (1 - w) * f[1][mid] + w * f[2][mid], atol=1e-3)
+
+
+def test_coarse_applies_only_when_asked_with_two_halves_and_training() -> None:
+    cpu = preset_settings("cpu")
+    assert cpu.coarse_pass is False and coarse_applies(cpu, True, False) == (False, "")
+    asked = preset_settings("cpu", coarse_pass=True)
+    assert coarse_applies(asked, True, False) == (True, "")
+    for two, pre, s, word in [
+        (False, False, asked, "one map"),
+        (True, True, asked, "pretrained"),
+        (True, False, preset_settings("cpu", coarse_pass=True, independent=True), "independent"),
+    ]:
+        on, why = coarse_applies(s, two, pre)
+        assert not on and word in why and why.startswith("--coarse-pass ignored")
+
+
+def _shell_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    n = a.shape[0]
+    fa, fb = (np.fft.fftshift(np.fft.fftn(v.astype(np.float64))) for v in (a, b))
+    shell = np.rint(np.sqrt(((np.indices((n,) * 3) - n // 2) ** 2).sum(0))).astype(int)
+    out = []
+    for s in range(n // 2):
+        m = shell == s
+        num = np.real(np.sum(fa[m] * np.conj(fb[m])))
+        out.append(num / np.sqrt(np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2)))
+    return np.array(out)
+
+
+def test_the_coarse_pass_changes_only_the_low_shells_of_the_run(monkeypatch) -> None:
+    import spisonet.correction.pipeline as pipeline
+
+    n = 24
+    rng = np.random.default_rng(0)
+    signal = blobs(n, 0) * 3
+    h1, h2 = (signal + rng.standard_normal(signal.shape) + 5 for _ in range(2))
+    k = np.abs(np.arange(n) - n // 2)[:, None, None] * np.ones((1, n, n))
+    fsc = np.clip(1.0 - k / (n // 2), 0, 1).astype(np.float32)  # poor along z
+    mask = soft_sphere_mask(n, n / 3)
+    real_predict = pipeline.predict_maps
+    seen = []
+
+    def predict(maps, nets, progress=None):
+        # the coarse networks' outputs (the 12³ grid) are made zero, so that the run's low
+        # shells show whose they are; the main network's pass through
+        out = real_predict(maps, nets, progress)
+        seen.append(out[0].shape[0])
+        return [np.zeros_like(o) for o in out] if out[0].shape[0] < n else out
+
+    monkeypatch.setattr(pipeline, "predict_maps", predict)
+    runs = {}
+    for cp in (False, True):
+        s = preset_settings("tiny", coarse_pass=cp, network_only=True, correct_beyond_limit=True)
+        runs[cp] = correct_anisotropy(h1, h2, fsc, mask, 2.0, s, trust=False)
+    assert seen == [n, n, 12]  # the coarse pass predicted the whole box binned by 2
+    on, off = runs[True], runs[False]
+    assert on.settings.coarse_pass is True and off.settings.coarse_pass is False
+    assert on.timings["coarse"] > 0 and "coarse" not in off.timings
+    assert any(x.startswith("coarse pass: 1 network(s)") for x in on.notes)
+    # beyond |k| = n/6 = 4 (shells 5 … : shell 4 holds 3.5 ≤ |k| < 4.5) the maps are the same
+    # network's (up to the output's overall scale); up to |k| = n/12 = 2 (shell 1 whole) they
+    # are the coarse output's: zero here
+    assert np.all(_shell_correlation(on.corrected[0], off.corrected[0])[5:] > 0.9999)
+    power_on, power_off = _shell_power(on.corrected[0]), _shell_power(off.corrected[0])
+    assert power_on[1] < 1e-6 * power_off[1]
+    assert np.all(power_on[2:4] < 0.8 * power_off[2:4])  # the hand-over: partly coarse
+
+
+def _shell_power(a: np.ndarray) -> np.ndarray:
+    n = a.shape[0]
+    f = np.fft.fftshift(np.fft.fftn(a.astype(np.float64)))
+    shell = np.rint(np.sqrt(((np.indices((n,) * 3) - n // 2) ** 2).sum(0))).astype(int)
+    return np.bincount(shell.ravel(), np.abs(f.ravel()) ** 2)[: n // 2]
