@@ -173,14 +173,7 @@ def fourier_crop(volume: np.ndarray, new_box: int) -> np.ndarray:
     (new_box, new_box, new_box) float32.
     """
     vol, m = _check_resize(volume, new_box, "fourier_crop", smaller=True)
-    n = vol.shape[0]
-    if m == n:
-        return vol.astype(np.float32, copy=True)
-    f = np.fft.fftshift(np.fft.fftn(vol.astype(np.float64)))
-    lo = n // 2 - m // 2
-    crop = f[lo : lo + m, lo : lo + m, lo : lo + m]
-    out = np.fft.ifftn(np.fft.ifftshift(crop)).real * (m / n) ** 3
-    return out.astype(np.float32)
+    return _fourier_resize(vol, m)
 
 
 def fourier_pad(volume: np.ndarray, new_box: int) -> np.ndarray:
@@ -202,11 +195,23 @@ def fourier_pad(volume: np.ndarray, new_box: int) -> np.ndarray:
     (new_box, new_box, new_box) float32.
     """
     vol, m = _check_resize(volume, new_box, "fourier_pad", smaller=False)
+    return _fourier_resize(vol, m)
+
+
+def _fourier_resize(vol: np.ndarray, m: int) -> np.ndarray:
+    """``vol`` (n³) on an m³ grid with the same frequencies: its transform's centre cropped
+    (m < n) or zero-padded (m > n), values kept (scaled by (m / n)³); float32."""
     n = vol.shape[0]
     if m == n:
         return vol.astype(np.float32, copy=True)
-    f = np.zeros((m, m, m), dtype=np.complex128)
-    lo = m // 2 - n // 2
-    f[lo : lo + n, lo : lo + n, lo : lo + n] = np.fft.fftshift(np.fft.fftn(vol.astype(np.float64)))
-    out = np.fft.ifftn(np.fft.ifftshift(f)).real * (m / n) ** 3
+    small, big = min(n, m), max(n, m)
+    lo = big // 2 - small // 2
+    inner = (slice(lo, lo + small),) * 3
+    f = np.fft.fftshift(np.fft.fftn(vol.astype(np.float64)))
+    if m < n:
+        g = f[inner]
+    else:
+        g = np.zeros((m, m, m), dtype=np.complex128)
+        g[inner] = f
+    out = np.fft.ifftn(np.fft.ifftshift(g)).real * (m / n) ** 3
     return out.astype(np.float32)
