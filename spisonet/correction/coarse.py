@@ -28,7 +28,7 @@ import numpy as np
 from ..fourier import fourier_blend, fourier_crop, fourier_pad, frequency_radius
 from ..maps import zscore
 from ..progress import Progress
-from .settings import CorrectionSettings
+from .settings import CorrectionSettings, smallest_tile
 
 __all__ = [
     "blend_coarse",
@@ -101,22 +101,15 @@ def coarse_outputs(
     else:
         w = prepare_sampling_weight(weight_gated[lo : lo + c, lo : lo + c, lo : lo + c], c)
     edge = min(s.predict_edge, c // 2)
-    m = 2 ** (len(s.widths) - 1)
-    cs = replace(
-        s,
-        cube_size=c,
-        predict_edge=edge,
-        predict_crop_size=-(-(c + 2 * edge) // m) * m,
-        coarse_pass=False,
-    )
+    tile = smallest_tile(c, edge, s.widths)
+    cs = replace(s, cube_size=c, predict_edge=edge, predict_crop_size=tile, coarse_pass=False)
     maps = PreparedMaps(z, z, z)
-    own_notes: list[str] = []
     nets = train_networks(
         maps,
         np.ones((c, c, c), dtype=np.float32),
         SamplingWeight(w, None, None),
         cs,
-        own_notes,
+        [],  # its notes would repeat the main networks'
         progress=_prefixed(progress),
     )
     outs = predict_maps(maps, nets, _prefixed(progress))
@@ -124,7 +117,7 @@ def coarse_outputs(
         f"coarse pass: {len(nets.models)} network(s) trained on the whole box binned to "
         f"{c}³; their output stands at resolutions coarser than {12 * voxel_size:.0f} Å "
         f"(shell {n / 12:.1f}), the main network's at {6 * voxel_size:.0f} Å (shell "
-        f"{n / 6:.1f}) and finer, blended between (--no-coarse-pass turns it off)"
+        f"{n / 6:.1f}) and finer, blended between"
     )
     return [fourier_pad(o * sd + mu, n) for o, (mu, sd) in zip(outs, scale, strict=True)]
 

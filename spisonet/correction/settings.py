@@ -337,6 +337,13 @@ def resolve_preset(name: str, cuda_available: bool | None = None) -> tuple[str, 
     return "cpu", "no CUDA GPU found"
 
 
+def smallest_tile(cube: int, edge: int, widths: tuple[int, ...]) -> int:
+    """The smallest valid ``predict_crop_size`` around a ``cube``-voxel cube with blended
+    edges of ``edge`` voxels: cube + 2·edge rounded up to the U-Net's 2^(levels − 1)."""
+    mult = 2 ** (len(widths) - 1)
+    return -(-(cube + 2 * edge) // mult) * mult
+
+
 def preset_settings(name: str = "gpu", **overrides: Any) -> CorrectionSettings:
     """The settings of preset ``name`` with some fields replaced (None values are ignored).
 
@@ -361,9 +368,8 @@ def preset_settings(name: str = "gpu", **overrides: Any) -> CorrectionSettings:
         cube = int(changes["cube_size"])
         edge = int(changes.get("predict_edge", base.predict_edge))
         edge = min(edge, cube // 2)
-        mult = 2 ** (len(changes.get("widths", base.widths)) - 1)
         changes["predict_edge"] = edge
-        changes["predict_crop_size"] = -(-(cube + 2 * edge) // mult) * mult
+        changes["predict_crop_size"] = smallest_tile(cube, edge, changes.get("widths", base.widths))
     if "widths" in changes:
         changes["widths"] = tuple(int(w) for w in changes["widths"])
     out = replace(base, **changes)
