@@ -19,11 +19,13 @@ Noise models:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -230,6 +232,31 @@ def cell_inputs(
     return h1, h2, apix
 
 
+@contextlib.contextmanager
+def _first_network_outputs(active: bool) -> Iterator[list[np.ndarray]]:
+    """While active, the list filled with what the first ``predict_maps`` call of the
+    correction returns (the main networks' outputs; a coarse pass predicts later)."""
+    from spisonet.correction import pipeline
+
+    kept: list[np.ndarray] = []
+    if not active:
+        yield kept
+        return
+    original = pipeline.predict_maps
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if not kept:
+            kept.extend(out)
+        return out
+
+    pipeline.predict_maps = recording
+    try:
+        yield kept
+    finally:
+        pipeline.predict_maps = original
+
+
 def run_cell(
     cell: Cell,
     preset: str = "cpu",
@@ -264,7 +291,8 @@ def run_cell(
             last[0] = now
             print(f"    {cell.name}: {stage} {100 * done / max(total, 1):.0f} %", flush=True)
 
-    result = correct_anisotropy(h1, h2, None, mask, apix, settings, progress=progress)
+    with _first_network_outputs(save_maps is not None) as raw_outputs:
+        result = correct_anisotropy(h1, h2, None, mask, apix, settings, progress=progress)
     t_corr = time.perf_counter() - t0
     raw = 0.5 * (h1 + h2)
     score = score_correction(truth, raw, result.average, mask)
@@ -284,6 +312,9 @@ def run_cell(
             network_only=np.bool_(settings.network_only),
             corrected=result.average.astype(np.float32),
             corrected_halves=np.stack(result.corrected).astype(np.float32),
+            # the main networks' outputs (z-score units, before the coarse pass and the
+            # return to the input's units): bench_coarse.py blends coarse passes into them
+            network_outputs=np.stack(raw_outputs).astype(np.float32),
             **extra,
         )
     return {
