@@ -10,7 +10,9 @@ shell n/4), trains one more network per ensemble member on that whole box as its
 training cube, with W cropped the same way (exact: the binned box is periodic as P_W
 assumes), predicts it, pads it back (:func:`spisonet.fourier.fourier_pad`) and hands the
 box's lowest shells over to it: its output below shell n/12, the main network's from
-shell n/6 on, linear between (:func:`coarse_weight`).
+shell n/6 on, linear between (:func:`coarse_weight`). Boxes larger than twice the training
+cube are binned further, to the cube's edge c (one coarse step costs no more than a main
+one), and the hand-over follows the grid: c/6 … c/3 of the box's shells.
 
 Opt-in (``--coarse-pass``): measured on the two 48³ cells of the evaluation matrix with the
 same views and mask (benchmarks/RESULTS.md, session 26) it helped the one whose halves carry
@@ -40,22 +42,41 @@ __all__ = [
 
 
 def coarse_box(n: int, s: CorrectionSettings) -> int:
-    """Edge of the coarse pass's grid for an n³ box: n / 2 rounded down to a multiple of
-    the U-Net's 2^(levels − 1) (at least one such multiple)."""
+    """Edge of the coarse pass's grid for an n³ box: n / 2, at most the training cube's
+    edge (so that a step of the coarse network costs no more than one of the main
+    network), rounded down to a multiple of the U-Net's 2^(levels − 1) (at least one)."""
     m = 2 ** (len(s.widths) - 1)
-    return max(m, (n // 2) // m * m)
+    return max(m, min(n // 2, s.cube_size) // m * m)
 
 
-def coarse_weight(n: int) -> np.ndarray:
-    """(n, n, n) fftshift-ed weight of the coarse output: 1 up to shell n/12, 0 from shell
-    n/6 on, linear in |k| between (float32)."""
-    lo, hi = n / 12, n / 6
+def coarse_weight(n: int, grid: int | None = None) -> np.ndarray:
+    """(n, n, n) fftshift-ed weight of the coarse output made on a ``grid``³ grid (default
+    n / 2): 1 up to shell grid/6, 0 from shell grid/3 on (n/12 and n/6 for the default
+    grid), linear in |k| between (float32)."""
+    c = n / 2 if grid is None else grid
+    lo, hi = c / 6, c / 3
     r = frequency_radius(n)
     return np.clip((hi - r) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def coarse_applies(s: CorrectionSettings, two_halves: bool, pretrained: bool) -> tuple[bool, str]:
-    """(whether the coarse pass runs, why not when it was asked for and cannot)."""
+def coarse_applies(
+    s: CorrectionSettings, two_halves: bool, pretrained: bool, auto: bool = False
+) -> tuple[bool, str]:
+    """(whether the coarse pass runs, a note: why it runs by default, or why not when it
+    was asked for and cannot).
+
+    ``auto``: what the default (``coarse_pass`` None) decides, on for halves that agree on
+    content where nothing was measured (the input filter's rule,
+    :func:`spisonet.correction.pipeline.agreed_unmeasured_share`)."""
+    if s.coarse_pass is None:
+        on = auto and two_halves and not pretrained and s.epochs > 0 and not s.independent
+        why = (
+            "coarse pass on: the halves agree on content where nothing was measured "
+            "(a real reconstruction's)"
+            if on
+            else ""
+        )
+        return on, why
     if not s.coarse_pass:
         return False, ""
     reasons = []
@@ -115,9 +136,9 @@ def coarse_outputs(
     outs = predict_maps(maps, nets, _prefixed(progress))
     notes.append(
         f"coarse pass: {len(nets.models)} network(s) trained on the whole box binned to "
-        f"{c}³; their output stands at resolutions coarser than {12 * voxel_size:.0f} Å "
-        f"(shell {n / 12:.1f}), the main network's at {6 * voxel_size:.0f} Å (shell "
-        f"{n / 6:.1f}) and finer, blended between"
+        f"{c}³; their output stands at resolutions coarser than "
+        f"{6 * n / c * voxel_size:.0f} Å (shell {c / 6:.1f}), the main network's at "
+        f"{3 * n / c * voxel_size:.0f} Å (shell {c / 3:.1f}) and finer, blended between"
     )
     return [fourier_pad(o * sd + mu, n) for o, (mu, sd) in zip(outs, scale, strict=True)]
 
@@ -133,9 +154,11 @@ def _prefixed(progress: Progress | None) -> Progress | None:
     return coarse
 
 
-def blend_coarse(fine: list[np.ndarray], coarse: list[np.ndarray]) -> list[np.ndarray]:
+def blend_coarse(
+    fine: list[np.ndarray], coarse: list[np.ndarray], grid: int | None = None
+) -> list[np.ndarray]:
     """Each half's main-network output with its lowest shells taken from the coarse pass
-    (:func:`coarse_weight`)."""
+    made on a ``grid``³ grid (:func:`coarse_weight`; default n / 2)."""
     n = fine[0].shape[0]
-    w = coarse_weight(n)
+    w = coarse_weight(n, grid)
     return [fourier_blend(f, c, w) for f, c in zip(fine, coarse, strict=True)]

@@ -15,8 +15,8 @@
    cube, negatives to 0, min-max scaled; 1 inside the reference's sphere; a single map
    without a 3D FSC gets W = 1 (denoising only). :func:`decide_filter_input`: with
    ``filter_input`` (by default when the two halves agree on content where the gate reads
-   unmeasured) each half's network input is multiplied by the gate
-   (:func:`filter_network_input`).
+   unmeasured, :func:`agreed_unmeasured_share`) each half's network input is multiplied by
+   the gate (:func:`filter_network_input`).
 4. :func:`train_networks` – training cubes at the same mask-drawn centres in both halves;
    one network trained on both halves (Noise2Noise terms on), or with ``independent`` one
    network per half, each seeing only its own half.
@@ -64,7 +64,7 @@ from ..errors import (
 from ..fourier import frequency_radius, lowpass
 from ..progress import Progress, relabel, report
 from ..weights import power_presence
-from .coarse import blend_coarse, coarse_applies, coarse_outputs
+from .coarse import blend_coarse, coarse_applies, coarse_box, coarse_outputs
 from .measured import LOSS_MARGIN
 from .settings import PRESETS, CorrectionSettings
 
@@ -80,6 +80,7 @@ __all__ = [
     "PreparedMaps",
     "SamplingWeight",
     "TrainSummary",
+    "agreed_unmeasured_share",
     "check_inputs",
     "correct_anisotropy",
     "decide_filter_input",
@@ -413,20 +414,33 @@ def sampling_weight(
 AUTO_FILTER_SHARE = 0.005
 
 
+def agreed_unmeasured_share(inputs: CheckedInputs, weight: SamplingWeight) -> float | None:
+    """The share of the two halves' agreed power at shells 2 … n/4 lying where the
+    measured-power gate reads unmeasured (:func:`spisonet.weights.unmeasured_agreement`);
+    None with one map or without a gate. Real reconstructions hold some there (their
+    interpolation, ~1 %); a simulation that leaves the cone empty holds none."""
+    from ..weights import unmeasured_agreement
+
+    if weight.presence is None or len(inputs.halves) < 2:
+        return None
+    return unmeasured_agreement(inputs.halves[0], inputs.halves[1], weight.presence)
+
+
 def decide_filter_input(
-    inputs: CheckedInputs, weight: SamplingWeight, s: CorrectionSettings, notes: list[str]
+    inputs: CheckedInputs,
+    weight: SamplingWeight,
+    s: CorrectionSettings,
+    notes: list[str],
+    share: float | None = None,
 ) -> CorrectionSettings:
     """``s`` with ``filter_input`` decided (True/False) and the reason appended to ``notes``.
 
     Given on or off, it is kept. By default (None) the filter is on when two halves agree,
     by at least :data:`AUTO_FILTER_SHARE` of their agreed low-resolution power, on content
-    where the measured-power gate reads unmeasured (:func:`spisonet.weights.unmeasured_agreement`):
-    content no view measured but both reconstructions hold, which a network trained to fill
-    empty regions would pass through. With one map or no gate it is off.
+    where the measured-power gate reads unmeasured (:func:`agreed_unmeasured_share`, computed
+    here unless given): content no view measured but both reconstructions hold, which a network
+    trained to fill empty regions would pass through. With one map or no gate it is off.
     """
-    from ..weights import unmeasured_agreement
-
-    h1, h2 = inputs.halves[0], inputs.halves[1] if len(inputs.halves) > 1 else None
     if weight.presence is None:
         if s.filter_input:
             notes.append("--filter-input ignored: no measured-power gate")
@@ -435,9 +449,10 @@ def decide_filter_input(
         if s.filter_input:
             notes.append("network input: each half filtered by the measured-power gate")
         return s
-    if h2 is None:
+    if share is None:
+        share = agreed_unmeasured_share(inputs, weight)
+    if share is None:
         return replace(s, filter_input=False)
-    share = unmeasured_agreement(h1, h2, weight.presence)
     on = share >= AUTO_FILTER_SHARE
     notes.append(
         f"{100 * share:.2f} % of the halves' agreed low-resolution power lies where the gate "
@@ -803,7 +818,11 @@ def correct_anisotropy(
     ckpts = tuple(checkpoints) if checkpoints is not None else None
     maps = timed("prepare", prepare_maps, inputs, voxel_size, s, notes)
     weight = timed("fsc3d", sampling_weight, inputs, voxel_size, s, notes, progress)
-    s = decide_filter_input(inputs, weight, s, notes)
+    # the share is read once: both automatic decisions hang on it
+    share = None
+    if s.filter_input is None or s.coarse_pass is None:
+        share = agreed_unmeasured_share(inputs, weight)
+    s = decide_filter_input(inputs, weight, s, notes, share)
     if s.filter_input:
         maps = filter_network_input(maps, weight)
     nets = timed(
@@ -821,7 +840,8 @@ def correct_anisotropy(
     )
     s = nets.settings
     outputs = timed("predict", predict_maps, maps, nets, progress)
-    coarse_on, why = coarse_applies(s, len(outputs) == 2, pretrained is not None)
+    reconstructed = share is not None and share >= AUTO_FILTER_SHARE
+    coarse_on, why = coarse_applies(s, len(outputs) == 2, pretrained is not None, reconstructed)
     s = replace(s, coarse_pass=coarse_on)
     if why:
         notes.append(why)
@@ -836,7 +856,7 @@ def correct_anisotropy(
             notes,
             progress,
         )
-        outputs = blend_coarse(outputs, coarse)
+        outputs = blend_coarse(outputs, coarse, coarse_box(outputs[0].shape[0], s))
     trust_result = None
     if trust and weight.gated is not None:
         trust_result = timed("trust", _trust, maps, inputs, weight, nets, voxel_size, progress)

@@ -198,13 +198,14 @@ class CorrectionSettings:
         "the gate reads unmeasured, off otherwise and for a single map",
         cli=("--filter-input",),
     )
-    coarse_pass: bool = setting(
-        False,
+    coarse_pass: bool | None = setting(
+        None,
         "Also train, per ensemble member, a network on the whole box binned by 2 and let its "
         "output stand at the box's lowest shells (up to n/12, handed over to the main network "
-        "by n/6), which the main network's cubes hold as their own shells 1 … 4. Opt-in: at "
-        "48³ it lifted a RELION-noise cell (+0.011 → +0.041, worst global drop 0.020 → 0.004) "
-        "and cost a Fourier-noise one (+0.140 → +0.075); needs two halves and training",
+        "by n/6), which the main network's cubes hold as their own shells 1 … 4. Default "
+        "(none): on by the --filter-input rule (halves from a real reconstruction, which "
+        "agree on content where nothing was measured), off otherwise; needs two halves and "
+        "training",
         cli=("--coarse-pass",),
     )
     compile: bool = setting(False, "Use torch.compile (opt-in; slow start)", cli=("--compile",))

@@ -19,6 +19,9 @@ def test_coarse_box_is_half_the_box_in_multiples_of_the_unet_step() -> None:
     cpu, tiny = preset_settings("cpu"), preset_settings("tiny")  # 4 and 3 levels
     assert [coarse_box(n, cpu) for n in (48, 64, 40, 12)] == [24, 32, 16, 8]
     assert [coarse_box(n, tiny) for n in (24, 26, 30)] == [12, 12, 12]
+    # never larger than the training cube (32³ for cpu, 16³ for tiny): big boxes bin further
+    assert [coarse_box(n, cpu) for n in (72, 96, 256)] == [32, 32, 32]
+    assert [coarse_box(n, tiny) for n in (40, 64)] == [16, 16]
 
 
 def test_coarse_weight_by_its_definition() -> None:
@@ -32,6 +35,12 @@ def test_coarse_weight_by_its_definition() -> None:
         assert got[idx] == pytest.approx(want, abs=1e-6)
     # centrosymmetric (the blend reads only half of it)
     assert np.array_equal(got[1:, 1:, 1:], got[1:, 1:, 1:][::-1, ::-1, ::-1])
+    # a coarser grid (the box binned by 3, 12³) hands over at grid/6 … grid/3 = 2 … 4
+    got = coarse_weight(n, 12)
+    for idx in [(18, 18, 18), (18, 18, 20), (18, 21, 18), (18, 18, 22), (20, 21, 18)]:
+        r = float(np.sqrt(((np.array(idx) - n // 2) ** 2).sum()))
+        want = 1.0 if r <= 2 else 0.0 if r >= 4 else (4 - r) / 2
+        assert got[idx] == pytest.approx(want, abs=1e-6)
 
 
 def test_blend_coarse_takes_the_low_shells_from_the_coarse_map() -> None:
@@ -49,18 +58,26 @@ def test_blend_coarse_takes_the_low_shells_from_the_coarse_map() -> None:
     np.testing.assert_allclose(f[0][mid], (1 - w) * f[1][mid] + w * f[2][mid], atol=1e-3)
 
 
-def test_coarse_applies_only_when_asked_with_two_halves_and_training() -> None:
+def test_coarse_applies_when_asked_or_by_default_with_two_halves_and_training() -> None:
     cpu = preset_settings("cpu")
-    assert cpu.coarse_pass is False and coarse_applies(cpu, True, False) == (False, "")
+    assert cpu.coarse_pass is None and coarse_applies(cpu, True, False) == (False, "")
+    on, why = coarse_applies(cpu, True, False, auto=True)
+    assert on and why.startswith("coarse pass on: the halves agree")
     asked = preset_settings("cpu", coarse_pass=True)
     assert coarse_applies(asked, True, False) == (True, "")
-    for two, pre, s, word in [
-        (False, False, asked, "one map"),
-        (True, True, asked, "pretrained"),
-        (True, False, preset_settings("cpu", coarse_pass=True, independent=True), "independent"),
+    off = preset_settings("cpu", coarse_pass=False)
+    assert coarse_applies(off, True, False, auto=True) == (False, "")
+    independent = {"coarse_pass": True, "independent": True}
+    for two, pre, kw, word in [
+        (False, False, {"coarse_pass": True}, "one map"),
+        (True, True, {"coarse_pass": True}, "pretrained"),
+        (True, False, independent, "independent"),
     ]:
-        on, why = coarse_applies(s, two, pre)
+        on, why = coarse_applies(preset_settings("cpu", **kw), two, pre)
         assert not on and word in why and why.startswith("--coarse-pass ignored")
+        # by default the same cases leave it off without a word
+        kw = {**kw, "coarse_pass": None}
+        assert coarse_applies(preset_settings("cpu", **kw), two, pre, auto=True) == (False, "")
 
 
 def _shell_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
