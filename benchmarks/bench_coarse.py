@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/bench_coarse.py --cell NAME --maps DIR --out DIR2 \
         [--train-seeds 0,1,2] [--seed 0] [--inputs DIR] [--ramp LO,HI] \
-        [--override KEY=VALUE ...] [--none] [--preset cpu]
+        [--override KEY=VALUE ...] [--none] [--preset cpu] [--grid C]
 
 ``DIR`` holds ``seed<s>/<cell>.npz`` written by ``bench_matrix.py --train-seeds … --override
 ensemble=1 --override network_only=true --override coarse_pass=false --save-maps DIR``: each
@@ -21,7 +21,8 @@ brought back to the input's units (``restore_units``), exactly the package's pat
 scores each member and their ensemble). The coarse outputs are kept beside it
 (``<cell>.coarse.npy``): a rerun with the same ``--override``s and another ``--ramp`` reads
 them instead of training. ``--none``: no coarse pass (the main network alone, the paired
-figure).
+figure). ``--grid C``: the coarse grid's edge instead of the package's (``coarse_box``), the
+hand-over following it unless ``--ramp`` is given.
 """
 
 from __future__ import annotations
@@ -56,13 +57,16 @@ def replay_member(
     data_seed: int,
     inputs: Path | None,
     overrides: dict,
-    ramp: tuple[float, float] | None,
+    ramp: tuple[float, float] | bool | None,
     preset: str = "cpu",
+    grid: int | None = None,
 ) -> float:
-    """Write one member's corrected halves with (ramp not None) or without the coarse
-    pass; returns the seconds the coarse pass took to train (0 when read back)."""
+    """Write one member's corrected halves with the coarse pass (hand-over ``ramp``, None:
+    the package's) or without it (``ramp`` False); returns the seconds the coarse pass took
+    to train (0 when read back)."""
+    from spisonet.correction import coarse as coarse_module
     from spisonet.correction import pipeline, preset_settings
-    from spisonet.correction.coarse import coarse_outputs
+    from spisonet.correction.coarse import coarse_box, coarse_outputs
     from spisonet.fourier import fourier_blend
 
     cell = {c.name: c for c in CORE + HARD + CI}[cell_name]
@@ -85,17 +89,21 @@ def replay_member(
         fine = list(z["network_outputs"])
     seconds = 0.0
     outputs = fine
-    if ramp is not None:
+    if ramp is not False:
         cache = out_dir / f"{cell_name}.coarse.npy"
         if cache.exists():
             coarse = list(np.load(cache))
         else:
             t0 = time.perf_counter()
+            if grid is not None:
+                coarse_module.coarse_box = lambda n, s: grid
             coarse = coarse_outputs(maps.network_input, weight.gated, s, apix, notes)
             seconds = time.perf_counter() - t0
             out_dir.mkdir(parents=True, exist_ok=True)
             np.save(cache, np.stack(coarse).astype(np.float32))
-        w = ramp_weight(fine[0].shape[0], *ramp)
+        n = fine[0].shape[0]
+        c = grid if grid is not None else coarse_box(n, s)
+        w = ramp_weight(n, *(ramp or (c / 6 / n, c / 3 / n)))
         outputs = [fourier_blend(f, c, w) for f, c in zip(fine, coarse, strict=True)]
     corrected, _ = pipeline.restore_units(outputs, maps, checked.mask, apix, s, notes, weight)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ramp", default=None, help="LO,HI as fractions of n (1/12, 1/6)")
     p.add_argument("--override", action="append", default=[])
     p.add_argument("--none", action="store_true", help="no coarse pass")
+    p.add_argument("--grid", type=int, default=None, help="the coarse grid's edge")
     args = p.parse_args(argv)
-    ramp = None if args.none else (1 / 12, 1 / 6)
+    ramp: tuple[float, float] | bool | None = False if args.none else None
     if args.ramp and not args.none:
         lo, hi = (float(Fraction(x)) for x in args.ramp.split(","))  # "1/12,1/6"
         ramp = (lo, hi)
@@ -131,7 +140,16 @@ def main(argv: list[str] | None = None) -> None:
         fine = args.maps / f"seed{seed}" / f"{args.cell}.npz"
         out = args.out / f"seed{seed}"
         t = replay_member(
-            args.cell, fine, out, seed, args.seed, args.inputs, overrides, ramp, args.preset
+            args.cell,
+            fine,
+            out,
+            seed,
+            args.seed,
+            args.inputs,
+            overrides,
+            ramp,
+            args.preset,
+            args.grid,
         )
         print(f"  seed {seed}: written to {out} (coarse training {t:.0f} s)", flush=True)
 
