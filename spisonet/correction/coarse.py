@@ -60,23 +60,34 @@ def coarse_weight(n: int, grid: int | None = None) -> np.ndarray:
 
 
 def coarse_applies(
-    s: CorrectionSettings, two_halves: bool, pretrained: bool, auto: bool = False
+    s: CorrectionSettings,
+    two_halves: bool,
+    pretrained: bool,
+    auto: bool = False,
+    box: int | None = None,
 ) -> tuple[bool, str]:
     """(whether the coarse pass runs, a note: why it runs by default, or why not when it
     was asked for and cannot).
 
-    ``auto``: what the default (``coarse_pass`` None) decides, on for halves that agree on
-    content where nothing was measured (the input filter's rule,
-    :func:`spisonet.correction.pipeline.agreed_unmeasured_share`)."""
+    ``auto``: whether the halves agree on content where nothing was measured (the input
+    filter's rule, :func:`spisonet.correction.pipeline.agreed_unmeasured_share`). The
+    default (``coarse_pass`` None) runs the pass for such halves in boxes of ``box`` ≤ 2 ×
+    the training cube (where it was measured: binned by 2, the coarse grid is no larger
+    than a cube); a larger box or an unknown one needs ``--coarse-pass``."""
     if s.coarse_pass is None:
-        on = auto and two_halves and not pretrained and s.epochs > 0 and not s.independent
-        why = (
+        possible = auto and two_halves and not pretrained and s.epochs > 0
+        possible = possible and not s.independent
+        if not possible:
+            return False, ""
+        if box is None or box > 2 * s.cube_size:
+            return False, (
+                "coarse pass not run: by default it runs in boxes up to twice the training "
+                f"cube ({2 * s.cube_size}³), where it was measured; --coarse-pass runs it"
+            )
+        return True, (
             "coarse pass on: the halves agree on content where nothing was measured "
             "(a real reconstruction's)"
-            if on
-            else ""
         )
-        return on, why
     if not s.coarse_pass:
         return False, ""
     reasons = []

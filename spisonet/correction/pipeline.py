@@ -841,7 +841,9 @@ def correct_anisotropy(
     s = nets.settings
     outputs = timed("predict", predict_maps, maps, nets, progress)
     reconstructed = share is not None and share >= AUTO_FILTER_SHARE
-    coarse_on, why = coarse_applies(s, len(outputs) == 2, pretrained is not None, reconstructed)
+    coarse_on, why = coarse_applies(
+        s, len(outputs) == 2, pretrained is not None, reconstructed, outputs[0].shape[0]
+    )
     s = replace(s, coarse_pass=coarse_on)
     if why:
         notes.append(why)

@@ -61,8 +61,12 @@ def test_blend_coarse_takes_the_low_shells_from_the_coarse_map() -> None:
 def test_coarse_applies_when_asked_or_by_default_with_two_halves_and_training() -> None:
     cpu = preset_settings("cpu")
     assert cpu.coarse_pass is None and coarse_applies(cpu, True, False) == (False, "")
-    on, why = coarse_applies(cpu, True, False, auto=True)
+    on, why = coarse_applies(cpu, True, False, auto=True, box=64)
     assert on and why.startswith("coarse pass on: the halves agree")
+    # by default only in boxes up to twice the training cube (32³ for cpu)
+    for box in (66, None):
+        on, why = coarse_applies(cpu, True, False, auto=True, box=box)
+        assert not on and "up to twice the training cube (64³)" in why
     asked = preset_settings("cpu", coarse_pass=True)
     assert coarse_applies(asked, True, False) == (True, "")
     off = preset_settings("cpu", coarse_pass=False)
@@ -77,7 +81,8 @@ def test_coarse_applies_when_asked_or_by_default_with_two_halves_and_training() 
         assert not on and word in why and why.startswith("--coarse-pass ignored")
         # by default the same cases leave it off without a word
         kw = {**kw, "coarse_pass": None}
-        assert coarse_applies(preset_settings("cpu", **kw), two, pre, auto=True) == (False, "")
+        got = coarse_applies(preset_settings("cpu", **kw), two, pre, auto=True, box=48)
+        assert got == (False, "")
 
 
 def _shell_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
