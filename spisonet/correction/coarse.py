@@ -14,11 +14,12 @@ shell n/6 on, linear between (:func:`coarse_weight`). Boxes larger than twice th
 cube are binned further, to the cube's edge c (one coarse step costs no more than a main
 one), and the hand-over follows the grid: c/6 … c/3 of the box's shells.
 
-Opt-in (``--coarse-pass``): measured on the two 48³ cells of the evaluation matrix with the
-same views and mask (benchmarks/RESULTS.md, session 26) it helped the one whose halves carry
-``relion_reconstruct``'s interpolation in the unsampled cone and cost the Fourier-noise one
-as much, so no default can be drawn from it yet. It needs two halves and training (not a
-pretrained model, not ``independent`` networks).
+By default (``coarse_pass`` None) it runs where the input filter runs (two halves agreeing
+on content where nothing was measured: a real reconstruction's) in boxes up to twice the
+training cube, where it was measured: on the evaluation matrix's RELION-noise cells it raised
+the fill of everything the halves call unmeasured, and it cost the 48³ Fourier-noise cell
+(benchmarks/RESULTS.md, sessions 26–27; docs/method.md). It needs two halves and training
+(not a pretrained model, not ``independent`` networks).
 """
 
 from __future__ import annotations

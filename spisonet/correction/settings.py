@@ -204,8 +204,8 @@ class CorrectionSettings:
         "output stand at the box's lowest shells (up to n/12, handed over to the main network "
         "by n/6), which the main network's cubes hold as their own shells 1 … 4. Default "
         "(none): on by the --filter-input rule (halves from a real reconstruction, which "
-        "agree on content where nothing was measured), off otherwise; needs two halves and "
-        "training",
+        "agree on content where nothing was measured) in boxes up to twice cube_size, off "
+        "otherwise; needs two halves and training",
         cli=("--coarse-pass",),
     )
     compile: bool = setting(False, "Use torch.compile (opt-in; slow start)", cli=("--compile",))
