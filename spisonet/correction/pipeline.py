@@ -21,9 +21,12 @@
    one network trained on both halves (Noise2Noise terms on), or with ``independent`` one
    network per half, each seeing only its own half.
 5. :func:`predict_maps` and :func:`restore_units` – tiled prediction of each prepared
-   half; outputs back in the input's units (unlike the public tool, which leaves z-scores):
-   with ``limit_res``, ``filtered`` is the network output at the low-passed input's
-   mean/std and ``corrected`` is ``combine_map(network output, original, limit_res)``;
+   half (with ``coarse_pass``, by default where the input filter runs in boxes up to twice
+   the cube, its lowest shells taken from a network trained on the whole box binned,
+   :mod:`spisonet.correction.coarse`); outputs back in the input's units (unlike the
+   public tool, which leaves z-scores): with ``limit_res``, ``filtered`` is the network
+   output at the low-passed input's mean/std and ``corrected`` is
+   ``combine_map(network output, original, limit_res)``;
    without, ``corrected`` is ``combine_map(network output, original, L)`` with ``L`` the
    3D FSC's own resolution limit (:func:`spisonet.fsc3d.support_limit`: beyond it W holds
    no data), or, with ``correct_beyond_limit`` or W = 1, the network output at the
