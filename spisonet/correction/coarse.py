@@ -14,12 +14,11 @@ shell n/6 on, linear between (:func:`coarse_weight`). Boxes larger than twice th
 cube are binned further, to the cube's edge c (one coarse step costs no more than a main
 one), and the hand-over follows the grid: c/6 … c/3 of the box's shells.
 
-By default (``coarse_pass`` None) it runs where the input filter runs (two halves agreeing
-on content where nothing was measured: a real reconstruction's) in boxes up to twice the
-training cube, where it was measured: on the evaluation matrix's RELION-noise cells it raised
-the fill of everything the halves call unmeasured, and it cost the 48³ Fourier-noise cell
-(benchmarks/RESULTS.md, sessions 26–27; docs/method.md). It needs two halves and training
-(not a pretrained model, not ``independent`` networks).
+Opt-in (``--coarse-pass``): measured on the evaluation matrix with the same main networks
+with and without it (benchmarks/RESULTS.md, sessions 26–27) it removed the drop at the
+lowest global shells on both RELION-noise cells but lifted the worst-cone gain on only one
+draw of one cell, and cost the others (0.03 … 0.07), so no default can be drawn from it. It
+needs two halves and training (not a pretrained model, not ``independent`` networks).
 """
 
 from __future__ import annotations
@@ -60,35 +59,8 @@ def coarse_weight(n: int, grid: int | None = None) -> np.ndarray:
     return np.clip((hi - r) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def coarse_applies(
-    s: CorrectionSettings,
-    two_halves: bool,
-    pretrained: bool,
-    auto: bool = False,
-    box: int | None = None,
-) -> tuple[bool, str]:
-    """(whether the coarse pass runs, a note: why it runs by default, or why not when it
-    was asked for and cannot).
-
-    ``auto``: whether the halves agree on content where nothing was measured (the input
-    filter's rule, :func:`spisonet.correction.pipeline.agreed_unmeasured_share`). The
-    default (``coarse_pass`` None) runs the pass for such halves in boxes of ``box`` ≤ 2 ×
-    the training cube (where it was measured: binned by 2, the coarse grid is no larger
-    than a cube); a larger box or an unknown one needs ``--coarse-pass``."""
-    if s.coarse_pass is None:
-        possible = auto and two_halves and not pretrained and s.epochs > 0
-        possible = possible and not s.independent
-        if not possible:
-            return False, ""
-        if box is None or box > 2 * s.cube_size:
-            return False, (
-                "coarse pass not run: by default it runs in boxes up to twice the training "
-                f"cube ({2 * s.cube_size}³), where it was measured; --coarse-pass runs it"
-            )
-        return True, (
-            "coarse pass on: the halves agree on content where nothing was measured "
-            "(a real reconstruction's)"
-        )
+def coarse_applies(s: CorrectionSettings, two_halves: bool, pretrained: bool) -> tuple[bool, str]:
+    """(whether the coarse pass runs, why not when it was asked for and cannot)."""
     if not s.coarse_pass:
         return False, ""
     reasons = []

@@ -15,18 +15,15 @@
    cube, negatives to 0, min-max scaled; 1 inside the reference's sphere; a single map
    without a 3D FSC gets W = 1 (denoising only). :func:`decide_filter_input`: with
    ``filter_input`` (by default when the two halves agree on content where the gate reads
-   unmeasured, :func:`agreed_unmeasured_share`) each half's network input is multiplied by
-   the gate (:func:`filter_network_input`).
+   unmeasured) each half's network input is multiplied by the gate
+   (:func:`filter_network_input`).
 4. :func:`train_networks` – training cubes at the same mask-drawn centres in both halves;
    one network trained on both halves (Noise2Noise terms on), or with ``independent`` one
    network per half, each seeing only its own half.
 5. :func:`predict_maps` and :func:`restore_units` – tiled prediction of each prepared
-   half (with ``coarse_pass``, by default where the input filter runs in boxes up to twice
-   the cube, its lowest shells taken from a network trained on the whole box binned,
-   :mod:`spisonet.correction.coarse`); outputs back in the input's units (unlike the
-   public tool, which leaves z-scores): with ``limit_res``, ``filtered`` is the network
-   output at the low-passed input's mean/std and ``corrected`` is
-   ``combine_map(network output, original, limit_res)``;
+   half; outputs back in the input's units (unlike the public tool, which leaves z-scores):
+   with ``limit_res``, ``filtered`` is the network output at the low-passed input's
+   mean/std and ``corrected`` is ``combine_map(network output, original, limit_res)``;
    without, ``corrected`` is ``combine_map(network output, original, L)`` with ``L`` the
    3D FSC's own resolution limit (:func:`spisonet.fsc3d.support_limit`: beyond it W holds
    no data), or, with ``correct_beyond_limit`` or W = 1, the network output at the
@@ -83,7 +80,6 @@ __all__ = [
     "PreparedMaps",
     "SamplingWeight",
     "TrainSummary",
-    "agreed_unmeasured_share",
     "check_inputs",
     "correct_anisotropy",
     "decide_filter_input",
@@ -417,33 +413,20 @@ def sampling_weight(
 AUTO_FILTER_SHARE = 0.005
 
 
-def agreed_unmeasured_share(inputs: CheckedInputs, weight: SamplingWeight) -> float | None:
-    """The share of the two halves' agreed power at shells 2 … n/4 lying where the
-    measured-power gate reads unmeasured (:func:`spisonet.weights.unmeasured_agreement`);
-    None with one map or without a gate. Real reconstructions hold some there (their
-    interpolation, ~1 %); a simulation that leaves the cone empty holds none."""
-    from ..weights import unmeasured_agreement
-
-    if weight.presence is None or len(inputs.halves) < 2:
-        return None
-    return unmeasured_agreement(inputs.halves[0], inputs.halves[1], weight.presence)
-
-
 def decide_filter_input(
-    inputs: CheckedInputs,
-    weight: SamplingWeight,
-    s: CorrectionSettings,
-    notes: list[str],
-    share: float | None = None,
+    inputs: CheckedInputs, weight: SamplingWeight, s: CorrectionSettings, notes: list[str]
 ) -> CorrectionSettings:
     """``s`` with ``filter_input`` decided (True/False) and the reason appended to ``notes``.
 
     Given on or off, it is kept. By default (None) the filter is on when two halves agree,
     by at least :data:`AUTO_FILTER_SHARE` of their agreed low-resolution power, on content
-    where the measured-power gate reads unmeasured (:func:`agreed_unmeasured_share`, computed
-    here unless given): content no view measured but both reconstructions hold, which a network
-    trained to fill empty regions would pass through. With one map or no gate it is off.
+    where the measured-power gate reads unmeasured (:func:`spisonet.weights.unmeasured_agreement`):
+    content no view measured but both reconstructions hold, which a network trained to fill
+    empty regions would pass through. With one map or no gate it is off.
     """
+    from ..weights import unmeasured_agreement
+
+    h1, h2 = inputs.halves[0], inputs.halves[1] if len(inputs.halves) > 1 else None
     if weight.presence is None:
         if s.filter_input:
             notes.append("--filter-input ignored: no measured-power gate")
@@ -452,10 +435,9 @@ def decide_filter_input(
         if s.filter_input:
             notes.append("network input: each half filtered by the measured-power gate")
         return s
-    if share is None:
-        share = agreed_unmeasured_share(inputs, weight)
-    if share is None:
+    if h2 is None:
         return replace(s, filter_input=False)
+    share = unmeasured_agreement(h1, h2, weight.presence)
     on = share >= AUTO_FILTER_SHARE
     notes.append(
         f"{100 * share:.2f} % of the halves' agreed low-resolution power lies where the gate "
@@ -821,11 +803,7 @@ def correct_anisotropy(
     ckpts = tuple(checkpoints) if checkpoints is not None else None
     maps = timed("prepare", prepare_maps, inputs, voxel_size, s, notes)
     weight = timed("fsc3d", sampling_weight, inputs, voxel_size, s, notes, progress)
-    # the share is read once: both automatic decisions hang on it
-    share = None
-    if s.filter_input is None or s.coarse_pass is None:
-        share = agreed_unmeasured_share(inputs, weight)
-    s = decide_filter_input(inputs, weight, s, notes, share)
+    s = decide_filter_input(inputs, weight, s, notes)
     if s.filter_input:
         maps = filter_network_input(maps, weight)
     nets = timed(
@@ -843,10 +821,7 @@ def correct_anisotropy(
     )
     s = nets.settings
     outputs = timed("predict", predict_maps, maps, nets, progress)
-    reconstructed = share is not None and share >= AUTO_FILTER_SHARE
-    coarse_on, why = coarse_applies(
-        s, len(outputs) == 2, pretrained is not None, reconstructed, outputs[0].shape[0]
-    )
+    coarse_on, why = coarse_applies(s, len(outputs) == 2, pretrained is not None)
     s = replace(s, coarse_pass=coarse_on)
     if why:
         notes.append(why)

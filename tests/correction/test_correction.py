@@ -762,22 +762,9 @@ def test_filter_input_by_default_follows_what_the_halves_agree_on_where_nothing_
     assert decide(full1, full2, None, filter_input=True)[0].filter_input is False
 
 
-def test_coarse_pass_by_default_stays_off_for_an_empty_cone_or_when_turned_off() -> None:
-    """Default (None): no coarse pass for a pair whose missing cone is empty (the
-    Fourier simulator's); given off it stays off with shared content there too (on by
-    default there: the end-to-end test below)."""
-    assert _tiny().coarse_pass is None
-    for level, kw in [(0.0, {}), (0.5, {"coarse_pass": False})]:
-        h1, h2, _ = _cone_pair(level)
-        run = correct_anisotropy(h1, h2, None, MASK, APIX, _tiny(**kw), trust=False)
-        assert run.settings.coarse_pass is False and "coarse" not in run.timings
-        assert not any(x.startswith("coarse pass") for x in run.notes)
-
-
 def test_filter_input_by_default_runs_end_to_end(monkeypatch) -> None:
-    """``correct_anisotropy`` with the default settings on a pair holding shared content in
-    its missing cone trains on the gate-filtered halves, runs the coarse pass and records
-    both decisions."""
+    """``correct_anisotropy`` with the default setting on a pair holding shared content in
+    its missing cone trains on the gate-filtered halves and records the decision."""
     import spisonet.correction.pipeline as pipeline
 
     seen = _record_first_argument(monkeypatch, pipeline, "train_networks")
@@ -787,10 +774,5 @@ def test_filter_input_by_default_runs_end_to_end(monkeypatch) -> None:
         pipeline.check_inputs(h1, h2, None, MASK, None, APIX, _tiny()), APIX, _tiny(), [], None
     ).presence
     assert out.settings.filter_input is True
-    # the same rule turned the coarse pass on: its networks trained second, on the box
-    # binned by 2 (spisonet.correction.coarse)
-    assert out.settings.coarse_pass is True and "coarse" in out.timings
-    assert any(x.startswith("coarse pass on: the halves agree") for x in out.notes)
-    assert len(seen) == 2 and seen[1].network_input[0].shape[0] == h1.shape[0] // 2
-    for h, got in zip((h1, h2), seen[0].network_input, strict=True):
+    for h, got in zip((h1, h2), seen[-1].network_input, strict=True):
         np.testing.assert_allclose(got, _filtered_by_definition(h, gate), atol=2e-5)

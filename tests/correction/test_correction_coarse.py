@@ -58,31 +58,18 @@ def test_blend_coarse_takes_the_low_shells_from_the_coarse_map() -> None:
     np.testing.assert_allclose(f[0][mid], (1 - w) * f[1][mid] + w * f[2][mid], atol=1e-3)
 
 
-def test_coarse_applies_when_asked_or_by_default_with_two_halves_and_training() -> None:
+def test_coarse_applies_only_when_asked_with_two_halves_and_training() -> None:
     cpu = preset_settings("cpu")
-    assert cpu.coarse_pass is None and coarse_applies(cpu, True, False) == (False, "")
-    on, why = coarse_applies(cpu, True, False, auto=True, box=64)
-    assert on and why.startswith("coarse pass on: the halves agree")
-    # by default only in boxes up to twice the training cube (32³ for cpu)
-    for box in (66, None):
-        on, why = coarse_applies(cpu, True, False, auto=True, box=box)
-        assert not on and "up to twice the training cube (64³)" in why
+    assert cpu.coarse_pass is False and coarse_applies(cpu, True, False) == (False, "")
     asked = preset_settings("cpu", coarse_pass=True)
     assert coarse_applies(asked, True, False) == (True, "")
-    off = preset_settings("cpu", coarse_pass=False)
-    assert coarse_applies(off, True, False, auto=True) == (False, "")
-    independent = {"coarse_pass": True, "independent": True}
-    for two, pre, kw, word in [
-        (False, False, {"coarse_pass": True}, "one map"),
-        (True, True, {"coarse_pass": True}, "pretrained"),
-        (True, False, independent, "independent"),
+    for two, pre, s, word in [
+        (False, False, asked, "one map"),
+        (True, True, asked, "pretrained"),
+        (True, False, preset_settings("cpu", coarse_pass=True, independent=True), "independent"),
     ]:
-        on, why = coarse_applies(preset_settings("cpu", **kw), two, pre)
+        on, why = coarse_applies(s, two, pre)
         assert not on and word in why and why.startswith("--coarse-pass ignored")
-        # by default the same cases leave it off without a word
-        kw = {**kw, "coarse_pass": None}
-        got = coarse_applies(preset_settings("cpu", **kw), two, pre, auto=True, box=48)
-        assert got == (False, "")
 
 
 def _shell_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
