@@ -172,3 +172,40 @@ def test_replay_scores_each_seed_and_their_ensemble(tmp_path, monkeypatch):
     assert bench_matrix_replay.main(["--maps", str(after), "--ensemble"]) == []
     for name in ("bench_matrix", "bench_matrix_replay", "matrix_cells"):
         sys.modules.pop(name, None)
+
+
+@pytest.mark.slow
+def test_bench_coarse_replays_the_packages_coarse_pass_on_saved_main_networks(
+    tmp_path, monkeypatch
+):
+    """``bench_coarse.py`` on maps saved with ``coarse_pass=false``: with the pass its halves
+    are those of the package's run with ``coarse_pass=true`` (same main network, same coarse
+    network), with ``--none`` those of the saved run; the saved run keeps its raw outputs."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_coarse
+    import bench_matrix
+
+    cell = bench_matrix.CI[0]
+    runs = {}
+    for flag in ("true", "false"):
+        bench_matrix.main([
+            "--cells", cell.name, "--preset", "tiny", "--out", str(tmp_path / f"o{flag}"),
+            "--train-seeds", "0", "--override", "network_only=true",
+            "--override", f"coarse_pass={flag}", "--save-maps", str(tmp_path / flag),
+        ])  # fmt: skip
+        with np.load(tmp_path / flag / "seed0" / f"{cell.name}.npz") as z:
+            runs[flag] = z["corrected_halves"], z["network_outputs"]
+    # the main network is the same with and without the pass; its raw outputs are kept
+    np.testing.assert_array_equal(runs["true"][1], runs["false"][1])
+    assert runs["false"][1].shape == runs["false"][0].shape
+    common = ["--cell", cell.name, "--preset", "tiny", "--maps", str(tmp_path / "false")]
+    bench_coarse.main([*common, "--out", str(tmp_path / "with")])
+    bench_coarse.main([*common, "--out", str(tmp_path / "none"), "--none"])
+    with np.load(tmp_path / "with" / "seed0" / f"{cell.name}.npz") as z:
+        np.testing.assert_allclose(z["corrected_halves"], runs["true"][0], atol=1e-6)
+    with np.load(tmp_path / "none" / "seed0" / f"{cell.name}.npz") as z:
+        np.testing.assert_allclose(z["corrected_halves"], runs["false"][0], atol=1e-6)
+        assert not np.allclose(z["corrected_halves"], runs["true"][0], atol=1e-4)
+    assert (tmp_path / "with" / "seed0" / f"{cell.name}.coarse.npy").exists()
+    for name in ("bench_matrix", "bench_coarse", "matrix_cells"):
+        sys.modules.pop(name, None)
