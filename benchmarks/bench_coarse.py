@@ -66,7 +66,7 @@ def replay_member(
     to train (0 when read back)."""
     from spisonet.correction import coarse as coarse_module
     from spisonet.correction import pipeline, preset_settings
-    from spisonet.correction.coarse import coarse_box, coarse_outputs
+    from spisonet.correction.coarse import coarse_box, coarse_outputs, coarse_weight
     from spisonet.fourier import fourier_blend
 
     cell = {c.name: c for c in CORE + HARD + CI}[cell_name]
@@ -95,16 +95,22 @@ def replay_member(
             coarse = list(np.load(cache))
         else:
             t0 = time.perf_counter()
+            package_box = coarse_module.coarse_box
             if grid is not None:
-                coarse_module.coarse_box = lambda n, s: grid
-            coarse = coarse_outputs(maps.network_input, weight.gated, s, apix, notes)
+                coarse_module.coarse_box = lambda _n, _s: grid
+            try:
+                coarse = coarse_outputs(maps.network_input, weight.gated, s, apix, notes)
+            finally:
+                coarse_module.coarse_box = package_box
             seconds = time.perf_counter() - t0
             out_dir.mkdir(parents=True, exist_ok=True)
             np.save(cache, np.stack(coarse).astype(np.float32))
         n = fine[0].shape[0]
-        c = grid if grid is not None else coarse_box(n, s)
-        w = ramp_weight(n, *(ramp or (c / 6 / n, c / 3 / n)))
-        outputs = [fourier_blend(f, c, w) for f, c in zip(fine, coarse, strict=True)]
+        if ramp is None:  # the package's hand-over for the grid used
+            w = coarse_weight(n, grid if grid is not None else coarse_box(n, s))
+        else:
+            w = ramp_weight(n, *ramp)
+        outputs = [fourier_blend(f, g, w) for f, g in zip(fine, coarse, strict=True)]
     corrected, _ = pipeline.restore_units(outputs, maps, checked.mask, apix, s, notes, weight)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
