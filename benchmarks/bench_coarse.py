@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/bench_coarse.py --cell NAME --maps DIR --out DIR2 \
         [--train-seeds 0,1,2] [--seed 0] [--inputs DIR] [--ramp LO,HI] \
-        [--override KEY=VALUE ...] [--none] [--preset cpu] [--grid C]
+        [--override KEY=VALUE ...] [--none] [--preset cpu] [--grid C] [--all-directions]
 
 ``DIR`` holds ``seed<s>/<cell>.npz`` written by ``bench_matrix.py --train-seeds … --override
 ensemble=1 --override network_only=true --override coarse_pass=false --save-maps DIR``: each
@@ -14,15 +14,18 @@ training seed s the cell's halves are prepared as :func:`correct_anisotropy` pre
 (``--preset``, default ``cpu``; seed s, one network, the ``--override`` settings, the automatic
 input filter decided as there), the coarse pass is trained
 (:func:`spisonet.correction.coarse.coarse_outputs`), blended into the saved main outputs with
-the hand-over ``LO … HI`` (shells, as fractions of n; default the package's 1/12, 1/6) and
-brought back to the input's units (``restore_units``), exactly the package's path with
-``--coarse-pass``. The result goes to ``DIR2/seed<s>/<cell>.npz`` for
-``bench_matrix_replay.py --maps DIR2 --ensemble`` (which applies the measured-data step and
-scores each member and their ensemble). The coarse outputs are kept beside it
-(``<cell>.coarse.npy``): a rerun with the same ``--override``s and another ``--ramp`` reads
-them instead of training. ``--none``: no coarse pass (the main network alone, the paired
-figure). ``--grid C``: the coarse grid's edge instead of the package's (``coarse_box``), the
-hand-over following it unless ``--ramp`` is given.
+the hand-over ``LO … HI`` (shells, as fractions of n; default the package's 1/12, 1/6) in the
+directions the halves call unmeasured (the package's
+:func:`~spisonet.correction.coarse.blend_coarse` with
+:func:`~spisonet.correction.pipeline.measured_weights`; ``--all-directions``: in every
+direction, the blend of sessions 26–27) and brought back to the input's units
+(``restore_units``), exactly the package's path with ``--coarse-pass``. The result goes to
+``DIR2/seed<s>/<cell>.npz`` for ``bench_matrix_replay.py --maps DIR2 --ensemble`` (which
+applies the measured-data step and scores each member and their ensemble). The coarse
+outputs are kept beside it (``<cell>.coarse.npy``): a rerun with the same ``--override``s
+and another ``--ramp`` reads them instead of training. ``--none``: no coarse pass (the
+main network alone, the paired figure). ``--grid C``: the coarse grid's edge instead of the
+package's (``coarse_box``), the hand-over following it unless ``--ramp`` is given.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def replay_member(
     ramp: tuple[float, float] | bool | None,
     preset: str = "cpu",
     grid: int | None = None,
+    all_directions: bool = False,
 ) -> float:
     """Write one member's corrected halves with the coarse pass (hand-over ``ramp``, None:
     the package's) or without it (``ramp`` False); returns the seconds the coarse pass took
@@ -110,6 +114,10 @@ def replay_member(
             w = coarse_weight(n, grid if grid is not None else coarse_box(n, s))
         else:
             w = ramp_weight(n, *ramp)
+        if not all_directions:  # as blend_coarse: only where the halves call unmeasured
+            halves, m = checked.halves, checked.mask
+            measured = pipeline.measured_weights(*halves, m, weight.fsc3d_volume)[2]
+            w = w * (1.0 - np.clip(measured, 0.0, 1.0))
         outputs = [fourier_blend(f, g, w) for f, g in zip(fine, coarse, strict=True)]
     corrected, _ = pipeline.restore_units(outputs, maps, checked.mask, apix, s, notes, weight)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--override", action="append", default=[])
     p.add_argument("--none", action="store_true", help="no coarse pass")
     p.add_argument("--grid", type=int, default=None, help="the coarse grid's edge")
+    p.add_argument("--all-directions", action="store_true", help="blend in every direction")
     args = p.parse_args(argv)
     ramp: tuple[float, float] | bool | None = False if args.none else None
     if args.ramp and not args.none:
@@ -156,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             ramp,
             args.preset,
             args.grid,
+            args.all_directions,
         )
         print(f"  seed {seed}: written to {out} (coarse training {t:.0f} s)", flush=True)
 

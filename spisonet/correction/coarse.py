@@ -10,15 +10,20 @@ shell n/4), trains one more network per ensemble member on that whole box as its
 training cube, with W cropped the same way (exact: the binned box is periodic as P_W
 assumes), predicts it, pads it back (:func:`spisonet.fourier.fourier_pad`) and hands the
 box's lowest shells over to it: its output below shell n/12, the main network's from
-shell n/6 on, linear between (:func:`coarse_weight`). Boxes larger than twice the training
-cube are binned further, to the cube's edge c (one coarse step costs no more than a main
-one), and the hand-over follows the grid: c/6 … c/3 of the box's shells.
+shell n/6 on, linear between (:func:`coarse_weight`), and only in the directions the data
+did not measure (:func:`blend_coarse`: the main network keeps the measured ones). Boxes
+larger than twice the training cube are binned further, to the cube's edge c (one coarse
+step costs no more than a main one), and the hand-over follows the grid: c/6 … c/3 of the
+box's shells.
 
 Opt-in (``--coarse-pass``): measured on the evaluation matrix with the same main networks
-with and without it (benchmarks/RESULTS.md, sessions 26–27) it removed the drop at the
-lowest global shells on both RELION-noise cells but lifted the worst-cone gain on only one
-draw of one cell, and cost the others (0.03 … 0.07), so no default can be drawn from it. It
-needs two halves and training (not a pretrained model, not ``independent`` networks).
+with and without it (benchmarks/RESULTS.md, sessions 26–28). Blended into every direction
+(sessions 26–27) it removed the drop at the lowest global shells on both RELION-noise cells
+but cost worst-cone gain; blended into the unmeasured directions only (session 28) it halved
+the mean worst drop over four RELION-noise ensembles at an unchanged mean gain (+0.100 →
++0.102, per ensemble −0.023 … +0.031), for 40–80 % more training time: no default can be
+drawn from that. It needs two halves and training (not a pretrained model, not
+``independent`` networks).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..errors import InvalidValueError
 from ..fourier import fourier_blend, fourier_crop, fourier_pad, frequency_radius
 from ..maps import zscore
 from ..progress import Progress
@@ -139,10 +145,27 @@ def _prefixed(progress: Progress | None) -> Progress | None:
 
 
 def blend_coarse(
-    fine: list[np.ndarray], coarse: list[np.ndarray], grid: int | None = None
+    fine: list[np.ndarray],
+    coarse: list[np.ndarray],
+    grid: int | None = None,
+    measured: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Each half's main-network output with its lowest shells taken from the coarse pass
-    made on a ``grid``³ grid (:func:`coarse_weight`; default n / 2)."""
+    made on a ``grid``³ grid (:func:`coarse_weight`; default n / 2).
+
+    ``measured``: (n, n, n) fftshift-ed weight in [0, 1] of the directions the data
+    measured (the measured-data step's, :func:`spisonet.correction.pipeline.measured_weights`);
+    the coarse output then stands only where they were not, with weight
+    ``coarse_weight · (1 − measured)``: the main network keeps the measured directions,
+    which the measured-data step judges afterwards, and the coarse one fills the missing
+    region's lowest shells from the whole box (on four RELION-noise ensembles it beat the
+    blend over all directions in gain on all four and in worst drop on three;
+    benchmarks/RESULTS.md, session 28). None: all directions."""
     n = fine[0].shape[0]
     w = coarse_weight(n, grid)
+    if measured is not None:
+        m = np.asarray(measured, dtype=np.float32)
+        if m.shape != (n, n, n):
+            raise InvalidValueError(f"measured weight {m.shape} does not match the box {n}³")
+        w = w * (1.0 - np.clip(m, 0.0, 1.0))
     return [fourier_blend(f, c, w) for f, c in zip(fine, coarse, strict=True)]

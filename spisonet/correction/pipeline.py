@@ -85,6 +85,7 @@ __all__ = [
     "decide_filter_input",
     "filter_network_input",
     "measured_data_step",
+    "measured_weights",
     "predict_maps",
     "prepare_maps",
     "restore_units",
@@ -836,7 +837,12 @@ def correct_anisotropy(
             notes,
             progress,
         )
-        outputs = blend_coarse(outputs, coarse, coarse_box(outputs[0].shape[0], s))
+        measured = None
+        if weight.fsc3d_volume is not None:
+            measured = measured_weights(
+                inputs.halves[0], inputs.halves[1], inputs.mask, weight.fsc3d_volume
+            )[2]
+        outputs = blend_coarse(outputs, coarse, coarse_box(outputs[0].shape[0], s), measured)
     trust_result = None
     if trust and weight.gated is not None:
         trust_result = timed("trust", _trust, maps, inputs, weight, nets, voxel_size, progress)
@@ -914,7 +920,6 @@ def measured_data_step(
     can tell where without a truth.
     """
     from ..maps import _falloff_sphere_per_shell
-    from ..weights import directional_weight, measured_weight
     from .measured import keep_measured_data
 
     h1, h2 = halves
@@ -932,9 +937,7 @@ def measured_data_step(
     # m's pattern along the same direction at mid shells (n/8 … n/4): the views sampled
     # the same directions at every resolution (same cell, informative rotations: 0.035 →
     # 0.020; the other 23 saved cells within 0.001)
-    presence = power_presence(h1, h2, mask, 0.1)
-    measured = measured_weight(fsc3d_volume, h1, h2, mask, presence=presence)
-    applied = np.maximum(measured, directional_weight(measured))
+    presence, measured, applied = measured_weights(h1, h2, mask, fsc3d_volume)
     if margin is not None and unmeasured_share(presence) < MISSING_SHARE_FOR_MARGIN:
         # the margin protects the network's fill of a missing region from the measured
         # content a mix brings back; with no missing region there is nothing to protect and
@@ -951,6 +954,26 @@ def measured_data_step(
         margin=margin,
         estimate_with=measured**2,
     )
+
+
+def measured_weights(
+    half1: np.ndarray, half2: np.ndarray, mask: np.ndarray | None, fsc3d_volume: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the two halves say Fourier space was measured: (presence, m, applied), each
+    (n, n, n) float32 fftshift-ed in [0, 1].
+
+    ``presence``: the masked measured-power gate (:func:`spisonet.weights.power_presence`,
+    threshold 0.1); ``m``: :func:`spisonet.weights.measured_weight` (the gated 3D FSC over
+    its shell's 95th percentile); ``applied``: the larger of m and its mid-resolution
+    directional pattern (:func:`spisonet.weights.directional_weight`). The measured-data
+    step judges with m² and mixes with ``applied``; the coarse pass stands where
+    ``applied`` is not.
+    """
+    from ..weights import directional_weight, measured_weight
+
+    presence = power_presence(half1, half2, mask, 0.1)
+    measured = measured_weight(fsc3d_volume, half1, half2, mask, presence=presence)
+    return presence, measured, np.maximum(measured, directional_weight(measured))
 
 
 def unmeasured_share(presence: np.ndarray) -> float:

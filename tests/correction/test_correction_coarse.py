@@ -13,6 +13,7 @@ from spisonet.correction.coarse import (
     coarse_box,
     coarse_weight,
 )
+from spisonet.errors import InvalidValueError
 
 
 def test_coarse_box_is_half_the_box_in_multiples_of_the_unet_step() -> None:
@@ -58,6 +59,35 @@ def test_blend_coarse_takes_the_low_shells_from_the_coarse_map() -> None:
     np.testing.assert_allclose(f[0][mid], (1 - w) * f[1][mid] + w * f[2][mid], atol=1e-3)
 
 
+def _centrosymmetric(a: np.ndarray) -> np.ndarray:
+    """a made even about the centre n//2 of an fftshift-ed grid: (a(k) + a(−k)) / 2."""
+    mirrored = a[::-1, ::-1, ::-1]
+    for axis in range(3):
+        mirrored = np.roll(mirrored, 1, axis=axis)
+    return 0.5 * (a + mirrored)
+
+
+def test_blend_coarse_stands_only_where_the_data_did_not_measure() -> None:
+    """With a measured weight m the coarse map's share is coarse_weight · (1 − m), by the
+    definition on the full complex FFT; m = 1 everywhere gives the fine map back and m = 0
+    the blend over every direction."""
+    n = 24
+    rng = np.random.default_rng(6)
+    fine, coarse = rng.normal(size=(2, n, n, n))
+    m = _centrosymmetric(rng.random((n, n, n))).astype(np.float32)
+    (out,) = blend_coarse([fine], [coarse], None, m)
+    w = coarse_weight(n).astype(np.float64) * (1.0 - m)
+    spec = [np.fft.fftshift(np.fft.fftn(v)) for v in (fine, coarse)]
+    want = np.fft.ifftn(np.fft.ifftshift((1 - w) * spec[0] + w * spec[1])).real
+    np.testing.assert_allclose(out, want, atol=1e-4)
+    (same,) = blend_coarse([fine], [coarse], None, np.ones((n, n, n)))
+    np.testing.assert_allclose(same, fine, atol=1e-4)
+    (everywhere,) = blend_coarse([fine], [coarse], None, np.zeros((n, n, n)))
+    np.testing.assert_allclose(everywhere, blend_coarse([fine], [coarse])[0], atol=1e-6)
+    with pytest.raises(InvalidValueError, match="does not match"):
+        blend_coarse([fine], [coarse], None, np.ones((n - 2,) * 3))
+
+
 def test_coarse_applies_only_when_asked_with_two_halves_and_training() -> None:
     cpu = preset_settings("cpu")
     assert cpu.coarse_pass is False and coarse_applies(cpu, True, False) == (False, "")
@@ -91,8 +121,10 @@ def test_the_coarse_pass_changes_only_the_low_shells_of_the_run(monkeypatch) -> 
     rng = np.random.default_rng(0)
     signal = blobs(n, 0) * 3
     h1, h2 = (signal + rng.standard_normal(signal.shape) + 5 for _ in range(2))
-    k = np.abs(np.arange(n) - n // 2)[:, None, None] * np.ones((1, n, n))
-    fsc = np.clip(1.0 - k / (n // 2), 0, 1).astype(np.float32)  # poor along z
+    k = np.indices((n,) * 3) - n // 2
+    radius = np.sqrt((k**2).sum(0))
+    cone = np.abs(k[0]) > np.cos(np.radians(40)) * radius  # unmeasured within 40° of z
+    fsc = np.where(cone, 0.0, 1.0).astype(np.float32)
     mask = soft_sphere_mask(n, n / 3)
     real_predict = pipeline.predict_maps
     seen = []
@@ -115,12 +147,21 @@ def test_the_coarse_pass_changes_only_the_low_shells_of_the_run(monkeypatch) -> 
     assert on.timings["coarse"] > 0 and "coarse" not in off.timings
     assert any(x.startswith("coarse pass: 1 network(s)") for x in on.notes)
     # beyond |k| = n/6 = 4 (shells 5 … : shell 4 holds 3.5 ≤ |k| < 4.5) the maps are the same
-    # network's (up to the output's overall scale); up to |k| = n/12 = 2 (shell 1 whole) they
-    # are the coarse output's: zero here
+    # network's (up to the output's overall scale); below, the coarse output (zero here) has
+    # the share coarse_weight · (1 − m), m where the halves call Fourier space measured:
+    # F(on) = scale · (1 − coarse_weight · (1 − m)) · F(off)
     assert np.all(_shell_correlation(on.corrected[0], off.corrected[0])[5:] > 0.9999)
-    power_on, power_off = _shell_power(on.corrected[0]), _shell_power(off.corrected[0])
-    assert power_on[1] < 1e-6 * power_off[1]
-    assert np.all(power_on[2:4] < 0.8 * power_off[2:4])  # the hand-over: partly coarse
+    measured = pipeline.measured_weights(h1, h2, mask, fsc)[2]
+    f_on, f_off = (np.fft.fftshift(np.fft.fftn(v[0].astype(np.float64))) for v in (
+        on.corrected, off.corrected))  # fmt: skip
+    r = np.sqrt(((np.indices((n,) * 3) - n // 2) ** 2).sum(0))
+    scale = np.median(np.abs(f_on[r > 5]) / np.abs(f_off[r > 5]))
+    low = (r > 0) & (r < 4.5)
+    keep = 1.0 - coarse_weight(n, 12) * (1.0 - measured)
+    np.testing.assert_allclose(f_on[low], scale * keep[low] * f_off[low], atol=1e-3 * scale
+                               * np.abs(f_off[low]).max())  # fmt: skip
+    inner = (r > 0) & (r <= 2)  # the coarse output stands in full where nothing was measured
+    assert keep[low].min() < 0.5 and keep[inner].max() > 0.8  # … and the main one where it was
 
 
 def _shell_power(a: np.ndarray) -> np.ndarray:
