@@ -54,6 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_matrix import CI, CORE, HARD
 from matrix_cells import cell_inputs, cell_mask, ground_truth
 
+#: Bands of directions (degrees from the cell's view axis) that ``--bands`` reads.
+BANDS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
+
 #: How many near-worst cones (each ≥ NEAR_CONES_SEPARATION° from the others) an ensemble is
 #: also scored over: the worst cone is the lowest of 300 noisy cone means, and at 48³ its
 #: lowest shells hold 2–12 voxels, so its gain alone can say more about the cone picked
@@ -74,9 +77,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--oracle-shells", default=None, help="LO-HI: put the data back there")
     p.add_argument("--ensemble", action="store_true", help="DIR/seed<s>/: score each seed's "
                    "maps and their average")  # fmt: skip
+    p.add_argument("--bands", action="store_true", help="with --ensemble: FSC per low shell "
+                   "and band of directions from the view axis")  # fmt: skip
     args = p.parse_args(argv)
+    if args.bands and not args.ensemble:
+        p.error("--bands needs --ensemble")
     if args.ensemble:
-        return ensemble_rows(args.maps, args.inputs, args.seed)
+        return ensemble_rows(args.maps, args.inputs, args.seed, args.bands)
     oracle = None
     if args.oracle_shells:
         lo, hi = (int(v) for v in args.oracle_shells.split("-"))
@@ -158,13 +165,17 @@ def _saved_halves(path: Path) -> list[np.ndarray] | None:
         return list(z["corrected_halves"])
 
 
-def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[dict]:
+def ensemble_rows(
+    maps: Path, inputs: Path | None, data_seed: int = 0, bands: bool = False
+) -> list[dict]:
     """Each seed's score and the seeds' ensemble score, per cell saved under ≥ 2 seeds.
 
     Returns one dict per cell: ``name``, ``missing_cone``, ``cell`` (its description),
     ``seeds``, ``per_seed`` [(gain, worst drop, its shell)], ``ensemble`` (the same for the
     seeds' mean), and ``gain``/``max_global_drop`` of the ensemble (so that
-    ``bench_matrix.summarise`` reads the rows as they are).
+    ``bench_matrix.summarise`` reads the rows as they are); with ``bands``, ``bands``:
+    {"shells": [...], "raw": (shells, bands), "per_seed": [...], "ensemble": ...} of
+    :func:`band_fsc`.
     """
     from bench_matrix import summarise
 
@@ -188,8 +199,8 @@ def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[d
                 runs[s] = halves
         if len(runs) < 2:
             continue
-        per_seed, ens, region, near, noise = _seeds_and_ensemble(
-            cell, list(runs.values()), inputs, data_seed
+        per_seed, ens, region, near, noise, band_table = _seeds_and_ensemble(
+            cell, list(runs.values()), inputs, data_seed, bands
         )
         rows.append({
             "name": name, "missing_cone": cell.has_missing_cone, "cell": cell.to_dict(),
@@ -212,6 +223,9 @@ def ensemble_rows(maps: Path, inputs: Path | None, data_seed: int = 0) -> list[d
             f"{near.min():+.3f} … {near.max():+.3f}",
             flush=True,
         )
+        if band_table is not None:
+            rows[-1]["bands"] = band_table
+            _print_bands(band_table, list(runs))
     if rows:
         single = [
             {
@@ -244,11 +258,14 @@ def unmeasured_fsc(truth, volume_map, mask, fsc3d_volume) -> float:
     return float(cone_mean(curve, n))
 
 
-def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None, data_seed: int):
+def _seeds_and_ensemble(
+    cell, runs: list[list[np.ndarray]], inputs: Path | None, data_seed: int, bands: bool = False
+):
     """((gain, worst drop, its shell) after the step for each run and for the runs' mean,
     (raw, each run's, the mean's) :func:`unmeasured_fsc`, the mean's gains over the
     :data:`NEAR_CONES` near-worst cones (the worst first), the worst cone's figure noise
-    (:func:`spisonet.correction.evaluate.cone_figure_noise`))."""
+    (:func:`spisonet.correction.evaluate.cone_figure_noise`), and with ``bands`` the
+    :func:`band_fsc` table (else None))."""
     from spisonet.correction.evaluate import (
         cone_figure_noise,
         cone_gains,
@@ -260,6 +277,13 @@ def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None,
     truth, mask, h1, h2, apix, volume, limit = _cell_data(cell, inputs, data_seed)
     raw = 0.5 * (h1 + h2)
     out, region = [], [unmeasured_fsc(truth, raw, mask, volume)]
+    n = raw.shape[0]
+    axis = (1.0, 0.0, 0.0) if cell.distribution == "side" else (0.0, 0.0, 1.0)
+    shells = list(range(2, n // 8 + 2))
+    table = None
+    if bands:
+        table = {"shells": shells, "axis": list(axis), "bands": [list(b) for b in BANDS]}
+        table.update(raw=band_fsc(raw, truth, mask, axis, shells).tolist(), per_seed=[])
     mean = [np.mean([halves[i] for halves in runs], axis=0) for i in range(2)]
     for halves in [*runs, mean]:
         blend = measured_data_step(halves, [h1, h2], mask, volume, apix, limit)
@@ -267,9 +291,65 @@ def _seeds_and_ensemble(cell, runs: list[list[np.ndarray]], inputs: Path | None,
         s = score_correction(truth, raw, corrected, mask)
         out.append((s.gain, s.max_global_drop, s.worst_drop_shell))
         region.append(unmeasured_fsc(truth, corrected, mask, volume))
+        if table is not None:
+            table["per_seed"].append(band_fsc(corrected, truth, mask, axis, shells).tolist())
+    if table is not None:
+        table["ensemble"] = table["per_seed"].pop()
     directions, _ = near_worst_cones(raw, truth, mask, NEAR_CONES, NEAR_CONES_SEPARATION)
     near = cone_gains(truth, raw, corrected, directions, mask)  # the last: the mean's
-    return out[:-1], out[-1], region, near, cone_figure_noise(raw.shape[0], directions[0])
+    noise = cone_figure_noise(raw.shape[0], directions[0])
+    return out[:-1], out[-1], region, near, noise, table
+
+
+def band_fsc(
+    volume_map: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray,
+    axis: tuple[float, float, float],
+    shells: list[int],
+    bands: tuple[tuple[float, float], ...] = BANDS,
+) -> np.ndarray:
+    """FSC between ``volume_map`` and the ``truth`` (both multiplied by ``mask``) over the
+    Fourier voxels of each shell (round(|k|)) whose direction lies ``lo`` ≤ θ < ``hi``
+    degrees from ``axis`` ((x, y, z); θ in [0, 90], a direction and its opposite alike;
+    90 is included in the last band ending at 90). Returns (len(shells), len(bands));
+    NaN where a band holds no voxel of the shell."""
+    from spisonet.fourier import frequency_axis
+
+    n = truth.shape[0]
+    u = np.asarray(axis, dtype=np.float64)
+    u = u / np.linalg.norm(u)
+    k = frequency_axis(n).astype(np.float64)
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    radius = np.sqrt(kx**2 + ky**2 + kz**2)
+    shell = np.rint(radius).astype(np.int64)
+    cos = np.abs(kx * u[0] + ky * u[1] + kz * u[2]) / np.where(radius > 0, radius, 1.0)
+    theta = np.degrees(np.arccos(np.clip(cos, 0.0, 1.0)))
+    fa = np.fft.fftshift(np.fft.fftn(np.asarray(volume_map, np.float64) * mask))
+    fb = np.fft.fftshift(np.fft.fftn(np.asarray(truth, np.float64) * mask))
+    out = np.full((len(shells), len(bands)), np.nan)
+    for i, s in enumerate(shells):
+        for j, (lo, hi) in enumerate(bands):
+            upper = theta <= hi if hi >= 90 else theta < hi
+            sel = (shell == s) & (theta >= lo) & upper
+            a, b = fa[sel], fb[sel]
+            den = np.sqrt(np.sum(np.abs(a) ** 2) * np.sum(np.abs(b) ** 2))
+            if sel.any() and den > 0:
+                out[i, j] = np.real(np.sum(a * np.conj(b))) / den
+    return out
+
+
+def _print_bands(table: dict, seeds: list[int]) -> None:
+    """One line per shell: the raw map's FSC per band, then each seed's and the ensemble's."""
+    names = ["raw", *(f"seed {s}" for s in seeds), "ensemble"]
+    grids = [table["raw"], *table["per_seed"], table["ensemble"]]
+    labels = " | ".join(f"{lo:g}–{hi:g}°" for lo, hi in table["bands"])
+    print(f"    FSC with the truth per band of directions from {table['axis']} ({labels}):")
+    for i, shell in enumerate(table["shells"]):
+        parts = []
+        for name, grid in zip(names, grids, strict=True):
+            parts.append(f"{name} " + " ".join(f"{v:+.2f}" for v in grid[i]))
+        print(f"      shell {shell}: " + "; ".join(parts))
 
 
 def _oracle_lines(truth, raw, networks, halves, mask, volume, shells) -> list[str]:

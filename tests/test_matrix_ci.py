@@ -84,6 +84,41 @@ def test_matrix_train_seeds_are_runs_of_their_own_and_summarised_per_cell(tmp_pa
     sys.modules.pop("bench_matrix", None)
 
 
+def test_band_fsc_by_its_definition(monkeypatch):
+    """``bench_matrix_replay.band_fsc`` against an explicit loop over every Fourier voxel
+    (shell round(|k|), angle from the axis), on random maps and a random axis; one band
+    0–90° is the global FSC."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_matrix_replay
+
+    from spisonet.fsc_shells import fsc_curve
+
+    n = 12
+    rng = np.random.default_rng(3)
+    a, t = rng.normal(size=(2, n, n, n))
+    mask = rng.random((n, n, n))
+    axis = (0.3, -0.5, 0.8)
+    shells = [2, 3, 4]
+    got = bench_matrix_replay.band_fsc(a, t, mask, axis, shells)
+    u = np.array(axis) / np.linalg.norm(axis)
+    fa, ft = np.fft.fftn(a * mask), np.fft.fftn(t * mask)
+    sums = np.zeros((len(shells), 3, 3))  # cross, |a|², |t|² per shell and band
+    for idx in np.ndindex(n, n, n):
+        kz, ky, kx = ((i + n // 2) % n - n // 2 for i in idx)
+        r = np.sqrt(kx * kx + ky * ky + kz * kz)
+        if round(r) not in shells:
+            continue
+        theta = np.degrees(np.arccos(min(1.0, abs(kx * u[0] + ky * u[1] + kz * u[2]) / r)))
+        band = 0 if theta < 30 else 1 if theta < 60 else 2
+        i = shells.index(round(r))
+        sums[i, band] += [np.real(fa[idx] * np.conj(ft[idx])), abs(fa[idx]) ** 2, abs(ft[idx]) ** 2]
+    want = sums[..., 0] / np.sqrt(sums[..., 1] * sums[..., 2])
+    np.testing.assert_allclose(got, want, atol=1e-10)
+    whole = bench_matrix_replay.band_fsc(a, t, mask, axis, shells, ((0.0, 90.0),))
+    np.testing.assert_allclose(whole[:, 0], fsc_curve(a, t, mask)[0][shells], atol=1e-5)
+    sys.modules.pop("bench_matrix_replay", None)
+
+
 @pytest.mark.slow
 def test_replay_scores_each_seed_and_their_ensemble(tmp_path, monkeypatch):
     """``bench_matrix_replay.py --ensemble``: per seed and for the seeds' mean, each after the
@@ -154,6 +189,12 @@ def test_replay_scores_each_seed_and_their_ensemble(tmp_path, monkeypatch):
     dirs, _ = near_worst_cones((h1 + h2) / 2, truth, mask, len(near), 15.0)
     want_near = cone_gains(truth, (h1 + h2) / 2, corrected, dirs, mask)
     np.testing.assert_allclose(near, want_near, atol=1e-6)
+    # --bands: the ensemble's FSC per low shell and band of directions from the view axis
+    (banded,) = bench_matrix_replay.main(["--maps", str(maps), "--ensemble", "--bands"])
+    table = banded["bands"]
+    assert table["shells"] == list(range(2, n // 8 + 2)) and len(table["per_seed"]) == 2
+    want_bands = bench_matrix_replay.band_fsc(corrected, truth, mask, (0, 0, 1), table["shells"])
+    np.testing.assert_allclose(table["ensemble"], want_bands, atol=1e-6)
     # the plain replay of one seed's maps: the step, its score and the same figure
     (one,) = bench_matrix_replay.main(["--maps", str(maps / "seed0")])
     step0 = measured_data_step(list(halves[0]), [h1, h2], mask, volume, apix, limit)
