@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -87,6 +88,7 @@ __all__ = [
     "measured_data_step",
     "measured_weights",
     "predict_maps",
+    "prediction_rotations",
     "prepare_maps",
     "restore_units",
     "sampling_weight",
@@ -626,9 +628,13 @@ def network_on_map(model: Any, s: CorrectionSettings, progress: Progress | None 
 
 
 def predict_maps(
-    maps: PreparedMaps, nets: TrainedNetworks, progress: Progress | None = None
+    maps: PreparedMaps,
+    nets: TrainedNetworks,
+    progress: Progress | None = None,
+    rotations: Sequence[int] = (0,),
 ) -> list[np.ndarray]:
-    """Each prepared half through its network (step 5); z-score units."""
+    """Each prepared half through its network (step 5); z-score units. ``rotations``: cube
+    rotations whose predictions are averaged (:func:`prediction_rotations`)."""
     s = nets.settings
     runs = len(maps.network_input) * s.ensemble
 
@@ -644,14 +650,24 @@ def predict_maps(
         members = nets.group(i if s.independent else 0)
         first = i * s.ensemble
         parts = (lambda k, first=first: part(first + k)) if progress else None
-        outs.append(ensemble_on_map(members, s, parts)(z))
+        outs.append(ensemble_on_map(members, s, parts, rotations)(z))
     return outs
 
 
-def ensemble_on_map(models: list[Any], s: CorrectionSettings, progress_of=None):
+def ensemble_on_map(
+    models: list[Any],
+    s: CorrectionSettings,
+    progress_of=None,
+    rotations: Sequence[int] = (0,),
+):
     """A function running every network of an ensemble on a whole (n, n, n) map and returning
     the mean of their outputs (float32, summed in float64); ``progress_of(k)``: member k's
-    progress callback."""
+    progress callback. With several ``rotations`` (cube rotation indices) each network also
+    runs on the map turned by each, its output turned back, and all are averaged."""
+    from .._cube import rotate_array
+    from ..nn.operators import inverse_rotation
+
+    rotations = tuple(int(r) for r in rotations) or (0,)
     runs = [
         network_on_map(m, s, None if progress_of is None else progress_of(k))
         for k, m in enumerate(models)
@@ -660,10 +676,26 @@ def ensemble_on_map(models: list[Any], s: CorrectionSettings, progress_of=None):
     def run(volume: np.ndarray) -> np.ndarray:
         total = np.zeros(np.shape(volume), dtype=np.float64)
         for one in runs:
-            total += one(volume)
-        return (total / len(runs)).astype(np.float32)
+            for r in rotations:
+                if r == 0:
+                    total += one(volume)
+                else:
+                    turned = one(rotate_array(np.asarray(volume), r))
+                    total += rotate_array(turned, inverse_rotation(r))
+        return (total / (len(runs) * len(rotations))).astype(np.float32)
 
     return run
+
+
+def prediction_rotations(weight: SamplingWeight, s: CorrectionSettings) -> tuple[int, ...]:
+    """The cube rotations whose predictions are averaged: the identity alone unless
+    ``predict_rotations`` is ``auto`` and W has a direction pattern
+    (:func:`spisonet.nn.symmetry_rotations` of the training W)."""
+    if s.predict_rotations == "off" or weight.gated is None:
+        return (0,)
+    from ..nn.operators import symmetry_rotations
+
+    return symmetry_rotations(weight.cube)
 
 
 def restore_units(
@@ -821,7 +853,13 @@ def correct_anisotropy(
         progress=progress,
     )
     s = nets.settings
-    outputs = timed("predict", predict_maps, maps, nets, progress)
+    rotations = prediction_rotations(weight, s)
+    if len(rotations) > 1:
+        notes.append(
+            f"prediction averaged over {len(rotations)} cube rotations that map W onto itself "
+            f"(--predict-rotations): {list(rotations)}"
+        )
+    outputs = timed("predict", predict_maps, maps, nets, progress, rotations)
     coarse_on, why = coarse_applies(s, len(outputs) == 2, pretrained is not None)
     s = replace(s, coarse_pass=coarse_on)
     if why:
@@ -845,7 +883,9 @@ def correct_anisotropy(
         outputs = blend_coarse(outputs, coarse, coarse_box(outputs[0].shape[0], s), measured)
     trust_result = None
     if trust and weight.gated is not None:
-        trust_result = timed("trust", _trust, maps, inputs, weight, nets, voxel_size, progress)
+        trust_result = timed(
+            "trust", _trust, maps, inputs, weight, nets, voxel_size, progress, rotations
+        )
         notes.append(f"trust check: {trust_result.message}")
     corrected, filtered = timed(
         "combine", restore_units, outputs, maps, inputs.mask, voxel_size, s, notes, weight
@@ -1034,6 +1074,7 @@ def _trust(
     nets: TrainedNetworks,
     voxel_size: float,
     progress: Progress | None,
+    rotations: Sequence[int] = (0,),
 ):
     """The trust check of the first network (or ensemble) at the map's box."""
     from .trust import trust_check
@@ -1043,6 +1084,7 @@ def _trust(
     w_full = weight.full_box(n, voxel_size, nets.settings, inputs.reference is not None)
     second = work[1] if len(work) > 1 else None
     # the check scores what the run's output is made of: the ensemble's mean
-    result = trust_check(work[0], second, w_full, ensemble_on_map(nets.group(0), nets.settings))
+    predict = ensemble_on_map(nets.group(0), nets.settings, rotations=rotations)
+    result = trust_check(work[0], second, w_full, predict)
     report(progress, "trust", 1, 1)
     return result

@@ -209,6 +209,17 @@ class CorrectionSettings:
         "(docs/method.md); needs two halves and training",
         cli=("--coarse-pass",),
     )
+    predict_rotations: str = setting(
+        "off",
+        "Average each network's prediction over the cube rotations that map the sampling "
+        "pattern W onto itself (turns about the axis of a missing cone: up to 8, those whose "
+        "W differs from the original by at most half of W's own spread, "
+        "spisonet.nn.symmetry_rotations): the network saw that same pattern in training, so "
+        "each turned copy is an equally valid prediction. Costs that many predictions "
+        "(training unchanged); the trust check uses the same average (off | auto)",
+        cli=("--predict-rotations",),
+        choices=("off", "auto"),
+    )
     compile: bool = setting(False, "Use torch.compile (opt-in; slow start)", cli=("--compile",))
     seed: int = setting(0, "Random seed", cli=("--seed",))
     device: str = setting(

@@ -17,9 +17,11 @@ from .operators import (
     prepare_sampling_weight,
     rotate,
     rotate_batch,
+    rotation_asymmetry,
     rotation_index,
     rotation_information,
     sampling_tensor,
+    symmetry_rotations,
 )
 from .predict import blend_ramp, predict_map
 from .unet import WIDTH_PRESETS, UNet3D
@@ -39,8 +41,10 @@ __all__ = [
     "prepare_sampling_weight",
     "rotate",
     "rotate_batch",
+    "rotation_asymmetry",
     "rotation_index",
     "rotation_information",
     "sample_cube_centres",
     "sampling_tensor",
+    "symmetry_rotations",
 ]

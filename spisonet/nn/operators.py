@@ -33,9 +33,11 @@ __all__ = [
     "prepare_sampling_weight",
     "rotate",
     "rotate_batch",
+    "rotation_asymmetry",
     "rotation_index",
     "rotation_information",
     "sampling_tensor",
+    "symmetry_rotations",
 ]
 
 
@@ -215,6 +217,55 @@ def rotation_information(weight: np.ndarray) -> np.ndarray:
     sphere = (radius > 0) & (radius <= d / 2)
     hidden = (1.0 - w)[sphere]
     return np.array([float((hidden * rotate_fourier(w, i)[sphere]).mean()) for i in range(24)])
+
+
+def rotation_asymmetry(weight: np.ndarray) -> np.ndarray:
+    """How far each cube rotation moves the sampling pattern W off itself.
+
+    For rotation ``R``: ``mean |W(R⁻¹k) − W(k)|`` over the cube's Fourier sphere
+    (``0 < |k| ≤ D/2``), divided by ``mean |W(k) − W̄|`` there (W̄ the sphere's mean W), so
+    0 means R maps W onto itself (the identity, or a turn about the axis of a missing
+    cone) and ≈ 1 or more means R moves unmeasured directions onto measured ones as much
+    as an unrelated pattern would. A W without contrast (all equal) gives 0 for every R.
+
+    ``weight``: (D, D, D) fftshift-ed W. Returns (24,) float64 ≥ 0, identity first.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    if w.ndim != 3 or len(set(w.shape)) != 1:
+        raise MapShapeError(f"W must be a cubic (D, D, D) array; found shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise NonFiniteMapError("W holds NaN or infinite values")
+    d = w.shape[0]
+    radius = frequency_radius(d)
+    sphere = (radius > 0) & (radius <= d / 2)
+    inside = w[sphere]
+    spread = float(np.abs(inside - inside.mean()).mean())
+    if spread <= 1e-12:
+        return np.zeros(24)
+    return np.array(
+        [float(np.abs(rotate_fourier(w, i)[sphere] - inside).mean()) / spread for i in range(24)]
+    )
+
+
+def symmetry_rotations(
+    weight: np.ndarray, tolerance: float = 0.5, limit: int = 8
+) -> tuple[int, ...]:
+    """The cube rotations that map W (nearly) onto itself: those whose
+    :func:`rotation_asymmetry` is at most ``tolerance``, at most ``limit`` of them (the
+    least asymmetric; ties by index), the identity always, first, the rest by index.
+
+    A network trained with this W sees the same sampling pattern in a map turned by such
+    a rotation, so its predictions of the turned copies are equally valid and can be
+    averaged (test-time augmentation, ``predict_rotations``).
+    """
+    if not tolerance >= 0:
+        raise InvalidValueError(f"tolerance must be ≥ 0; got {tolerance}")
+    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
+        raise InvalidValueError(f"limit must be a positive integer; got {limit!r}")
+    asym = rotation_asymmetry(weight)
+    near = [i for i in range(1, 24) if asym[i] <= tolerance]
+    near = sorted(sorted(near, key=lambda i: (asym[i], i))[: int(limit) - 1])
+    return (0, *near)
 
 
 def rotate(x: torch.Tensor, index: int) -> torch.Tensor:

@@ -52,6 +52,7 @@ VALUES = {
     "presence_unmasked": (None, True),
     "filter_input": (None, True),
     "coarse_pass": (None, True),
+    "predict_rotations": ("auto", "auto"),
     "seed": ("7", 7),
     "device": ("auto", "auto"),
 }

@@ -776,3 +776,63 @@ def test_filter_input_by_default_runs_end_to_end(monkeypatch) -> None:
     assert out.settings.filter_input is True
     for h, got in zip((h1, h2), seen[-1].network_input, strict=True):
         np.testing.assert_allclose(got, _filtered_by_definition(h, gate), atol=2e-5)
+
+
+def _slow_turn(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """out[R c] = x[c] for centred voxel coordinates c = idx − (D − 1)/2, voxel by voxel."""
+    d = x.shape[0]
+    out = np.empty_like(x)
+    for idx in np.ndindex(x.shape):
+        c2 = 2 * np.array(idx) - (d - 1)  # twice the centred coordinate: integers
+        dst = (matrix @ c2 + (d - 1)) // 2
+        out[tuple(dst)] = x[idx]
+    return out
+
+
+def test_prediction_over_rotations_is_the_mean_of_the_turned_back_predictions() -> None:
+    """``predict_rotations``: each rotation's prediction of the turned map, turned back,
+    averaged (a slow statement with its own rotation); the rotations chosen keep the axis
+    along which W is poor, and ``off`` predicts once."""
+    from spisonet.correction.pipeline import (
+        check_inputs,
+        ensemble_on_map,
+        network_on_map,
+        prediction_rotations,
+        sampling_weight,
+    )
+    from spisonet.nn import cube_rotations
+
+    halves = _pair()
+    maps, nets = _trained(_tiny(epochs=1), halves)
+    z = maps.network_input[0]
+    one = network_on_map(nets.models[0], nets.settings)
+    np.testing.assert_array_equal(ensemble_on_map(nets.models, nets.settings)(z), one(z))
+    chosen = (0, 5, 17)
+    got = ensemble_on_map(nets.models, nets.settings, rotations=chosen)(z)
+    mats = cube_rotations()
+    want = sum(
+        _slow_turn(one(_slow_turn(z, mats[r])).astype(np.float64), mats[r].T) for r in chosen
+    ) / len(chosen)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+    assert not np.allclose(got, one(z), atol=1e-3 * np.abs(want).max())
+
+    s = _tiny(predict_rotations="auto")
+    inputs = check_inputs(halves[0], halves[1], _fsc3d(), MASK, None, APIX, s)
+    weight = sampling_weight(inputs, APIX, s, [], None)
+    keeps_z = tuple(i for i, m in enumerate(mats) if abs(m[0, 0]) == 1)
+    assert prediction_rotations(weight, s) == keeps_z
+    assert prediction_rotations(weight, _tiny()) == (0,)
+
+
+def test_reconstruct_notes_the_prediction_rotations(tmp_path) -> None:
+    from spisonet.correction import correct_anisotropy
+
+    h1, h2 = _pair()
+    s = _tiny(epochs=1, predict_rotations="auto")
+    result = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, s)
+    notes = [n for n in result.notes if "cube rotations" in n]
+    assert len(notes) == 1 and "8 cube rotations" in notes[0]
+    assert result.settings.predict_rotations == "auto"
+    plain = correct_anisotropy(h1, h2, _fsc3d(), MASK, APIX, _tiny(epochs=1))
+    assert not any("cube rotations" in n for n in plain.notes)
+    assert not np.allclose(result.average, plain.average)

@@ -265,3 +265,70 @@ def test_rotation_information_matches_the_slow_statement():
     np.testing.assert_allclose(info, _slow_rotation_information(1.0 - cone), atol=1e-12)
     keeps_z = np.array([abs(m[0, 0]) == 1 for m in cube_rotations()])
     assert np.all(info[keeps_z] == 0.0) and np.all(info[~keeps_z] > 0.05)
+
+
+def _slow_rotation_asymmetry(w: np.ndarray) -> np.ndarray:
+    """mean |W(R⁻¹k) − W(k)| / mean |W(k) − W̄| over 0 < |k| ≤ D/2, one voxel at a time."""
+    from spisonet.nn import cube_rotations
+
+    d = w.shape[0]
+    c = d // 2
+    ks = []
+    for idx in np.ndindex(w.shape):
+        k = np.array(idx) - c
+        if 0 < np.sqrt((k**2).sum()) <= d / 2:
+            ks.append(k)
+    values = [w[tuple(k + c)] for k in ks]
+    mean = sum(values) / len(values)
+    spread = sum(abs(v - mean) for v in values) / len(values)
+    out = np.zeros(24)
+    for r, m in enumerate(cube_rotations()):
+        diff = [abs(w[tuple((m.T @ k + c) % d)] - w[tuple(k + c)]) for k in ks]
+        out[r] = sum(diff) / len(diff) / spread
+    return out
+
+
+def _cone_weight(d: int, axis: int, half_angle: float = 40.0) -> np.ndarray:
+    k = np.indices((d,) * 3) - d // 2
+    radius = np.sqrt((k**2).sum(0))
+    cone = np.abs(k[axis]) > np.cos(np.deg2rad(half_angle)) * radius
+    return 1.0 - cone.astype(float)
+
+
+def test_rotation_asymmetry_matches_the_slow_statement():
+    from spisonet.nn import rotation_asymmetry
+
+    rng = np.random.default_rng(1)
+    w = rng.random((6, 6, 6))
+    np.testing.assert_allclose(rotation_asymmetry(w), _slow_rotation_asymmetry(w), atol=1e-12)
+    cone = _cone_weight(10, 0)
+    asym = rotation_asymmetry(cone)
+    np.testing.assert_allclose(asym, _slow_rotation_asymmetry(cone), atol=1e-12)
+    assert asym[0] == 0.0
+    np.testing.assert_array_equal(rotation_asymmetry(np.full((6, 6, 6), 0.3)), np.zeros(24))
+    with pytest.raises(MapShapeError):
+        rotation_asymmetry(np.ones((4, 4, 5)))
+    with pytest.raises(NonFiniteMapError):
+        rotation_asymmetry(np.full((4, 4, 4), np.nan))
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_symmetry_rotations_are_the_turns_about_the_missing_cone(axis):
+    """A missing cone along z (axis 0) or x (axis 2): the 8 rotations keeping that axis
+    (up to sign) map W onto itself; every other moves the cone onto measured directions."""
+    from spisonet.nn import cube_rotations, symmetry_rotations
+
+    cone = _cone_weight(12, axis)
+    keeps = [i for i, m in enumerate(cube_rotations()) if abs(m[axis, axis]) == 1]
+    assert len(keeps) == 8
+    assert symmetry_rotations(cone) == tuple(keeps)
+    # a noisy W: the same set, as long as the noise is small next to the cone's contrast
+    noisy = np.clip(cone + 0.05 * np.random.default_rng(2).standard_normal(cone.shape), 0, 1)
+    assert symmetry_rotations(noisy) == tuple(keeps)
+    assert symmetry_rotations(cone, limit=3) == tuple(keeps[:3])
+    assert symmetry_rotations(cone, tolerance=0.0) == tuple(keeps)
+    assert symmetry_rotations(np.ones((6, 6, 6))) == tuple(range(8))  # no pattern: any 8
+    with pytest.raises(InvalidValueError):
+        symmetry_rotations(cone, limit=0)
+    with pytest.raises(InvalidValueError):
+        symmetry_rotations(cone, tolerance=-1.0)
