@@ -226,7 +226,9 @@ def cell_inputs(
             return z["half1"], z["half2"], float(z["voxel_size"])
     h1, h2, apix = simulate_cell(cell, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.npz")
+    # one temporary name per process: two jobs of one cell (several training seeds) may
+    # simulate the same inputs at once, and each renames its own file into place
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part.npz")
     np.savez_compressed(tmp, half1=h1, half2=h2, voxel_size=apix)
     tmp.replace(path)
     return h1, h2, apix
