@@ -129,10 +129,10 @@ def test_the_coarse_pass_changes_only_the_low_shells_of_the_run(monkeypatch) -> 
     real_predict = pipeline.predict_maps
     seen = []
 
-    def predict(maps, nets, progress=None):
+    def predict(maps, nets, progress=None, rotations=(0,)):
         # the coarse networks' outputs (the 12³ grid) are made zero, so that the run's low
         # shells show whose they are; the main network's pass through
-        out = real_predict(maps, nets, progress)
+        out = real_predict(maps, nets, progress, rotations)
         seen.append(out[0].shape[0])
         return [np.zeros_like(o) for o in out] if out[0].shape[0] < n else out
 
