@@ -109,6 +109,13 @@ class CorrectionSettings:
         unit="voxels",
         cli=("--consistency-border",),
     )
+    consistency_residual: bool = setting(
+        False,
+        "Consistency on the W-weighted residual P_W(f(x) − x) instead of P_W(f(x)) − x (off: "
+        "published). A half map keeps its amplitude where it was measured only partly (only "
+        "its noise grows), and the published form asks the network there for x/W",
+        cli=("--consistency-residual",),
+    )
     equivariance_rotations: str = setting(
         "informative",
         "Rotations of the equivariance term: informative (each of the 24 cube rotations drawn "

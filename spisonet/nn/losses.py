@@ -23,6 +23,14 @@ under L1 with g = 1 > beta the optimum is x1 itself, so the network never denois
 g = 0 the measured region is pure Noise2Noise (as IsoNet2 trains on even/odd tomograms).
 Without a pair L_c is the only data term and keeps weight 1 whatever ``self_weight`` is.
 
+``weighted_residual=True`` compares ``P_W(f(x1))`` with ``P_W(x)`` instead of ``x``:
+the residual is weighted by W rather than the prediction alone. The two agree where W is
+0 or 1; they differ where W lies between. A half map is not attenuated there (a
+normalised reconstruction divides by the sampling density, so the signal keeps its
+amplitude and only the noise grows), but ``W·f = x`` asks the network for ``x / W``, an
+amplitude raised by 1/W; ``W·(f − x) = 0`` asks for ``x`` and weighs the voxel by how well
+it was measured. Opt-in (docs/method.md).
+
 Gradients: like the public spIsoNet tool (its training step builds ``y`` from the
 network output without ``detach`` and also back-propagates through ``f(x2)``), the
 gradient flows through every occurrence of ``f``: through ``y`` as the network's input
@@ -58,6 +66,7 @@ def correction_loss(
     detach_targets: bool = False,
     self_weight: float = 1.0,
     border: int = 0,
+    weighted_residual: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total training loss of one (micro-)batch and its parts.
 
@@ -83,6 +92,9 @@ def correction_loss(
         without a pair. See the module docstring.
     border : int
         Voxels at each face left out of the consistency terms (0: none; 2·border < D).
+    weighted_residual : bool
+        Consistency terms on ``P_W(f(x1) - x)`` instead of ``P_W(f(x1)) - x`` (False:
+        published). See the module docstring.
 
     Returns
     -------
@@ -111,7 +123,13 @@ def correction_loss(
     f1 = model(x1)
     p1 = apply_sampling(f1, w_shifted)  # float32 (float64 for float64 input)
     real = p1.dtype  # losses are computed in this precision, also under autocast
-    loss_c = (p1 - x1.to(real))[inner].abs().mean()
+
+    def residual(x: torch.Tensor) -> torch.Tensor:
+        # P_W is linear: P_W(f1 - x) = p1 - P_W(x)
+        target = apply_sampling(x, w_shifted) if weighted_residual else x.to(real)
+        return (p1 - target)[inner].abs().mean()
+
+    loss_c = residual(x1)
     y = rotate_batch(f1.to(real), rotation_indices)
     y_target = y.detach() if detach_targets else y
     f_py = model(apply_sampling(y, w_shifted)).to(real)
@@ -120,7 +138,7 @@ def correction_loss(
     parts = {"consistency": loss_c.detach(), "equivariance": loss_e.detach()}
     if use_n2n:
         assert x2 is not None
-        loss_c2 = (p1 - x2.to(real))[inner].abs().mean()
+        loss_c2 = residual(x2)
         if detach_targets:
             with torch.no_grad():  # a fixed target: no graph, less memory
                 f2r = rotate_batch(model(x2).to(real), rotation_indices)

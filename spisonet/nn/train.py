@@ -89,6 +89,7 @@ _RESUME_KEYS = (
     "beta",
     "self_weight",
     "consistency_border",
+    "consistency_residual",
     "schedule",
     "seed",
 )
@@ -111,6 +112,8 @@ class TrainSettings:
         Noise2Noise pair is used (1: published; 0: pure Noise2Noise in the measured region).
     consistency_border : voxels at each face of a cube left out of the consistency terms
         (0: published; see :func:`~spisonet.nn.losses.correction_loss`).
+    consistency_residual : consistency on the W-weighted residual ``P_W(f(x) − x)``
+        (False: published ``P_W(f(x)) − x``; see :func:`~spisonet.nn.losses.correction_loss`).
     schedule : ``"constant"`` (published) or ``"onecycle"``.
     amp : ``"auto"`` (bf16 on CUDA when supported, else float32), ``"bf16"`` or ``"off"``.
     compile : wrap the network in ``torch.compile`` (opt-in; slow first steps).
@@ -129,6 +132,7 @@ class TrainSettings:
     beta: float = 0.5
     self_weight: float = 1.0
     consistency_border: int = 0
+    consistency_residual: bool = False
     schedule: str = "constant"
     amp: str = "auto"
     compile: bool = False
@@ -508,6 +512,7 @@ def train_network(
                             beta=settings.beta,
                             self_weight=settings.self_weight,
                             border=settings.consistency_border,
+                            weighted_residual=settings.consistency_residual,
                         )
                     (loss * share).backward()
                 for name, value in parts.items():

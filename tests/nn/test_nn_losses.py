@@ -45,11 +45,14 @@ def rot(v: np.ndarray, indices: list[int]) -> np.ndarray:
     return out
 
 
-def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g=1.0, border=0):
+def hand_loss(
+    a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g=1.0, border=0, weighted=False
+):
     """The four terms and the total of ALGORITHM.md §3 for f(x) = a·x + b.
 
     ``g``: the weight of L_c when the Noise2Noise terms are present (1 elsewhere).
     ``border``: voxels at each face left out of the consistency means (by explicit loops).
+    ``weighted``: the consistency terms on P_W(f(x1) − x) instead of P_W(f(x1)) − x.
 
     ``a_target``/``b_target``: the parameters used inside the targets y and R(f(x2))
     (equal to a, b unless the targets are held fixed).
@@ -71,7 +74,12 @@ def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g
         ]
         return np.mean(np.abs(kept))
 
-    lc = interior_mean(p_w(f(x1, a, b), w) - x1)
+    def consistency(x):
+        if weighted:
+            return interior_mean(p_w(f(x1, a, b) - x, w))
+        return interior_mean(p_w(f(x1, a, b), w) - x)
+
+    lc = consistency(x1)
     y_in = rot(f(x1, a, b), idx)
     y_tg = rot(f(x1, at, bt), idx)
     fpy = f(p_w(y_in, w), a, b)
@@ -80,7 +88,7 @@ def hand_loss(a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g
     with_pair = x2 is not None and beta > 0
     total = alpha * le + (g if with_pair else 1.0) * lc
     if with_pair:
-        lc2 = interior_mean(p_w(f(x1, a, b), w) - x2)
+        lc2 = consistency(x2)
         le2 = np.mean(np.abs(fpy - rot(f(x2, at, bt), idx)))
         total += beta * (alpha * le2 + lc2)
         parts |= {"consistency2": lc2, "equivariance2": le2}
@@ -252,6 +260,45 @@ def test_consistency_border_leaves_the_faces_out_of_the_consistency_terms(batch,
     _, whole = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx)
     assert float(whole["consistency"]) != pytest.approx(float(parts["consistency"]), rel=1e-6)
     assert float(whole["equivariance"]) == pytest.approx(float(parts["equivariance"]), rel=1e-12)
+
+
+@pytest.mark.parametrize("border", [0, 1])
+def test_weighted_residual_puts_w_on_the_residual(batch, border) -> None:
+    x1, x2, w, idx = batch
+    ws = sampling_tensor(w, dtype=torch.float64)
+    t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
+    total, parts = correction_loss(
+        Affine(0.8, 0.1), t1, t2, ws, idx, border=border, weighted_residual=True
+    )
+    exp_total, exp_parts = hand_loss(
+        0.8, 0.1, x1, x2, w, idx, 1.0, 0.5, border=border, weighted=True
+    )
+    for k, v in exp_parts.items():
+        assert float(parts[k]) == pytest.approx(v, rel=1e-10), k
+    assert float(total.detach()) == pytest.approx(exp_total, rel=1e-10)
+    _, published = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx, border=border)
+    assert float(published["consistency"]) != pytest.approx(float(parts["consistency"]), rel=1e-6)
+    assert float(published["equivariance"]) == pytest.approx(float(parts["equivariance"]))
+
+
+def test_weighted_residual_does_not_ask_for_x_over_w(batch) -> None:
+    # W = 0.5 everywhere (partly measured): the published consistency is 0 for f(x) = x / W,
+    # the weighted residual for f(x) = x, the half map as it is
+    x1, _, _, idx = batch
+    t1 = torch.from_numpy(x1)
+    ws = sampling_tensor(np.full((D, D, D), 0.5), dtype=torch.float64)
+
+    def consistency(a, weighted):
+        return float(
+            correction_loss(Affine(a, 0.0), t1, None, ws, idx, weighted_residual=weighted)[1][
+                "consistency"
+            ]
+        )
+
+    assert consistency(2.0, False) == pytest.approx(0.0, abs=1e-12)
+    assert consistency(1.0, False) > 0.1
+    assert consistency(1.0, True) == pytest.approx(0.0, abs=1e-12)
+    assert consistency(2.0, True) > 0.1
 
 
 def test_loss_errors(batch) -> None:
