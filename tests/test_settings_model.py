@@ -119,7 +119,7 @@ def test_train_settings_take_every_shared_field_by_name():
         "beta": 0.75,
         "self_weight": 0.5,
         "consistency_border": 3,
-        "consistency_residual": True,
+        "consistency_residual": "low",
         "schedule": "onecycle",
         "amp": "off",
         "compile": True,

@@ -109,12 +109,15 @@ class CorrectionSettings:
         unit="voxels",
         cli=("--consistency-border",),
     )
-    consistency_residual: bool = setting(
-        False,
-        "Consistency on the W-weighted residual P_W(f(x) − x) instead of P_W(f(x)) − x (off: "
-        "published). A half map keeps its amplitude where it was measured only partly (only "
-        "its noise grows), and the published form asks the network there for x/W",
+    consistency_residual: str = setting(
+        "off",
+        "Where the consistency is taken on the W-weighted residual P_W(f(x) − x) instead of "
+        "P_W(f(x)) − x: off (published), low (the training cube's lowest frequencies, up to "
+        "1/8 cycle per voxel) or all. A half map keeps its amplitude where it was "
+        "measured only partly (only its noise grows), and the published form asks the "
+        "network there for x/W",
         cli=("--consistency-residual",),
+        choices=("off", "low", "all"),
     )
     equivariance_rotations: str = setting(
         "informative",

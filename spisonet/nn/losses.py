@@ -23,7 +23,9 @@ under L1 with g = 1 > beta the optimum is x1 itself, so the network never denois
 g = 0 the measured region is pure Noise2Noise (as IsoNet2 trains on even/odd tomograms).
 Without a pair L_c is the only data term and keeps weight 1 whatever ``self_weight`` is.
 
-``weighted_residual=True`` compares ``P_W(f(x1))`` with ``P_W(x)`` instead of ``x``:
+``weighted_residual=True`` compares ``P_W(f(x1))`` with ``P_W(x)`` instead of ``x``
+(with ``residual_max_freq``, only up to that frequency: ``P_W'(x)`` with W' = W there
+and 1 above):
 the residual is weighted by W rather than the prediction alone. The two agree where W is
 0 or 1; they differ where W lies between. A half map is not attenuated there (a
 normalised reconstruction divides by the sampling density, so the signal keeps its
@@ -52,7 +54,14 @@ from .._checks import check_nonnegative_int
 from ..errors import InvalidValueError, MapMismatchError, MapShapeError
 from .operators import apply_sampling, rotate_batch
 
-__all__ = ["correction_loss"]
+__all__ = ["LOW_RESIDUAL_MAX_FREQ", "correction_loss"]
+
+#: The frequency (cycles per voxel of the training cube) up to which the ``"low"`` setting
+#: of ``consistency_residual`` takes the consistency on the W-weighted residual: the cube's
+#: lowest shells, where the 3D FSC resampled to the cube is partial in every direction and
+#: the published form's x/W demand showed as a global FSC drop (benchmarks/RESULTS.md,
+#: session 32).
+LOW_RESIDUAL_MAX_FREQ = 0.125
 
 
 def correction_loss(
@@ -67,6 +76,7 @@ def correction_loss(
     self_weight: float = 1.0,
     border: int = 0,
     weighted_residual: bool = False,
+    residual_max_freq: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total training loss of one (micro-)batch and its parts.
 
@@ -95,6 +105,10 @@ def correction_loss(
     weighted_residual : bool
         Consistency terms on ``P_W(f(x1) - x)`` instead of ``P_W(f(x1)) - x`` (False:
         published). See the module docstring.
+    residual_max_freq : float or None
+        With ``weighted_residual``: use the weighted form only at frequencies
+        ``|k| ≤ residual_max_freq`` (cycles per voxel of the cube) and the published form
+        above (None: at every frequency).
 
     Returns
     -------
@@ -124,9 +138,19 @@ def correction_loss(
     p1 = apply_sampling(f1, w_shifted)  # float32 (float64 for float64 input)
     real = p1.dtype  # losses are computed in this precision, also under autocast
 
+    w_target = None
+    if weighted_residual:
+        # the target is P_W'(x): W' = W where the weighted form applies, 1 elsewhere
+        w_target = w_shifted
+        if residual_max_freq is not None:
+            k = torch.fft.fftfreq(d, device=w_shifted.device, dtype=torch.float64)
+            k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
+            low = torch.sqrt(k2) <= residual_max_freq
+            w_target = torch.where(low, w_shifted, torch.ones_like(w_shifted))
+
     def residual(x: torch.Tensor) -> torch.Tensor:
         # P_W is linear: P_W(f1 - x) = p1 - P_W(x)
-        target = apply_sampling(x, w_shifted) if weighted_residual else x.to(real)
+        target = apply_sampling(x, w_target) if w_target is not None else x.to(real)
         return (p1 - target)[inner].abs().mean()
 
     loss_c = residual(x1)

@@ -58,7 +58,7 @@ from .distributed import (
     world_slice,
     wrap_model,
 )
-from .losses import correction_loss
+from .losses import LOW_RESIDUAL_MAX_FREQ, correction_loss
 from .operators import sampling_tensor
 from .unet import WIDTH_PRESETS, UNet3D
 
@@ -77,6 +77,9 @@ __all__ = [
     "set_cpu_threads",
     "train_network",
 ]
+
+#: Where the consistency may be taken on the W-weighted residual (TrainSettings).
+RESIDUAL_CHOICES = ("off", "low", "all")
 
 #: Settings that must agree between a checkpoint and the run that resumes it.
 _RESUME_KEYS = (
@@ -112,8 +115,11 @@ class TrainSettings:
         Noise2Noise pair is used (1: published; 0: pure Noise2Noise in the measured region).
     consistency_border : voxels at each face of a cube left out of the consistency terms
         (0: published; see :func:`~spisonet.nn.losses.correction_loss`).
-    consistency_residual : consistency on the W-weighted residual ``P_W(f(x) − x)``
-        (False: published ``P_W(f(x)) − x``; see :func:`~spisonet.nn.losses.correction_loss`).
+    consistency_residual : where the consistency is taken on the W-weighted residual
+        ``P_W(f(x) − x)``: ``"off"`` (published ``P_W(f(x)) − x``), ``"low"`` (at
+        ``|k| ≤`` :data:`~spisonet.nn.losses.LOW_RESIDUAL_MAX_FREQ` of the cube) or ``"all"``;
+        see :func:`~spisonet.nn.losses.correction_loss`. The booleans of older checkpoints
+        read as ``"all"`` (True) and ``"off"`` (False).
     schedule : ``"constant"`` (published) or ``"onecycle"``.
     amp : ``"auto"`` (bf16 on CUDA when supported, else float32), ``"bf16"`` or ``"off"``.
     compile : wrap the network in ``torch.compile`` (opt-in; slow first steps).
@@ -132,7 +138,7 @@ class TrainSettings:
     beta: float = 0.5
     self_weight: float = 1.0
     consistency_border: int = 0
-    consistency_residual: bool = False
+    consistency_residual: str = "off"
     schedule: str = "constant"
     amp: str = "auto"
     compile: bool = False
@@ -163,6 +169,14 @@ class TrainSettings:
         if self.schedule not in ("constant", "onecycle"):
             raise InvalidValueError(
                 f"schedule must be 'constant' or 'onecycle'; got {self.schedule!r}"
+            )
+        residual = self.consistency_residual
+        if isinstance(residual, bool):  # checkpoints of 2026-12-04 stored a boolean
+            object.__setattr__(self, "consistency_residual", "all" if residual else "off")
+        elif residual not in RESIDUAL_CHOICES:
+            raise InvalidValueError(
+                f"consistency_residual must be one of {', '.join(RESIDUAL_CHOICES)}; "
+                f"got {residual!r}"
             )
         border = check_nonnegative_int(self.consistency_border, "consistency_border")
         object.__setattr__(self, "consistency_border", border)
@@ -346,6 +360,8 @@ def build_model(widths: tuple[int, ...], seed: int = 0) -> UNet3D:
 
 def _check_resumable(saved: dict[str, Any], settings: TrainSettings, path: Path) -> None:
     mine = settings.to_dict()
+    if isinstance(saved.get("consistency_residual"), bool):  # checkpoints of 2026-12-04
+        saved = {**saved, "consistency_residual": "all" if saved["consistency_residual"] else "off"}
     diff = [k for k in _RESUME_KEYS if k in saved and _norm(saved[k]) != _norm(mine[k])]
     if settings.schedule == "onecycle" and saved.get("epochs") != settings.epochs:
         diff.append("epochs")
@@ -512,7 +528,12 @@ def train_network(
                             beta=settings.beta,
                             self_weight=settings.self_weight,
                             border=settings.consistency_border,
-                            weighted_residual=settings.consistency_residual,
+                            weighted_residual=settings.consistency_residual != "off",
+                            residual_max_freq=(
+                                LOW_RESIDUAL_MAX_FREQ
+                                if settings.consistency_residual == "low"
+                                else None
+                            ),
                         )
                     (loss * share).backward()
                 for name, value in parts.items():

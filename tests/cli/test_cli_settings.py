@@ -37,7 +37,7 @@ VALUES = {
     "beta": ("0.3", 0.3),
     "self_weight": ("0.25", 0.25),
     "consistency_border": ("2", 2),
-    "consistency_residual": (None, True),
+    "consistency_residual": ("low", "low"),
     "equivariance_rotations": ("uniform", "uniform"),
     "schedule": ("onecycle", "onecycle"),
     "amp": ("auto", "auto"),

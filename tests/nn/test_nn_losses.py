@@ -46,13 +46,27 @@ def rot(v: np.ndarray, indices: list[int]) -> np.ndarray:
 
 
 def hand_loss(
-    a, b, x1, x2, w, idx, alpha, beta, a_target=None, b_target=None, g=1.0, border=0, weighted=False
+    a,
+    b,
+    x1,
+    x2,
+    w,
+    idx,
+    alpha,
+    beta,
+    a_target=None,
+    b_target=None,
+    g=1.0,
+    border=0,
+    weighted=False,
+    max_freq=None,
 ):
     """The four terms and the total of ALGORITHM.md §3 for f(x) = a·x + b.
 
     ``g``: the weight of L_c when the Noise2Noise terms are present (1 elsewhere).
     ``border``: voxels at each face left out of the consistency means (by explicit loops).
-    ``weighted``: the consistency terms on P_W(f(x1) − x) instead of P_W(f(x1)) − x.
+    ``weighted``: the consistency terms on P_W(f(x1) − x) instead of P_W(f(x1)) − x;
+    with ``max_freq``, only at |k| ≤ max_freq cycles/voxel (the published form above).
 
     ``a_target``/``b_target``: the parameters used inside the targets y and R(f(x2))
     (equal to a, b unless the targets are held fixed).
@@ -75,6 +89,19 @@ def hand_loss(
         return np.mean(np.abs(kept))
 
     def consistency(x):
+        if weighted and max_freq is not None:
+            # split x by frequency voxel by voxel: the low part on the weighted residual
+            spec = np.fft.fftshift(np.fft.fftn(x, axes=(-3, -2, -1)), axes=(-3, -2, -1))
+            low = np.zeros((D, D, D))
+            for i in range(D):
+                for j in range(D):
+                    for k in range(D):
+                        freq = np.sqrt((i - D // 2) ** 2 + (j - D // 2) ** 2 + (k - D // 2) ** 2)
+                        low[i, j, k] = freq / D <= max_freq
+            x_low = np.real(
+                np.fft.ifftn(np.fft.ifftshift(spec * low, axes=(-3, -2, -1)), axes=(-3, -2, -1))
+            )
+            return interior_mean(p_w(f(x1, a, b) - x_low, w) - (x - x_low))
         if weighted:
             return interior_mean(p_w(f(x1, a, b) - x, w))
         return interior_mean(p_w(f(x1, a, b), w) - x)
@@ -316,3 +343,50 @@ def test_loss_errors(batch) -> None:
     for bad in (3, -1, 1.5, True):  # 2·3 = D leaves no interior
         with pytest.raises(InvalidValueError, match="border must be an integer"):
             correction_loss(model, t1, t2, ws, idx, border=bad)
+
+
+@pytest.mark.parametrize("max_freq", [0.2, 0.35])
+def test_weighted_residual_below_a_frequency(batch, max_freq) -> None:
+    # the weighted form on the low frequencies of x, the published one on the rest
+    x1, x2, w, idx = batch
+    ws = sampling_tensor(w, dtype=torch.float64)
+    t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
+    total, parts = correction_loss(
+        Affine(0.8, 0.1), t1, t2, ws, idx, weighted_residual=True, residual_max_freq=max_freq
+    )
+    exp_total, exp_parts = hand_loss(
+        0.8, 0.1, x1, x2, w, idx, 1.0, 0.5, weighted=True, max_freq=max_freq
+    )
+    for k, v in exp_parts.items():
+        assert float(parts[k]) == pytest.approx(v, rel=1e-10), k
+    assert float(total.detach()) == pytest.approx(exp_total, rel=1e-10)
+    # it lies strictly between the two whole forms' values on this batch
+    forms = [
+        float(
+            correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx, weighted_residual=wr)[1][
+                "consistency"
+            ]
+        )
+        for wr in (False, True)
+    ]
+    assert float(parts["consistency"]) not in (pytest.approx(forms[0]), pytest.approx(forms[1]))
+
+
+def test_weighted_residual_frequency_limits(batch) -> None:
+    # below the lowest frequency only k = 0 is weighted; above the corner, every frequency
+    x1, x2, w, idx = batch
+    ws = sampling_tensor(w, dtype=torch.float64)
+    t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
+
+    def parts(**kw):
+        return correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx, **kw)[1]
+
+    whole = parts(weighted_residual=True)
+    above = parts(weighted_residual=True, residual_max_freq=0.9)
+    assert float(above["consistency"]) == pytest.approx(float(whole["consistency"]), rel=1e-12)
+    dc_only = parts(weighted_residual=True, residual_max_freq=0.0)
+    exp = hand_loss(0.8, 0.1, x1, x2, w, idx, 1.0, 0.5, weighted=True, max_freq=0.0)[1]
+    assert float(dc_only["consistency"]) == pytest.approx(exp["consistency"], rel=1e-10)
+    # without weighted_residual the limit changes nothing
+    plain = parts(residual_max_freq=0.2)
+    assert float(plain["consistency"]) == pytest.approx(float(parts()["consistency"]), rel=1e-12)

@@ -294,3 +294,29 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def test_consistency_residual_setting_values() -> None:
+    assert TrainSettings(consistency_residual="low").consistency_residual == "low"
+    # the booleans stored by checkpoints of the on/off option
+    assert TrainSettings(consistency_residual=True).consistency_residual == "all"
+    assert TrainSettings(consistency_residual=False).consistency_residual == "off"
+    with pytest.raises(InvalidValueError, match="consistency_residual must be one of off, low"):
+        TrainSettings(consistency_residual="some")
+
+
+def test_resume_reads_a_boolean_consistency_residual(tmp_path) -> None:
+    # a checkpoint that stored consistency_residual=False resumes under "off", not under "low"
+    s = TrainSettings(**{**TINY, "epochs": 1})
+    ck = tmp_path / "m.pt"
+    train_network(_pairs(n=2), _weight(), s, checkpoint=ck)
+    saved = torch.load(ck, weights_only=True)
+    saved["settings"]["consistency_residual"] = False
+    torch.save(saved, ck)
+    more = TrainSettings(**{**TINY, "epochs": 2})
+    train_network(_pairs(n=2), _weight(), more, checkpoint=ck, resume=True)
+    low = TrainSettings(**{**TINY, "epochs": 3, "consistency_residual": "low"})
+    with pytest.raises(
+        ModelFileError, match=r"consistency_residual: checkpoint 'off' vs now 'low'"
+    ):
+        train_network(_pairs(n=2), _weight(), low, checkpoint=ck, resume=True)
