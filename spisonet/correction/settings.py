@@ -306,6 +306,10 @@ class CorrectionSettings:
 #: evaluation matrix within 0.02 (docs/method.md, benchmarks/RESULTS.md session 17). Three
 #: networks of 4 epochs each (same time as one) lost 0.14 of the base cell's gain. Every
 #: preset gates W by measured power (:func:`power_presence`, threshold 0.1); 0 turns it off.
+#: The ``cpu`` preset takes the consistency on the W-weighted residual at the training cube's
+#: lowest frequencies (``consistency_residual="low"``): it removed the RELION CFTR cell's
+#: global drop at 48³ and kept the cones at 48³ and 64³ (RESULTS.md session 32); the ``gpu``
+#: preset keeps the published form until it is measured on a GPU.
 #: ``tiny``: seconds, to check an installation (and for the tests).
 PRESETS: dict[str, CorrectionSettings] = {
     "gpu": CorrectionSettings(preset="gpu"),
@@ -324,6 +328,7 @@ PRESETS: dict[str, CorrectionSettings] = {
         amp="auto",  # bf16 only where the CPU has it natively (emulated bf16 is 39× slower)
         device="auto",
         ensemble=3,
+        consistency_residual="low",
     ),
     "tiny": CorrectionSettings(
         preset="tiny",

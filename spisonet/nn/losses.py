@@ -31,7 +31,7 @@ the residual is weighted by W rather than the prediction alone. The two agree wh
 normalised reconstruction divides by the sampling density, so the signal keeps its
 amplitude and only the noise grows), but ``W·f = x`` asks the network for ``x / W``, an
 amplitude raised by 1/W; ``W·(f − x) = 0`` asks for ``x`` and weighs the voxel by how well
-it was measured. Opt-in (docs/method.md).
+it was measured. The `cpu` preset takes it up to :data:`LOW_RESIDUAL_MAX_FREQ` (docs/method.md).
 
 Gradients: like the public spIsoNet tool (its training step builds ``y`` from the
 network output without ``detach`` and also back-propagates through ``f(x2)``), the
