@@ -45,6 +45,7 @@ input ``P_W(y)`` is kept either way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ from torch import nn
 
 from .._checks import check_nonnegative_int
 from ..errors import InvalidValueError, MapMismatchError, MapShapeError
+from ..fourier import frequency_radius
 from .operators import apply_sampling, rotate_batch
 
 __all__ = ["LOW_RESIDUAL_MAX_FREQ", "correction_loss"]
@@ -62,6 +64,14 @@ __all__ = ["LOW_RESIDUAL_MAX_FREQ", "correction_loss"]
 #: the published form's x/W demand showed as a global FSC drop (benchmarks/RESULTS.md,
 #: session 32).
 LOW_RESIDUAL_MAX_FREQ = 0.125
+
+
+@lru_cache(maxsize=8)
+def _low_frequencies(d: int, max_freq: float) -> np.ndarray:
+    """(d, d, d) bool, unshifted (zero frequency at index 0): |k| ≤ max_freq cycles/voxel.
+
+    Cached: the training loop asks for the same cube size at every step."""
+    return np.fft.ifftshift(frequency_radius(d) / d <= max_freq)
 
 
 def correction_loss(
@@ -143,9 +153,8 @@ def correction_loss(
         # the target is P_W'(x): W' = W where the weighted form applies, 1 elsewhere
         w_target = w_shifted
         if residual_max_freq is not None:
-            k = torch.fft.fftfreq(d, device=w_shifted.device, dtype=torch.float64)
-            k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
-            low = torch.sqrt(k2) <= residual_max_freq
+            low = torch.from_numpy(_low_frequencies(d, float(residual_max_freq)))
+            low = low.to(w_shifted.device)
             w_target = torch.where(low, w_shifted, torch.ones_like(w_shifted))
 
     def residual(x: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,14 @@ __all__ = [
 #: Where the consistency may be taken on the W-weighted residual (TrainSettings).
 RESIDUAL_CHOICES = ("off", "low", "all")
 
+
+def _residual_choice(value: Any) -> Any:
+    """``consistency_residual`` as a choice: checkpoints of 2026-12-04 stored a boolean."""
+    if isinstance(value, bool):
+        return "all" if value else "off"
+    return value
+
+
 #: Settings that must agree between a checkpoint and the run that resumes it.
 _RESUME_KEYS = (
     "widths",
@@ -170,10 +178,9 @@ class TrainSettings:
             raise InvalidValueError(
                 f"schedule must be 'constant' or 'onecycle'; got {self.schedule!r}"
             )
-        residual = self.consistency_residual
-        if isinstance(residual, bool):  # checkpoints of 2026-12-04 stored a boolean
-            object.__setattr__(self, "consistency_residual", "all" if residual else "off")
-        elif residual not in RESIDUAL_CHOICES:
+        residual = _residual_choice(self.consistency_residual)
+        object.__setattr__(self, "consistency_residual", residual)
+        if residual not in RESIDUAL_CHOICES:
             raise InvalidValueError(
                 f"consistency_residual must be one of {', '.join(RESIDUAL_CHOICES)}; "
                 f"got {residual!r}"
@@ -360,8 +367,8 @@ def build_model(widths: tuple[int, ...], seed: int = 0) -> UNet3D:
 
 def _check_resumable(saved: dict[str, Any], settings: TrainSettings, path: Path) -> None:
     mine = settings.to_dict()
-    if isinstance(saved.get("consistency_residual"), bool):  # checkpoints of 2026-12-04
-        saved = {**saved, "consistency_residual": "all" if saved["consistency_residual"] else "off"}
+    if "consistency_residual" in saved:
+        saved = {**saved, "consistency_residual": _residual_choice(saved["consistency_residual"])}
     diff = [k for k in _RESUME_KEYS if k in saved and _norm(saved[k]) != _norm(mine[k])]
     if settings.schedule == "onecycle" and saved.get("epochs") != settings.epochs:
         diff.append("epochs")
