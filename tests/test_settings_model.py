@@ -120,7 +120,6 @@ def test_train_settings_take_every_shared_field_by_name():
         "self_weight": 0.5,
         "consistency_border": 3,
         "consistency_residual": "low",
-        "detach_targets": True,
         "schedule": "onecycle",
         "amp": "off",
         "compile": True,

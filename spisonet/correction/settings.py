@@ -119,13 +119,6 @@ class CorrectionSettings:
         cli=("--consistency-residual",),
         choices=("off", "low", "all"),
     )
-    detach_targets: bool = setting(
-        False,
-        "Treat the equivariance targets R(f(x)) as fixed (a stop-gradient) instead of "
-        "back-propagating through them as the published tool does: through the target, the "
-        "loss falls when the network's fill shrinks, and the fill comes out damped",
-        cli=("--detach-targets",),
-    )
     equivariance_rotations: str = setting(
         "informative",
         "Rotations of the equivariance term: informative (each of the 24 cube rotations drawn "

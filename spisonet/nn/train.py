@@ -101,7 +101,6 @@ _RESUME_KEYS = (
     "self_weight",
     "consistency_border",
     "consistency_residual",
-    "detach_targets",
     "schedule",
     "seed",
 )
@@ -129,9 +128,6 @@ class TrainSettings:
         ``|k| ≤`` :data:`~spisonet.nn.losses.LOW_RESIDUAL_MAX_FREQ` of the cube) or ``"all"``;
         see :func:`~spisonet.nn.losses.correction_loss`. The booleans of older checkpoints
         read as ``"all"`` (True) and ``"off"`` (False).
-    detach_targets : treat the equivariance targets ``R(f(x))`` as fixed (a stop-gradient);
-        False: the published loss, whose gradient through the target can shrink the fill
-        (see :func:`~spisonet.nn.losses.correction_loss`).
     schedule : ``"constant"`` (published) or ``"onecycle"``.
     amp : ``"auto"`` (bf16 on CUDA when supported, else float32), ``"bf16"`` or ``"off"``.
     compile : wrap the network in ``torch.compile`` (opt-in; slow first steps).
@@ -151,7 +147,6 @@ class TrainSettings:
     self_weight: float = 1.0
     consistency_border: int = 0
     consistency_residual: str = "off"
-    detach_targets: bool = False
     schedule: str = "constant"
     amp: str = "auto"
     compile: bool = False
@@ -540,7 +535,6 @@ def train_network(
                             beta=settings.beta,
                             self_weight=settings.self_weight,
                             border=settings.consistency_border,
-                            detach_targets=settings.detach_targets,
                             weighted_residual=settings.consistency_residual != "off",
                             residual_max_freq=(
                                 LOW_RESIDUAL_MAX_FREQ

@@ -115,23 +115,15 @@ def test_gradient_accumulation_equals_full_batch(n: int) -> None:
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
 
 
-@pytest.mark.parametrize(("self_weight", "detach"), [(1.0, False), (0.0, False), (1.0, True)])
-def test_one_step_matches_a_hand_written_adamw_step(self_weight: float, detach: bool) -> None:
+@pytest.mark.parametrize("self_weight", [1.0, 0.0])
+def test_one_step_matches_a_hand_written_adamw_step(self_weight: float) -> None:
     """One step = AdamW on the gradient of the loss (the loop adds nothing else, and
-    passes the loss weights and the stop-gradient choice on)."""
+    passes the loss weights on)."""
     from spisonet.nn.losses import correction_loss
     from spisonet.nn.operators import sampling_tensor
 
     pairs = _pairs(n=2)
-    s = TrainSettings(
-        **{
-            **TINY,
-            "epochs": 1,
-            "learning_rate": 1e-2,
-            "self_weight": self_weight,
-            "detach_targets": detach,
-        }
-    )
+    s = TrainSettings(**{**TINY, "epochs": 1, "learning_rate": 1e-2, "self_weight": self_weight})
     trained = train_network(pairs, _weight(), s, model=SmallNet()).model
     ref = SmallNet()
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.01)
@@ -145,19 +137,11 @@ def test_one_step_matches_a_hand_written_adamw_step(self_weight: float, detach: 
         1.0,
         0.5,
         self_weight=self_weight,
-        detach_targets=detach,
     )
     loss.backward()
     opt.step()
     for k, v in _params(ref).items():
         torch.testing.assert_close(_params(trained)[k], v, rtol=1e-5, atol=1e-7)
-    if detach:  # the stop-gradient changes the step: the setting is not ignored
-        published = TrainSettings(**{**s.to_dict(), "detach_targets": False})
-        other = train_network(pairs, _weight(), published, model=SmallNet()).model
-        assert any(
-            not torch.allclose(_params(other)[k], v, rtol=1e-5, atol=1e-7)
-            for k, v in _params(ref).items()
-        )
 
 
 def test_history_progress_and_single_map() -> None:
