@@ -120,6 +120,7 @@ def test_train_settings_take_every_shared_field_by_name():
         "self_weight": 0.5,
         "consistency_border": 3,
         "consistency_residual": "low",
+        "equivariance_weight": "measured",
         "schedule": "onecycle",
         "amp": "off",
         "compile": True,

@@ -119,6 +119,14 @@ class CorrectionSettings:
         cli=("--consistency-residual",),
         choices=("off", "low", "all"),
     )
+    equivariance_weight: str = setting(
+        "all",
+        "Which part of the equivariance residual is scored: all (published) or measured "
+        "(filtered in Fourier space by 1 − (1 − W(k))·(1 − W(R⁻¹k)): left out is where the "
+        "rotated target holds only the network's own fill and the input lacks it)",
+        cli=("--equivariance-weight",),
+        choices=("all", "measured"),
+    )
     equivariance_rotations: str = setting(
         "informative",
         "Rotations of the equivariance term: informative (each of the 24 cube rotations drawn "

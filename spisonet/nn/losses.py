@@ -33,6 +33,15 @@ amplitude and only the noise grows), but ``W·f = x`` asks the network for ``x /
 amplitude raised by 1/W; ``W·(f − x) = 0`` asks for ``x`` and weighs the voxel by how well
 it was measured. The `cpu` preset takes it up to :data:`LOW_RESIDUAL_MAX_FREQ` (docs/method.md).
 
+``equivariance_measured=True`` filters the equivariance residuals in Fourier space by
+``M_R(k) = 1 − (1 − W(k))·(1 − W(R⁻¹k))`` before the L1 mean. The target ``y = R f(x1)``
+holds at ``k`` what the network put at ``R⁻¹k``: measured data where ``W(R⁻¹k)`` is 1,
+the network's own fill where it is 0. Where the input ``P_W(y)`` also lacks ``k``
+(``W(k)`` = 0) the published term asks the network to restore its own fill from nothing
+new, a pull that a weak fill satisfies as well as a strong one; ``M_R`` drops exactly that
+part and keeps the rest (the input's pass-through and the measured data moved into the
+hidden region).
+
 Gradients: like the public spIsoNet tool (its training step builds ``y`` from the
 network output without ``detach`` and also back-propagates through ``f(x2)``), the
 gradient flows through every occurrence of ``f``: through ``y`` as the network's input
@@ -54,7 +63,7 @@ from torch import nn
 from .._checks import check_nonnegative_int
 from ..errors import InvalidValueError, MapMismatchError, MapShapeError
 from ..fourier import frequency_radius
-from .operators import apply_sampling, rotate_batch
+from .operators import _symmetric_half, apply_sampling, rotate_batch, rotate_sampling
 
 __all__ = ["LOW_RESIDUAL_MAX_FREQ", "correction_loss"]
 
@@ -87,6 +96,7 @@ def correction_loss(
     border: int = 0,
     weighted_residual: bool = False,
     residual_max_freq: float | None = None,
+    equivariance_measured: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total training loss of one (micro-)batch and its parts.
 
@@ -119,6 +129,10 @@ def correction_loss(
         With ``weighted_residual``: use the weighted form only at frequencies
         ``|k| ≤ residual_max_freq`` (cycles per voxel of the cube) and the published form
         above (None: at every frequency).
+    equivariance_measured : bool
+        Take the equivariance terms on the residual filtered by
+        ``M_R(k) = 1 − (1 − W(k))·(1 − W(R⁻¹k))`` (False: unfiltered, published). See the
+        module docstring.
 
     Returns
     -------
@@ -166,7 +180,24 @@ def correction_loss(
     y = rotate_batch(f1.to(real), rotation_indices)
     y_target = y.detach() if detach_targets else y
     f_py = model(apply_sampling(y, w_shifted)).to(real)
-    loss_e = (f_py - y_target).abs().mean()
+
+    if equivariance_measured:
+        w_real = w_shifted.to(device=f_py.device, dtype=real)
+        turned = rotate_sampling(w_real, [int(i) for i in rotation_indices])
+        keep = 1.0 - (1.0 - w_real) * (1.0 - turned)  # (B, D, D, D)
+        keep_half = _symmetric_half(keep).unsqueeze(1)
+        dims = (-3, -2, -1)
+
+        def equivariance(target: torch.Tensor) -> torch.Tensor:
+            spec = torch.fft.rfftn(f_py - target, dim=dims) * keep_half
+            return torch.fft.irfftn(spec, s=f_py.shape[-3:], dim=dims).abs().mean()
+
+    else:
+
+        def equivariance(target: torch.Tensor) -> torch.Tensor:
+            return (f_py - target).abs().mean()
+
+    loss_e = equivariance(y_target)
     total = alpha * loss_e + g * loss_c
     parts = {"consistency": loss_c.detach(), "equivariance": loss_e.detach()}
     if use_n2n:
@@ -177,7 +208,7 @@ def correction_loss(
                 f2r = rotate_batch(model(x2).to(real), rotation_indices)
         else:
             f2r = rotate_batch(model(x2).to(real), rotation_indices)
-        loss_e2 = (f_py - f2r).abs().mean()
+        loss_e2 = equivariance(f2r)
         total = total + beta * (alpha * loss_e2 + loss_c2)
         parts["consistency2"] = loss_c2.detach()
         parts["equivariance2"] = loss_e2.detach()

@@ -33,6 +33,7 @@ __all__ = [
     "prepare_sampling_weight",
     "rotate",
     "rotate_batch",
+    "rotate_sampling",
     "rotation_asymmetry",
     "rotation_index",
     "rotation_information",
@@ -291,6 +292,30 @@ def rotate(x: torch.Tensor, index: int) -> torch.Tensor:
     if flips:
         out = torch.flip(out, dims=[lead + f for f in flips])
     return out.contiguous()
+
+
+def rotate_sampling(w_shifted: torch.Tensor, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """W turned by each sample's cube rotation, in Fourier space: ``out[i][k] = W(R_i⁻¹k)``.
+
+    ``w_shifted`` is ``ifftshift(W)`` (zero frequency at index 0, (D, D, D)); the result is
+    (B, D, D, D) in the same layout. After a map is turned by ``R``, its content at
+    frequency ``k`` came from ``R⁻¹k``, so this says how well measured that content was.
+    A flip of a Fourier axis maps k to −k modulo D (index j to (D − j) mod D), not j to
+    D − 1 − j as a real-space flip does, hence the roll after each flip.
+    """
+    idx = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+    if w_shifted.ndim != 3 or len(set(w_shifted.shape)) != 1:
+        raise MapShapeError(f"W must be a cubic (D, D, D) tensor; found {tuple(w_shifted.shape)}")
+    turned: dict[int, torch.Tensor] = {}
+    for i in idx:
+        _check_index(i)
+        if i not in turned:
+            _, perm, flips = _rotation_specs()[i]
+            out = w_shifted.permute(*perm)
+            if flips:
+                out = torch.roll(torch.flip(out, dims=flips), shifts=(1,) * len(flips), dims=flips)
+            turned[i] = out.contiguous()
+    return torch.stack([turned[i] for i in idx])
 
 
 def rotate_batch(

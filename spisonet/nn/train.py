@@ -81,6 +81,9 @@ __all__ = [
 #: Where the consistency may be taken on the W-weighted residual (TrainSettings).
 RESIDUAL_CHOICES = ("off", "low", "all")
 
+#: Which part of the equivariance residual is scored (TrainSettings.equivariance_weight).
+EQUIVARIANCE_WEIGHTS = ("all", "measured")
+
 
 def _residual_choice(value: Any) -> Any:
     """``consistency_residual`` as a choice: checkpoints of 2026-12-04 stored a boolean."""
@@ -101,6 +104,7 @@ _RESUME_KEYS = (
     "self_weight",
     "consistency_border",
     "consistency_residual",
+    "equivariance_weight",
     "schedule",
     "seed",
 )
@@ -128,6 +132,10 @@ class TrainSettings:
         ``|k| ≤`` :data:`~spisonet.nn.losses.LOW_RESIDUAL_MAX_FREQ` of the cube) or ``"all"``;
         see :func:`~spisonet.nn.losses.correction_loss`. The booleans of older checkpoints
         read as ``"all"`` (True) and ``"off"`` (False).
+    equivariance_weight : ``"all"`` (published: the equivariance residual over the whole
+        cube) or ``"measured"`` (filtered by ``1 − (1 − W(k))·(1 − W(R⁻¹k))``, leaving out
+        where the target is the network's own fill and the input lacks it; see
+        :func:`~spisonet.nn.losses.correction_loss`).
     schedule : ``"constant"`` (published) or ``"onecycle"``.
     amp : ``"auto"`` (bf16 on CUDA when supported, else float32), ``"bf16"`` or ``"off"``.
     compile : wrap the network in ``torch.compile`` (opt-in; slow first steps).
@@ -147,6 +155,7 @@ class TrainSettings:
     self_weight: float = 1.0
     consistency_border: int = 0
     consistency_residual: str = "off"
+    equivariance_weight: str = "all"
     schedule: str = "constant"
     amp: str = "auto"
     compile: bool = False
@@ -184,6 +193,11 @@ class TrainSettings:
             raise InvalidValueError(
                 f"consistency_residual must be one of {', '.join(RESIDUAL_CHOICES)}; "
                 f"got {residual!r}"
+            )
+        if self.equivariance_weight not in EQUIVARIANCE_WEIGHTS:
+            raise InvalidValueError(
+                f"equivariance_weight must be one of {', '.join(EQUIVARIANCE_WEIGHTS)}; "
+                f"got {self.equivariance_weight!r}"
             )
         border = check_nonnegative_int(self.consistency_border, "consistency_border")
         object.__setattr__(self, "consistency_border", border)
@@ -541,6 +555,7 @@ def train_network(
                                 if settings.consistency_residual == "low"
                                 else None
                             ),
+                            equivariance_measured=settings.equivariance_weight == "measured",
                         )
                     (loss * share).backward()
                 for name, value in parts.items():

@@ -39,6 +39,7 @@ VALUES = {
     "consistency_border": ("2", 2),
     "consistency_residual": ("low", "low"),
     "equivariance_rotations": ("uniform", "uniform"),
+    "equivariance_weight": ("measured", "measured"),
     "schedule": ("onecycle", "onecycle"),
     "amp": ("auto", "auto"),
     "limit_res": ("7.5", 7.5),

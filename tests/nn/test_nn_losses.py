@@ -45,6 +45,27 @@ def rot(v: np.ndarray, indices: list[int]) -> np.ndarray:
     return out
 
 
+def turned_weight(w: np.ndarray, index: int) -> np.ndarray:
+    """W(R⁻¹k) on the fftshift-ed grid, frequency by frequency (k taken modulo D)."""
+    out = np.empty_like(w)
+    r_inv = cube_rotations()[index].T
+    c = D // 2
+    for i in range(D):
+        for j in range(D):
+            for k in range(D):
+                src = (r_inv @ np.array([i - c, j - c, k - c]) + c) % D
+                out[i, j, k] = w[src[0], src[1], src[2]]
+    return out
+
+
+def equivariance_measured_mean(residual: np.ndarray, w: np.ndarray, idx: list[int]) -> float:
+    """Mean |P_M(residual)| with M = 1 − (1 − W)(1 − W(R⁻¹k)), each sample its own R."""
+    kept = [
+        p_w(residual[n], 1.0 - (1.0 - w) * (1.0 - turned_weight(w, r))) for n, r in enumerate(idx)
+    ]
+    return float(np.mean(np.abs(np.stack(kept))))
+
+
 def hand_loss(
     a,
     b,
@@ -60,6 +81,7 @@ def hand_loss(
     border=0,
     weighted=False,
     max_freq=None,
+    measured_equivariance=False,
 ):
     """The four terms and the total of ALGORITHM.md §3 for f(x) = a·x + b.
 
@@ -111,12 +133,16 @@ def hand_loss(
     y_tg = rot(f(x1, at, bt), idx)
     fpy = f(p_w(y_in, w), a, b)
     le = np.mean(np.abs(fpy - y_tg))
+    if measured_equivariance:
+        le = equivariance_measured_mean(fpy - y_tg, w, idx)
     parts = {"consistency": lc, "equivariance": le}
     with_pair = x2 is not None and beta > 0
     total = alpha * le + (g if with_pair else 1.0) * lc
     if with_pair:
         lc2 = consistency(x2)
         le2 = np.mean(np.abs(fpy - rot(f(x2, at, bt), idx)))
+        if measured_equivariance:
+            le2 = equivariance_measured_mean(fpy - rot(f(x2, at, bt), idx), w, idx)
         total += beta * (alpha * le2 + lc2)
         parts |= {"consistency2": lc2, "equivariance2": le2}
     parts["total"] = total
@@ -319,6 +345,36 @@ def test_weighted_residual_puts_w_on_the_residual(batch, border, max_freq) -> No
             Affine(0.8, 0.1), t1, t2, ws, idx, border=border, weighted_residual=True
         )
         assert float(whole["consistency"]) != pytest.approx(float(parts["consistency"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("with_x2", [True, False])
+def test_equivariance_measured_filters_the_residual(batch, with_x2: bool) -> None:
+    x1, x2, w, idx = batch
+    x2 = x2 if with_x2 else None
+    ws = sampling_tensor(w, dtype=torch.float64)
+    t1 = torch.from_numpy(x1)
+    t2 = None if x2 is None else torch.from_numpy(x2)
+    total, parts = correction_loss(
+        Affine(0.8, 0.1), t1, t2, ws, idx, alpha=0.7, beta=0.3, equivariance_measured=True
+    )
+    exp_total, exp_parts = hand_loss(0.8, 0.1, x1, x2, w, idx, 0.7, 0.3, measured_equivariance=True)
+    assert set(parts) == set(exp_parts)
+    for k, v in exp_parts.items():
+        assert float(parts[k]) == pytest.approx(v, rel=1e-10), k
+    assert float(total.detach()) == pytest.approx(exp_total, rel=1e-10)
+    _, published = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx, alpha=0.7, beta=0.3)
+    assert float(published["consistency"]) == pytest.approx(float(parts["consistency"]))
+    assert float(published["equivariance"]) != pytest.approx(float(parts["equivariance"]), rel=1e-6)
+
+
+def test_equivariance_measured_is_the_published_term_when_w_hides_nothing(batch) -> None:
+    x1, x2, _, idx = batch
+    ws = sampling_tensor(np.ones((D, D, D)), dtype=torch.float64)
+    t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
+    _, a = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx)
+    _, b = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx, equivariance_measured=True)
+    for k in a:
+        assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-10), k
 
 
 def test_weighted_residual_does_not_ask_for_x_over_w(batch) -> None:

@@ -17,6 +17,7 @@ from spisonet.nn.operators import (
     prepare_sampling_weight,
     rotate,
     rotate_batch,
+    rotate_sampling,
     rotation_index,
     sampling_tensor,
 )
@@ -332,3 +333,34 @@ def test_symmetry_rotations_are_the_turns_about_the_missing_cone(axis):
         symmetry_rotations(cone, limit=0)
     with pytest.raises(InvalidValueError):
         symmetry_rotations(cone, tolerance=-1.0)
+
+
+@pytest.mark.parametrize("d", [6, 7])
+def test_rotate_sampling_turns_w_in_fourier_space(d: int) -> None:
+    # definition: out[k] = W(R⁻¹k), k a frequency vector taken modulo d; and it is what
+    # turning a map does to the magnitude of its transform
+    rng = np.random.default_rng(d)
+    w = rng.random((d, d, d))
+    out = rotate_sampling(torch.from_numpy(np.fft.ifftshift(w)), list(range(24))).numpy()
+    freqs = np.fft.fftfreq(d, 1.0 / d).astype(int)  # the frequency of each unshifted index
+    for r in range(24):
+        r_inv = cube_rotations()[r].T
+        expected = np.empty((d, d, d))
+        for i, j, k in itertools.product(range(d), repeat=3):
+            src = r_inv @ np.array([freqs[i], freqs[j], freqs[k]]) % d
+            expected[i, j, k] = np.fft.ifftshift(w)[src[0], src[1], src[2]]
+        np.testing.assert_array_equal(out[r], expected)
+    v = torch.from_numpy(rng.standard_normal((d, d, d)))
+    mag = np.abs(np.fft.fftn(v.numpy()))
+    for r in (3, 11, 20):
+        turned = np.abs(np.fft.fftn(rotate(v, r).numpy()))
+        np.testing.assert_allclose(
+            turned, rotate_sampling(torch.from_numpy(mag), [r])[0].numpy(), atol=1e-9
+        )
+
+
+def test_rotate_sampling_errors() -> None:
+    with pytest.raises(MapShapeError):
+        rotate_sampling(torch.ones(4, 4, 5), [0])
+    with pytest.raises(InvalidValueError):
+        rotate_sampling(torch.ones(4, 4, 4), [24])

@@ -305,6 +305,19 @@ def test_consistency_residual_setting_values() -> None:
         TrainSettings(consistency_residual="some")
 
 
+def test_equivariance_weight_setting_values(tmp_path) -> None:
+    assert TrainSettings().equivariance_weight == "all"
+    with pytest.raises(InvalidValueError, match="equivariance_weight must be one of all, measured"):
+        TrainSettings(equivariance_weight="some")
+    # it trains, and a run cannot resume under the other weighting
+    s = TrainSettings(**{**TINY, "epochs": 1, "equivariance_weight": "measured"})
+    ck = tmp_path / "m.pt"
+    train_network(_pairs(n=2), _weight(), s, checkpoint=ck)
+    other = TrainSettings(**{**TINY, "epochs": 2})
+    with pytest.raises(ModelFileError, match=r"equivariance_weight: checkpoint 'measured' vs now"):
+        train_network(_pairs(n=2), _weight(), other, checkpoint=ck, resume=True)
+
+
 def test_resume_reads_a_boolean_consistency_residual(tmp_path) -> None:
     # a checkpoint that stored consistency_residual=False resumes under "off", not under "low"
     s = TrainSettings(**{**TINY, "epochs": 1})
