@@ -121,11 +121,12 @@ class CorrectionSettings:
     )
     equivariance_weight: str = setting(
         "all",
-        "Which part of the equivariance residual is scored: all (published) or measured "
+        "Which part of the equivariance residual is scored: all (published), measured "
         "(filtered in Fourier space by 1 − (1 − W(k))·(1 − W(R⁻¹k)): left out is where the "
-        "rotated target holds only the network's own fill and the input lacks it)",
+        "rotated target holds only the network's own fill and the input lacks it) or high "
+        "(filtered only above 1/8 cycle per voxel of the training cube)",
         cli=("--equivariance-weight",),
-        choices=("all", "measured"),
+        choices=("all", "measured", "high"),
     )
     equivariance_rotations: str = setting(
         "informative",

@@ -97,6 +97,7 @@ def correction_loss(
     weighted_residual: bool = False,
     residual_max_freq: float | None = None,
     equivariance_measured: bool = False,
+    equivariance_min_freq: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total training loss of one (micro-)batch and its parts.
 
@@ -133,6 +134,10 @@ def correction_loss(
         Take the equivariance terms on the residual filtered by
         ``M_R(k) = 1 − (1 − W(k))·(1 − W(R⁻¹k))`` (False: unfiltered, published). See the
         module docstring.
+    equivariance_min_freq : float or None
+        With ``equivariance_measured``: filter only at ``|k| > equivariance_min_freq``
+        (cycles per voxel of the cube) and keep the whole residual at and below it (None:
+        filter at every frequency).
 
     Returns
     -------
@@ -185,6 +190,9 @@ def correction_loss(
         w_real = w_shifted.to(device=f_py.device, dtype=real)
         turned = rotate_sampling(w_real, [int(i) for i in rotation_indices])
         keep = 1.0 - (1.0 - w_real) * (1.0 - turned)  # (B, D, D, D)
+        if equivariance_min_freq is not None:
+            low = torch.from_numpy(_low_frequencies(d, float(equivariance_min_freq)))
+            keep = torch.where(low.to(keep.device), torch.ones_like(keep), keep)
         keep_half = _symmetric_half(keep).unsqueeze(1)
         dims = (-3, -2, -1)
 

@@ -82,7 +82,7 @@ __all__ = [
 RESIDUAL_CHOICES = ("off", "low", "all")
 
 #: Which part of the equivariance residual is scored (TrainSettings.equivariance_weight).
-EQUIVARIANCE_WEIGHTS = ("all", "measured")
+EQUIVARIANCE_WEIGHTS = ("all", "measured", "high")
 
 
 def _residual_choice(value: Any) -> Any:
@@ -133,9 +133,10 @@ class TrainSettings:
         see :func:`~spisonet.nn.losses.correction_loss`. The booleans of older checkpoints
         read as ``"all"`` (True) and ``"off"`` (False).
     equivariance_weight : ``"all"`` (published: the equivariance residual over the whole
-        cube) or ``"measured"`` (filtered by ``1 − (1 − W(k))·(1 − W(R⁻¹k))``, leaving out
+        cube), ``"measured"`` (filtered by ``1 − (1 − W(k))·(1 − W(R⁻¹k))``, leaving out
         where the target is the network's own fill and the input lacks it; see
-        :func:`~spisonet.nn.losses.correction_loss`).
+        :func:`~spisonet.nn.losses.correction_loss`) or ``"high"`` (filtered only above
+        :data:`~spisonet.nn.losses.LOW_RESIDUAL_MAX_FREQ` of the cube).
     schedule : ``"constant"`` (published) or ``"onecycle"``.
     amp : ``"auto"`` (bf16 on CUDA when supported, else float32), ``"bf16"`` or ``"off"``.
     compile : wrap the network in ``torch.compile`` (opt-in; slow first steps).
@@ -555,7 +556,12 @@ def train_network(
                                 if settings.consistency_residual == "low"
                                 else None
                             ),
-                            equivariance_measured=settings.equivariance_weight == "measured",
+                            equivariance_measured=settings.equivariance_weight != "all",
+                            equivariance_min_freq=(
+                                LOW_RESIDUAL_MAX_FREQ
+                                if settings.equivariance_weight == "high"
+                                else None
+                            ),
                         )
                     (loss * share).backward()
                 for name, value in parts.items():
