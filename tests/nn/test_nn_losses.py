@@ -58,11 +58,20 @@ def turned_weight(w: np.ndarray, index: int) -> np.ndarray:
     return out
 
 
-def equivariance_measured_mean(residual: np.ndarray, w: np.ndarray, idx: list[int]) -> float:
-    """Mean |P_M(residual)| with M = 1 − (1 − W)(1 − W(R⁻¹k)), each sample its own R."""
-    kept = [
-        p_w(residual[n], 1.0 - (1.0 - w) * (1.0 - turned_weight(w, r))) for n, r in enumerate(idx)
-    ]
+def equivariance_measured_mean(
+    residual: np.ndarray, w: np.ndarray, idx: list[int], min_freq: float | None = None
+) -> float:
+    """Mean |P_M(residual)| with M = 1 − (1 − W)(1 − W(R⁻¹k)), each sample its own R;
+    with ``min_freq``, M = 1 at |k| ≤ min_freq cycles/voxel."""
+    kept = []
+    for n, r in enumerate(idx):
+        m = 1.0 - (1.0 - w) * (1.0 - turned_weight(w, r))
+        if min_freq is not None:
+            for i, j, k in np.ndindex(D, D, D):
+                freq = np.sqrt((i - D // 2) ** 2 + (j - D // 2) ** 2 + (k - D // 2) ** 2)
+                if freq / D <= min_freq:
+                    m[i, j, k] = 1.0
+        kept.append(p_w(residual[n], m))
     return float(np.mean(np.abs(np.stack(kept))))
 
 
@@ -82,6 +91,7 @@ def hand_loss(
     weighted=False,
     max_freq=None,
     measured_equivariance=False,
+    equivariance_min_freq=None,
 ):
     """The four terms and the total of ALGORITHM.md §3 for f(x) = a·x + b.
 
@@ -134,7 +144,7 @@ def hand_loss(
     fpy = f(p_w(y_in, w), a, b)
     le = np.mean(np.abs(fpy - y_tg))
     if measured_equivariance:
-        le = equivariance_measured_mean(fpy - y_tg, w, idx)
+        le = equivariance_measured_mean(fpy - y_tg, w, idx, equivariance_min_freq)
     parts = {"consistency": lc, "equivariance": le}
     with_pair = x2 is not None and beta > 0
     total = alpha * le + (g if with_pair else 1.0) * lc
@@ -142,7 +152,9 @@ def hand_loss(
         lc2 = consistency(x2)
         le2 = np.mean(np.abs(fpy - rot(f(x2, at, bt), idx)))
         if measured_equivariance:
-            le2 = equivariance_measured_mean(fpy - rot(f(x2, at, bt), idx), w, idx)
+            le2 = equivariance_measured_mean(
+                fpy - rot(f(x2, at, bt), idx), w, idx, equivariance_min_freq
+            )
         total += beta * (alpha * le2 + lc2)
         parts |= {"consistency2": lc2, "equivariance2": le2}
     parts["total"] = total
@@ -347,17 +359,37 @@ def test_weighted_residual_puts_w_on_the_residual(batch, border, max_freq) -> No
         assert float(whole["consistency"]) != pytest.approx(float(parts["consistency"]), rel=1e-6)
 
 
-@pytest.mark.parametrize("with_x2", [True, False])
-def test_equivariance_measured_filters_the_residual(batch, with_x2: bool) -> None:
+@pytest.mark.parametrize("with_x2, min_freq", [(True, None), (False, None), (True, 0.2)])
+def test_equivariance_measured_filters_the_residual(batch, with_x2: bool, min_freq) -> None:
+    # min_freq: the whole residual at |k| ≤ min_freq, the filtered one above
     x1, x2, w, idx = batch
     x2 = x2 if with_x2 else None
     ws = sampling_tensor(w, dtype=torch.float64)
     t1 = torch.from_numpy(x1)
     t2 = None if x2 is None else torch.from_numpy(x2)
+    kw = {"alpha": 0.7, "beta": 0.3}
     total, parts = correction_loss(
-        Affine(0.8, 0.1), t1, t2, ws, idx, alpha=0.7, beta=0.3, equivariance_measured=True
+        Affine(0.8, 0.1),
+        t1,
+        t2,
+        ws,
+        idx,
+        equivariance_measured=True,
+        equivariance_min_freq=min_freq,
+        **kw,
     )
-    exp_total, exp_parts = hand_loss(0.8, 0.1, x1, x2, w, idx, 0.7, 0.3, measured_equivariance=True)
+    exp_total, exp_parts = hand_loss(
+        0.8,
+        0.1,
+        x1,
+        x2,
+        w,
+        idx,
+        0.7,
+        0.3,
+        measured_equivariance=True,
+        equivariance_min_freq=min_freq,
+    )
     assert set(parts) == set(exp_parts)
     for k, v in exp_parts.items():
         assert float(parts[k]) == pytest.approx(v, rel=1e-10), k
@@ -365,6 +397,11 @@ def test_equivariance_measured_filters_the_residual(batch, with_x2: bool) -> Non
     _, published = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx, alpha=0.7, beta=0.3)
     assert float(published["consistency"]) == pytest.approx(float(parts["consistency"]))
     assert float(published["equivariance"]) != pytest.approx(float(parts["equivariance"]), rel=1e-6)
+    if min_freq is not None:  # and it is not the filter at every frequency either
+        _, whole = correction_loss(
+            Affine(0.8, 0.1), t1, t2, ws, idx, equivariance_measured=True, **kw
+        )
+        assert float(whole["equivariance"]) != pytest.approx(float(parts["equivariance"]), rel=1e-6)
 
 
 def test_equivariance_measured_is_the_published_term_when_w_hides_nothing(batch) -> None:
