@@ -307,7 +307,9 @@ def test_consistency_residual_setting_values() -> None:
 
 def test_equivariance_weight_setting_values(tmp_path) -> None:
     assert TrainSettings().equivariance_weight == "all"
-    with pytest.raises(InvalidValueError, match="equivariance_weight must be one of all, measured, high"):
+    with pytest.raises(
+        InvalidValueError, match="equivariance_weight must be one of all, measured, high"
+    ):
         TrainSettings(equivariance_weight="some")
     # it trains, and a run cannot resume under the other weighting
     s = TrainSettings(**{**TINY, "epochs": 1, "equivariance_weight": "measured"})
