@@ -368,16 +368,8 @@ def test_equivariance_measured_filters_the_residual(batch, with_x2: bool, min_fr
     t1 = torch.from_numpy(x1)
     t2 = None if x2 is None else torch.from_numpy(x2)
     kw = {"alpha": 0.7, "beta": 0.3}
-    total, parts = correction_loss(
-        Affine(0.8, 0.1),
-        t1,
-        t2,
-        ws,
-        idx,
-        equivariance_measured=True,
-        equivariance_min_freq=min_freq,
-        **kw,
-    )
+    filtered = {"equivariance_measured": True, "equivariance_min_freq": min_freq}
+    total, parts = correction_loss(Affine(0.8, 0.1), t1, t2, ws, idx, **kw, **filtered)
     exp_total, exp_parts = hand_loss(
         0.8,
         0.1,
