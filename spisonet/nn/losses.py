@@ -63,7 +63,7 @@ from torch import nn
 from .._checks import check_nonnegative_int
 from ..errors import InvalidValueError, MapMismatchError, MapShapeError
 from ..fourier import frequency_radius
-from .operators import _symmetric_half, apply_sampling, rotate_batch, rotate_sampling
+from .operators import apply_sampling, rotate_batch, rotate_sampling
 
 __all__ = ["LOW_RESIDUAL_MAX_FREQ", "correction_loss"]
 
@@ -188,17 +188,14 @@ def correction_loss(
 
     if equivariance_measured:
         w_real = w_shifted.to(device=f_py.device, dtype=real)
-        turned = rotate_sampling(w_real, [int(i) for i in rotation_indices])
-        keep = 1.0 - (1.0 - w_real) * (1.0 - turned)  # (B, D, D, D)
+        keep = 1.0 - (1.0 - w_real) * (1.0 - rotate_sampling(w_real, rotation_indices))
         if equivariance_min_freq is not None:
             low = torch.from_numpy(_low_frequencies(d, float(equivariance_min_freq)))
             keep = torch.where(low.to(keep.device), torch.ones_like(keep), keep)
-        keep_half = _symmetric_half(keep).unsqueeze(1)
-        dims = (-3, -2, -1)
+        keep = keep.unsqueeze(1)  # (B, 1, D, D, D): one filter per sample
 
         def equivariance(target: torch.Tensor) -> torch.Tensor:
-            spec = torch.fft.rfftn(f_py - target, dim=dims) * keep_half
-            return torch.fft.irfftn(spec, s=f_py.shape[-3:], dim=dims).abs().mean()
+            return apply_sampling(f_py - target, keep).abs().mean()
 
     else:
 

@@ -143,16 +143,17 @@ def apply_sampling(v: torch.Tensor, w_shifted: torch.Tensor) -> torch.Tensor:
     ----------
     v : (..., D, D, D) real tensor
         Typically (B, 1, D, D, D).
-    w_shifted : (D, D, D) real tensor
-        ``ifftshift(W)``, zero frequency at index 0, as returned by :func:`sampling_tensor`.
+    w_shifted : (..., D, D, D) real tensor
+        ``ifftshift(W)``, zero frequency at index 0, as returned by :func:`sampling_tensor`;
+        leading axes broadcast against ``v``'s (e.g. (B, 1, D, D, D): one W per sample).
 
     Returns
     -------
     Tensor of ``v``'s shape, float32 (float64 for float64 input).
     """
-    if v.ndim < 3 or v.shape[-3:] != w_shifted.shape:
+    if v.ndim < 3 or w_shifted.ndim < 3 or v.shape[-3:] != w_shifted.shape[-3:]:
         raise MapShapeError(
-            f"P_W needs a tensor ending in W's shape {tuple(w_shifted.shape)}; "
+            f"P_W needs a tensor ending in W's shape {tuple(w_shifted.shape[-3:])}; "
             f"found {tuple(v.shape)}"
         )
     real = torch.float64 if v.dtype == torch.float64 else torch.float32
@@ -294,7 +295,9 @@ def rotate(x: torch.Tensor, index: int) -> torch.Tensor:
     return out.contiguous()
 
 
-def rotate_sampling(w_shifted: torch.Tensor, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+def rotate_sampling(
+    w_shifted: torch.Tensor, indices: Sequence[int] | np.ndarray | torch.Tensor
+) -> torch.Tensor:
     """W turned by each sample's cube rotation, in Fourier space: ``out[i][k] = W(R_i⁻¹k)``.
 
     ``w_shifted`` is ``ifftshift(W)`` (zero frequency at index 0, (D, D, D)); the result is

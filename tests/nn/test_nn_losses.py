@@ -45,6 +45,15 @@ def rot(v: np.ndarray, indices: list[int]) -> np.ndarray:
     return out
 
 
+def low_frequencies(max_freq: float) -> np.ndarray:
+    """(D, D, D) bool on the fftshift-ed grid, voxel by voxel: |k| ≤ max_freq cycles/voxel."""
+    low = np.zeros((D, D, D), dtype=bool)
+    for i, j, k in np.ndindex(D, D, D):
+        freq = np.sqrt((i - D // 2) ** 2 + (j - D // 2) ** 2 + (k - D // 2) ** 2)
+        low[i, j, k] = freq / D <= max_freq
+    return low
+
+
 def turned_weight(w: np.ndarray, index: int) -> np.ndarray:
     """W(R⁻¹k) on the fftshift-ed grid, frequency by frequency (k taken modulo D)."""
     out = np.empty_like(w)
@@ -67,10 +76,7 @@ def equivariance_measured_mean(
     for n, r in enumerate(idx):
         m = 1.0 - (1.0 - w) * (1.0 - turned_weight(w, r))
         if min_freq is not None:
-            for i, j, k in np.ndindex(D, D, D):
-                freq = np.sqrt((i - D // 2) ** 2 + (j - D // 2) ** 2 + (k - D // 2) ** 2)
-                if freq / D <= min_freq:
-                    m[i, j, k] = 1.0
+            m[low_frequencies(min_freq)] = 1.0
         kept.append(p_w(residual[n], m))
     return float(np.mean(np.abs(np.stack(kept))))
 
@@ -124,12 +130,7 @@ def hand_loss(
         if weighted and max_freq is not None:
             # split x by frequency voxel by voxel: the low part on the weighted residual
             spec = np.fft.fftshift(np.fft.fftn(x, axes=(-3, -2, -1)), axes=(-3, -2, -1))
-            low = np.zeros((D, D, D))
-            for i in range(D):
-                for j in range(D):
-                    for k in range(D):
-                        freq = np.sqrt((i - D // 2) ** 2 + (j - D // 2) ** 2 + (k - D // 2) ** 2)
-                        low[i, j, k] = freq / D <= max_freq
+            low = low_frequencies(max_freq)
             x_low = np.real(
                 np.fft.ifftn(np.fft.ifftshift(spec * low, axes=(-3, -2, -1)), axes=(-3, -2, -1))
             )
