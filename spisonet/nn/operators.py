@@ -199,6 +199,11 @@ def inverse_rotation(index: int) -> int:
 _check_index = check_rotation_index
 
 
+def _index_list(indices: Sequence[int] | np.ndarray | torch.Tensor) -> list[int]:
+    """Rotation indices as plain ints, from a list, a NumPy array or a tensor."""
+    return [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+
+
 def rotation_information(weight: np.ndarray) -> np.ndarray:
     """How much measured data each cube rotation moves into the region W hides.
 
@@ -306,7 +311,7 @@ def rotate_sampling(
     A flip of a Fourier axis maps k to −k modulo D (index j to (D − j) mod D), not j to
     D − 1 − j as a real-space flip does, hence the roll after each flip.
     """
-    idx = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+    idx = _index_list(indices)
     if w_shifted.ndim != 3 or len(set(w_shifted.shape)) != 1:
         raise MapShapeError(f"W must be a cubic (D, D, D) tensor; found {tuple(w_shifted.shape)}")
     turned: dict[int, torch.Tensor] = {}
@@ -336,7 +341,7 @@ def rotate_batch(
     -------
     Tensor of ``x``'s shape; sample ``i`` is ``rotate(x[i], indices[i])``. Differentiable.
     """
-    idx = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+    idx = _index_list(indices)
     if len(idx) != x.shape[0]:
         raise InvalidValueError(
             f"need one rotation index per sample: {x.shape[0]} samples, {len(idx)} indices"
