@@ -29,7 +29,9 @@ not beside the checkout.
 
 At the end: the table (markdown), the acceptance figures (cells with a missing cone:
 median gain, the weakest cell; uniform cells; the worst global drop) and the Spearman
-rank correlation between the trust score and the true gain.
+rank correlation between the trust score and the true gain (``trust``), and between what
+the check vouches for (``vouched``: the score, 0 where the measured band is thin) and
+the gain.
 
 ``--train-seeds 0,1,2`` trains every cell once per seed (the network's initialisation and
 cubes; the data stay those of ``--seed``), because on the `cpu` preset the training seed
@@ -157,7 +159,11 @@ def summarise(rows: list[dict]) -> dict[str, object]:
             widest_spread_cell=widest["name"],
         )
     # the power score, and the amplitude-blind figure under evaluation (older rows lack it)
-    for key, name in (("trust_score", "trust"), ("trust_phase_score", "phase")):
+    for key, name in (
+        ("trust_score", "trust"),
+        ("trust_vouched", "vouched"),
+        ("trust_phase_score", "phase"),
+    ):
         pairs = [(r[key], r["gain"]) for r in cone if r.get(key) is not None]
         if len(pairs) >= 3:
             rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
@@ -186,7 +192,7 @@ def over_seeds(rows: list[dict]) -> list[dict]:
             "max_global_drop": worst["max_global_drop"],
             "seeds": [r.get("train_seed") for r in runs],
         }
-        for key in ("trust_score", "trust_phase_score"):
+        for key in ("trust_score", "trust_vouched", "trust_phase_score"):
             values = [r.get(key) for r in runs]
             row[key] = None if any(v is None for v in values) else float(np.mean(values))
         out.append(row)

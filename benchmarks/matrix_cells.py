@@ -338,6 +338,8 @@ def run_cell(
         "trust_score": None if trust is None else trust.score,
         "trust_verdict": None if trust is None else trust.verdict,
         "trust_phase_score": None if trust is None else trust.phase_score,
+        "trust_vouched": None if trust is None else trust.vouched,
+        "measured_band": None if trust is None or trust.band is None else trust.band.to_dict(),
         "seconds": {"simulate": t_sim, "correct": t_corr, **result.timings},
         "notes": result.notes,
         "final_loss": {k: v[-1] for k, v in (result.histories or [{}])[0].items()},

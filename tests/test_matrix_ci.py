@@ -39,6 +39,9 @@ def test_matrix_ci_subset_runs_and_does_no_harm(tmp_path, monkeypatch):
     assert cone["trust_score"] is not None
     assert cone["trust_verdict"] in ("good", "partial", "low")
     assert np.isfinite(cone["trust_phase_score"])
+    # at 32³ the measured band is not read (the gate's blur is too wide): nothing vouched away
+    assert cone["measured_band"]["readable"] is False
+    assert cone["trust_vouched"] == cone["trust_score"]
     # a rerun skips finished cells and reads the same figures back
     again = bench_matrix.main(["--set", "ci", "--preset", "tiny", "--out", str(tmp_path)])
     assert [r["gain"] for r in again] == [r["gain"] for r in rows]
@@ -250,3 +253,36 @@ def test_bench_coarse_replays_the_packages_coarse_pass_on_saved_main_networks(
     assert (tmp_path / "with" / "seed0" / f"{cell.name}.coarse.npy").exists()
     for name in ("bench_matrix", "bench_coarse", "matrix_cells"):
         sys.modules.pop(name, None)
+
+
+def test_summary_ranks_what_the_trust_check_vouches_for(monkeypatch):
+    """``vouched_spearman`` ranks ``trust_vouched`` (0 on thin-band cells) against the gain,
+    ``trust_spearman`` the raw score, over the cone cells only."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_matrix
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    gains = rng.normal(0.2, 0.1, 8)
+    scores = rng.random(8)
+    vouched = np.where(np.arange(8) < 2, 0.0, scores)
+    rows = [
+        {
+            "name": f"c{i}",
+            "cell": {"distribution": "tilt:20"},
+            "missing_cone": True,
+            "gain": float(gains[i]),
+            "max_global_drop": 0.0,
+            "trust_score": float(scores[i]),
+            "trust_vouched": float(vouched[i]),
+            "trust_phase_score": None,
+        }
+        for i in range(8)
+    ]
+    uniform = {"name": "u", "cell": {"distribution": "uniform"}, "missing_cone": False}
+    rows.append({**rows[0], **uniform, "trust_vouched": 9.0})
+    summary = bench_matrix.summarise(rows)
+    assert summary["trust_spearman"] == pytest.approx(spearmanr(scores, gains).statistic)
+    assert summary["vouched_spearman"] == pytest.approx(spearmanr(vouched, gains).statistic)
+    assert summary["trust_cells"] == 8
+    sys.modules.pop("bench_matrix", None)

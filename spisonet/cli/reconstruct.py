@@ -198,7 +198,8 @@ def _print_summary(console: Console, outputs: ReconstructOutputs) -> None:
                 "done, nothing left to train"
             )
     if res.trust is not None:
-        colour = {"good": "green", "partial": "yellow", "low": "red"}.get(res.trust.verdict, "")
+        colours = {"good": "green", "partial": "yellow", "low": "red", "thin band": "red"}
+        colour = colours.get(res.trust.verdict, "")
         score = "n/a" if res.trust.score is None else f"{round(100 * res.trust.score)} %"
         line = f"trust check: {score} ({res.trust.verdict})"
         console.print(f"  [bold {colour}]{line}[/] — {res.trust.message}" if colour else line)

@@ -4,6 +4,7 @@
 - :mod:`.pipeline` – :func:`correct_anisotropy`: check → prepare → W → train → predict →
   restore units, on arrays.
 - :mod:`.files` – :func:`reconstruct`: paths in, files out (what the CLI runs).
+- :mod:`.coverage` – which directions the halves measured: the largest unmeasured cone.
 - :mod:`.trust` – the trust check: how much hidden measured data the network restores.
 - :mod:`.evaluate` – scores against a known ground truth (simulations, benchmarks).
 

@@ -13,7 +13,9 @@
    (:func:`spisonet.weights.power_presence`, with ``presence_threshold``; with
    ``presence_unmasked``, the smaller of the masked and unmasked halves' gates), resized to the
    cube, negatives to 0, min-max scaled; 1 inside the reference's sphere; a single map
-   without a 3D FSC gets W = 1 (denoising only). :func:`decide_filter_input`: with
+   without a 3D FSC gets W = 1 (denoising only). The gate also says which directions were
+   measured (:func:`spisonet.correction.coverage.measured_band`: the largest unmeasured
+   cone, in the notes and the trust check). :func:`decide_filter_input`: with
    ``filter_input`` (by default when the two halves agree on content where the gate reads
    unmeasured) each half's network input is multiplied by the gate
    (:func:`filter_network_input`).
@@ -34,9 +36,10 @@
    ``network_only``).
 
 After training, the trust check (:mod:`spisonet.correction.trust`) hides measured data as W
-hides the missing cone and scores what the network restores. This module writes nothing
-but the training checkpoints it is given paths for; :mod:`spisonet.correction.files` reads
-and writes the files.
+hides the missing cone and scores what the network restores (where the measured band is
+thin, :attr:`~spisonet.correction.coverage.MeasuredBand.thin`, it cannot vouch). This
+module writes nothing but the training checkpoints it is given paths for;
+:mod:`spisonet.correction.files` reads and writes the files.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from ..fourier import frequency_radius, lowpass
 from ..progress import Progress, relabel, report
 from ..weights import power_presence
 from .coarse import blend_coarse, coarse_applies, coarse_box, coarse_outputs
+from .coverage import MeasuredBand, measured_band
 from .measured import LOSS_MARGIN
 from .settings import PRESETS, CorrectionSettings
 
@@ -333,12 +337,14 @@ class SamplingWeight:
     gated : (n, n, n) 3D FSC times the measured-power gate (None when W = 1): the source
         of W at any size (:func:`full_box`).
     presence : (n, n, n) the measured-power gate itself (None when not computed).
+    band : which directions the gate reads measured (:mod:`.coverage`; None without a gate).
     """
 
     cube: np.ndarray
     fsc3d_volume: np.ndarray | None
     gated: np.ndarray | None
     presence: np.ndarray | None = None
+    band: MeasuredBand | None = None
 
     def full_box(self, n: int, voxel_size: float, s: CorrectionSettings, reference: bool):
         """W at the map's box (n, n, n), as training's W (1 inside the reference sphere)."""
@@ -403,10 +409,14 @@ def sampling_weight(
             + f"): {100 * float(np.mean(gate < 0.5)):.0f} % of "
             "Fourier space reads as unmeasured"
         )
+    band = None
+    if gate is not None:
+        band = measured_band(gate)
+        notes.append(band.describe())
     cube = prepare_sampling_weight(gated, s.cube_size)
     if inputs.reference is not None:
         cube = _one_below(cube, voxel_size, s.ref_resolution)
-    return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated, gate)
+    return SamplingWeight(cube, np.asarray(fvol, dtype=np.float32), gated, gate, band)
 
 
 #: ``filter_input``'s default turns the filter on above this share of the halves' agreed
@@ -1085,6 +1095,6 @@ def _trust(
     second = work[1] if len(work) > 1 else None
     # the check scores what the run's output is made of: the ensemble's mean
     predict = ensemble_on_map(nets.group(0), nets.settings, rotations=rotations)
-    result = trust_check(work[0], second, w_full, predict)
+    result = trust_check(work[0], second, w_full, predict, band=weight.band)
     report(progress, "trust", 1, 1)
     return result

@@ -617,7 +617,7 @@ def test_presence_unmasked_keeps_only_what_both_gates_call_measured() -> None:
         inputs = check_inputs(h1, h2, _fsc3d(n), m, None, APIX, s)
         said: list[str] = []
         out = sampling_weight(inputs, APIX, s, said, None).presence
-        notes[(unmasked, m is not None)] = said[-1]
+        notes[(unmasked, m is not None)] = next(x for x in said if x.startswith("W gated"))
         return out
 
     both, masked = gate(True, mask), gate(False, mask)
