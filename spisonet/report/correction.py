@@ -120,7 +120,10 @@ def trust_figure(trust: Any, voxel_size: float, box: int, path: str | os.PathLik
     ax.set_ylabel("fraction recovered / FSC")
     _resolution_axis(ax)
     score = "n/a" if trust.score is None else f"{round(100 * trust.score)} %"
-    ax.set_title(f"trust check: {score} recovered ({trust.verdict})", fontsize=11)
+    verdict = trust.verdict
+    if verdict == "thin band":  # the score stays, but it says nothing about the cone
+        verdict = "thin measured band: cannot vouch for the cone"
+    ax.set_title(f"trust check: {score} recovered ({verdict})", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     _save(fig, path)
