@@ -3,6 +3,11 @@
 Usage::
 
     python benchmarks/bench_band.py [--set all] [--cells A,B] [--inputs DIR] [--seed 0]
+    python benchmarks/bench_band.py --seed 5 --spec c4channel,64,tight,top \
+        --spec molecule,64,tight,tilt:10,0.002   # cells outside the matrix
+
+``--spec structure,box,mask,distribution[,snr]`` (repeatable) reads cells that are not in
+the matrix (Fourier noise) instead of ``--set``/``--cells``.
 
 For each cell: the measured-power gate exactly as :func:`correct_anisotropy` computes it
 (:func:`spisonet.weights.power_presence`, threshold 0.1, masked and unmasked halves, the
@@ -26,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_matrix import SETS
-from matrix_cells import cell_inputs, cell_mask, ground_truth
+from matrix_cells import Cell, cell_inputs, cell_mask, ground_truth
 
 from spisonet.correction.coverage import measured_band
 from spisonet.simulate.views import NARROW_ANGLE_DEG
@@ -44,6 +49,15 @@ def views_spread(distribution: str) -> float | None:
     return None
 
 
+def cell_from_spec(text: str) -> Cell:
+    """``structure,box,mask,distribution[,snr]`` → a :class:`Cell` (Fourier noise)."""
+    parts = text.split(",")
+    if len(parts) not in (4, 5):
+        raise SystemExit(f"--spec wants structure,box,mask,distribution[,snr]; got {text!r}")
+    snr = float(parts[4]) if len(parts) == 5 else Cell().snr
+    return Cell(parts[0], int(parts[1]), parts[2], parts[3], snr=snr)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Read the band of every chosen cell; print one line each and return the rows."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -51,9 +65,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--cells", default=None, help="comma-separated cell names")
     p.add_argument("--inputs", type=Path, default=None, help="folder of simulated half maps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spec", action="append", default=[], help="structure,box,mask,dist[,snr]")
     args = p.parse_args(argv)
     cells = SETS[args.cell_set]
-    if args.cells:
+    if args.spec:
+        cells = [cell_from_spec(text) for text in args.spec]
+    elif args.cells:
         wanted = set(args.cells.split(","))
         cells = [c for c in cells if c.name in wanted]
     print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} python {' '.join(sys.argv)}")

@@ -286,3 +286,20 @@ def test_summary_ranks_what_the_trust_check_vouches_for(monkeypatch):
     assert summary["vouched_spearman"] == pytest.approx(spearmanr(vouched, gains).statistic)
     assert summary["trust_cells"] == 8
     sys.modules.pop("bench_matrix", None)
+
+
+def test_bench_band_reads_cells_outside_the_matrix(monkeypatch, capsys):
+    """``bench_band.py --spec``: a ``top`` cell reads a thin band along z, a ``tilt:30``
+    cell a band near its views' spread; both lines printed."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_band
+
+    rows = bench_band.main(
+        ["--spec", "molecule,48,tight,top", "--spec", "molecule,48,tight,tilt:30"]
+    )
+    top, tilt = rows
+    assert top["thin"] and top["spread"] == 5.0 and abs(top["axis_xyz"][2]) > 0.99
+    assert not tilt["thin"] and abs(tilt["measured_band_deg"] - 30.0) < 4.0
+    assert capsys.readouterr().out.count("band ±") == 2
+    sys.modules.pop("bench_band", None)
+    sys.modules.pop("bench_matrix", None)
