@@ -244,6 +244,7 @@ def _run_and_save(
     out: Path,
     save_maps: Path | None = None,
     train_seed: int | None = None,
+    fill_arms: tuple[float, ...] = (),
 ) -> dict:
     """Run one cell and write its JSON at once (so an interrupted matrix continues)."""
     from spisonet.report import write_json
@@ -251,7 +252,9 @@ def _run_and_save(
     if train_seed is not None and save_maps is not None:
         save_maps = save_maps / f"seed{train_seed}"
     overrides = _with_seed(overrides, train_seed)
-    r = run_cell(c, preset, seed, inputs=inputs, save_maps=save_maps, **overrides)
+    r = run_cell(
+        c, preset, seed, inputs=inputs, save_maps=save_maps, fill_arms=fill_arms, **overrides
+    )
     r["train_seed"] = train_seed
     write_json(_result_path(out, c, preset, train_seed), r)
     return r
@@ -270,10 +273,14 @@ def _result_path(out: Path, c: Cell, preset: str, train_seed: int | None) -> Pat
 def _report(r: dict) -> dict:
     trust = "n/a" if r["trust_score"] is None else f"{r['trust_score']:.2f}"
     seed = "" if r.get("train_seed") is None else f" (seed {r['train_seed']})"
+    arms = "".join(
+        f"; fill ≥ {a}: {v['gain']:+.3f} / {v['max_global_drop']:.4f}@{v['worst_drop_shell']}"
+        for a, v in (r.get("fill_arms") or {}).items()
+    )
     print(
         f"  {r['name']}{seed}: cone {r['cone_raw']:.3f} → {r['cone_corrected']:.3f} "
         f"(gain {r['gain']:+.3f}{_noise(r)}), max global drop {r['max_global_drop']:+.3f}, "
-        f"trust {trust}, {r['seconds']['correct']:.0f} s",
+        f"trust {trust}, {r['seconds']['correct']:.0f} s{arms}",
         flush=True,
     )
     return r
@@ -294,6 +301,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--prepare", action="store_true", help="only simulate the cells' inputs")
     p.add_argument("--save-maps", type=Path, default=None, help="keep corrected maps here")
     p.add_argument("--train-seeds", default=None, help="comma-separated training seeds")
+    p.add_argument(
+        "--fill-arms",
+        default="",
+        help="comma-separated floors a: also score raise_fill(a) on each run (paired)",
+    )
     args = p.parse_args(argv)
     train_seeds: list[int | None] = [None]
     if args.train_seeds:
@@ -340,7 +352,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     continue
             todo.append((c, t))
     job = dict(
-        preset=args.preset, seed=args.seed, inputs=args.inputs, out=out, save_maps=args.save_maps
+        preset=args.preset,
+        seed=args.seed,
+        inputs=args.inputs,
+        out=out,
+        save_maps=args.save_maps,
+        fill_arms=tuple(float(a) for a in args.fill_arms.split(",") if a.strip()),
     )
     if args.jobs > 1 and len(todo) > 1:
         import multiprocessing as mp

@@ -265,6 +265,7 @@ def run_cell(
     data_seed: int = 0,
     inputs: Path | None = None,
     save_maps: Path | None = None,
+    fill_arms: tuple[float, ...] = (),
     **overrides,
 ) -> dict[str, object]:
     """Simulate (or read from ``inputs``), correct and score one cell; a JSON-ready dict.
@@ -274,7 +275,11 @@ def run_cell(
 
     ``save_maps``: a folder where ``<cell>.npz`` keeps the corrected average and each
     corrected half (float32) and the trust check's per-shell curves, to study
-    post-processing without retraining."""
+    post-processing without retraining.
+
+    ``fill_arms``: floors ``a`` for :func:`spisonet.correction.fill.raise_fill`, each scored
+    on the same run's corrected halves (paired figures, ``row["fill_arms"]["<a>"]``), with
+    the gate the pipeline computes."""
     from spisonet.correction import correct_anisotropy, preset_settings
     from spisonet.correction.evaluate import score_correction
 
@@ -299,6 +304,21 @@ def run_cell(
     raw = 0.5 * (h1 + h2)
     score = score_correction(truth, raw, result.average, mask)
     trust = result.trust
+    arms = {}
+    if fill_arms:
+        from spisonet.correction.fill import raise_fill
+        from spisonet.weights import power_presence
+
+        gate = power_presence(h1, h2, mask, settings.presence_threshold, also_unmasked=True)
+        for a in fill_arms:
+            raised = raise_fill(result.corrected, [h1, h2], gate, a)
+            arm = score_correction(truth, raw, 0.5 * (raised.maps[0] + raised.maps[1]), mask)
+            arms[f"{a:g}"] = {
+                "gain": arm.gain,
+                "max_global_drop": arm.max_global_drop,
+                "worst_drop_shell": arm.worst_drop_shell,
+                "fill_gain": [float(g) for g in raised.gain],
+            }
     if save_maps is not None:
         Path(save_maps).mkdir(parents=True, exist_ok=True)
         extra = {}
@@ -339,6 +359,7 @@ def run_cell(
         "trust_verdict": None if trust is None else trust.verdict,
         "trust_phase_score": None if trust is None else trust.phase_score,
         "trust_vouched": None if trust is None else trust.vouched,
+        "fill_arms": arms,
         "measured_band": None if trust is None or trust.band is None else trust.band.to_dict(),
         "seconds": {"simulate": t_sim, "correct": t_corr, **result.timings},
         "notes": result.notes,
