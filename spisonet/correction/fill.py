@@ -123,7 +123,5 @@ def raise_fill(
     inside = shells < gain.size
     per_voxel[inside] = gain[shells[inside]]
     factor = m + u * per_voxel
-    maps = [
-        scipy.fft.irfftn(f * factor, s=shape, workers=-1).astype(np.float32) for f in fc
-    ]
+    maps = [scipy.fft.irfftn(f * factor, s=shape, workers=-1).astype(np.float32) for f in fc]
     return RaisedFill(maps=maps, gain=gain, signal_amplitude=amplitude, fill_amplitude=fill)

@@ -925,6 +925,8 @@ def correct_anisotropy(
             )
             notes.append(_measured_note(blend, voxel_size, corrected[0].shape[0]))
             corrected, check = blend.maps, _check_of(blend)
+    if s.fill_floor:
+        corrected = _raise_fill(corrected, inputs, weight, s.fill_floor, notes)
     timings["total"] = time.perf_counter() - t_start
     return CorrectionResult(
         corrected=corrected,
@@ -940,6 +942,41 @@ def correct_anisotropy(
         trust=trust_result,
         measured_check=check,
     )
+
+
+def _raise_fill(
+    corrected: list[np.ndarray],
+    inputs: CheckedInputs,
+    weight: SamplingWeight,
+    floor: float,
+    notes: list[str],
+) -> list[np.ndarray]:
+    """``corrected`` with the fill raised (:func:`spisonet.correction.fill.raise_fill`), or
+    as it is, with the reason in ``notes``."""
+    from .fill import raise_fill
+
+    band = weight.band
+    why = None
+    if len(inputs.halves) != 2 or weight.presence is None or inputs.reference is not None:
+        why = "it needs two half maps, the measured-power gate and no reference"
+    elif band is None or not band.readable:
+        why = "the measured band could not be read (box too small)"
+    elif band.thin:
+        why = f"the measured band is thin (±{band.band:.0f}°): a raised fill is a raised guess"
+    if why:
+        notes.append(f"--fill-floor skipped: {why}")
+        return corrected
+    raised = raise_fill(corrected, list(inputs.halves), weight.presence, floor)
+    lifted = np.flatnonzero(raised.gain > 1.0)
+    if lifted.size == 0:
+        notes.append(f"--fill-floor {floor:g}: the fill already reached the floor on every shell")
+    else:
+        notes.append(
+            f"--fill-floor {floor:g}: the fill where the gate reads unmeasured raised "
+            f"×{raised.gain[lifted].min():.1f} … ×{raised.gain[lifted].max():.1f} on shells "
+            f"{lifted.min()} … {lifted.max()} ({lifted.size} shells)"
+        )
+    return raised.maps
 
 
 def measured_data_step(

@@ -133,3 +133,33 @@ def test_bad_input():
         raise_fill(corrected, halves[:1], gate, 0.3)
     with pytest.raises(MapMismatchError):
         raise_fill([c[:20, :20, :20] for c in corrected], halves, gate, 0.3)
+
+
+@pytest.mark.parametrize("distribution", ["tilt:20", "top"])
+def test_reconstruct_raises_the_fill_only_where_the_band_is_not_thin(distribution):
+    """``fill_floor`` in the pipeline: on ``tilt:20`` the fill is raised and only the
+    region the gate reads unmeasured changes; on ``top`` (a thin band) it is skipped."""
+    from spisonet.correction import correct_anisotropy, preset_settings
+    from spisonet.simulate import simulate_dataset
+    from spisonet.weights import power_presence
+
+    data = simulate_dataset(box=48, distribution=distribution, seed=2)
+    args = (data.half1, data.half2, None, data.mask, data.voxel_size)
+    base = correct_anisotropy(*args, preset_settings("tiny", predict_crop_size=48))
+    raised = correct_anisotropy(
+        *args, preset_settings("tiny", predict_crop_size=48, fill_floor=0.3), trust=False
+    )
+    notes = [x for x in raised.notes if x.startswith("--fill-floor")]
+    assert len(notes) == 1
+    if distribution == "top":
+        assert "skipped" in notes[0] and "thin" in notes[0]
+        for a, b in zip(base.corrected, raised.corrected, strict=True):
+            np.testing.assert_array_equal(a, b)
+        return
+    assert "raised ×" in notes[0]
+    gate = power_presence(data.half1, data.half2, data.mask, 0.1, also_unmasked=True)
+    measured = np.fft.ifftshift(gate) == 1.0
+    for a, b in zip(base.corrected, raised.corrected, strict=True):
+        fa, fb = np.fft.fftn(a), np.fft.fftn(b)
+        assert not np.allclose(a, b)
+        np.testing.assert_allclose(fb[measured], fa[measured], atol=1e-3 * np.abs(fa).max())
