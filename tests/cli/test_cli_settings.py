@@ -53,6 +53,7 @@ VALUES = {
     "compile": (None, True),
     "presence_unmasked": (None, True),
     "filter_input": (None, True),
+    "fill_floor": ("0.2", 0.2),
     "coarse_pass": (None, True),
     "predict_rotations": ("auto", "auto"),
     "seed": ("7", 7),
