@@ -214,7 +214,7 @@ def _verdict(score: float | None, band: MeasuredBand | None = None) -> tuple[str
             "hidden data were restored from the rest of that band, which says nothing about "
             "detail along its axis, so this check cannot vouch for the missing-cone content "
             "(compare the corrected map with the raw average; on our simulations, views "
-            "within 5° of one axis gained +0.01 … +0.11 of cone FSC with the truth)",
+            "within 5° of one axis gained +0.01 … +0.19 of cone FSC with the truth)",
         )
     if score >= GOOD_SCORE:
         return "good", f"the network restored {pct} of measured data hidden like the missing cone"
