@@ -23,6 +23,7 @@ __all__ = [
     "directional_weight",
     "measured_weight",
     "power_presence",
+    "ray_radii",
     "shell_percentile",
     "unmeasured_agreement",
 ]
@@ -199,6 +200,16 @@ def measured_weight(
     return np.clip(g / shell_percentile(g, percentile), 0.0, 1.0).astype(np.float32)
 
 
+def ray_radii(n: int, shells: tuple[float, float] | None = None) -> np.ndarray:
+    """The radii (voxels) a weight is read at along a direction: every whole radius in
+    ``shells`` = (lo, hi), default (n/8, n/4), inside the 3D FSC's usual support; ``[lo]``
+    when no whole radius lies between. float64."""
+    lo, hi = (n / 8, n / 4) if shells is None else (float(shells[0]), float(shells[1]))
+    if not 0 < lo <= hi <= n / 2 - 1:
+        raise InvalidValueError(f"shells must satisfy 0 < lo ≤ hi ≤ n/2 − 1; got ({lo}, {hi})")
+    return np.arange(np.ceil(lo), np.floor(hi) + 1) if np.ceil(lo) <= hi else np.array([lo])
+
+
 def directional_weight(weight: np.ndarray, shells: tuple[float, float] | None = None) -> np.ndarray:
     """A Fourier weight's directional pattern, read where it is reliable, at every shell.
 
@@ -215,14 +226,11 @@ def directional_weight(weight: np.ndarray, shells: tuple[float, float] | None = 
 
     w = np.asarray(check_cubic_map(weight, "weight"), dtype=np.float64)
     n = w.shape[0]
-    lo, hi = (n / 8, n / 4) if shells is None else (float(shells[0]), float(shells[1]))
-    if not 0 < lo <= hi <= n / 2 - 1:
-        raise InvalidValueError(f"shells must satisfy 0 < lo ≤ hi ≤ n/2 − 1; got ({lo}, {hi})")
+    radii = ray_radii(n, shells)
     c = n // 2
     k = np.indices(w.shape, dtype=np.float64) - c
     radius = np.sqrt((k**2).sum(axis=0))
     unit = k / np.where(radius > 0, radius, 1.0)
-    radii = np.arange(np.ceil(lo), np.floor(hi) + 1) if np.ceil(lo) <= hi else np.array([lo])
     total = np.zeros_like(w)
     for r in radii:
         total += map_coordinates(w, [c + r * unit[i] for i in range(3)], order=1, mode="nearest")

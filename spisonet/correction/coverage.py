@@ -35,6 +35,7 @@ from scipy.ndimage import map_coordinates
 
 from .._checks import check_cubic_map
 from ..errors import InvalidValueError
+from ..weights import ray_radii
 from .evaluate import hemisphere_directions
 
 __all__ = ["GATE_BLUR_VOXELS", "THIN_BAND_DEG", "MeasuredBand", "measured_band"]
@@ -144,17 +145,12 @@ def measured_band(
     """
     g = np.asarray(check_cubic_map(presence, "measured-power gate"), dtype=np.float64)
     n = g.shape[0]
-    lo, hi = (n / 8, n / 4) if shells is None else (float(shells[0]), float(shells[1]))
-    if not 0 < lo <= hi <= n / 2 - 1:
-        raise InvalidValueError(f"shells must satisfy 0 < lo ≤ hi ≤ n/2 − 1; got ({lo}, {hi})")
+    radii = ray_radii(n, shells)
     if not np.isfinite(blur_voxels) or blur_voxels < 0:
         raise InvalidValueError(f"blur_voxels must be ≥ 0; got {blur_voxels}")
     dirs = hemisphere_directions(N_DIRECTIONS) if directions is None else directions
     dirs = np.asarray(dirs, dtype=np.float64).reshape(-1, 3)
     dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
-    radii = np.arange(np.ceil(lo), np.floor(hi) + 1)
-    if radii.size == 0:
-        radii = np.array([lo])
     c = n // 2
     mean = np.zeros(len(dirs))
     for r in radii:
